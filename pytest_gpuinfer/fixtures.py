@@ -1,0 +1,76 @@
+"""The fixtures tests use: GPU inventory, the inference server, HTTP and OpenAI clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .gpu import GPUInfo, GPUInventory
+from .session_state import RUN_STATE
+from .targets import InferenceServer, TargetError
+
+
+def _server_scope(fixture_name: str, config: pytest.Config) -> Any:
+    """Scope of ``inference_server``, from --server-scope (session by default)."""
+    state = config.stash.get(RUN_STATE, None)
+    return state.settings.server_scope if state is not None else "session"
+
+
+@pytest.fixture(scope="session")
+def gpu_inventory(pytestconfig: pytest.Config) -> GPUInventory:
+    """Every GPU NVML reports (empty, with a reason, in CPU mode)."""
+    return pytestconfig.stash[RUN_STATE].inventory
+
+
+@pytest.fixture(scope="session")
+def gpu(pytestconfig: pytest.Config) -> GPUInfo:
+    """The first GPU in use (the --gpu selection, else the first found); skips without one."""
+    state = pytestconfig.stash[RUN_STATE]
+    if not state.gpus_in_use:
+        pytest.skip(f"needs a GPU; none available ({state.inventory.unavailable_reason})")
+    return state.gpus_in_use[0]
+
+
+@pytest.fixture(scope=_server_scope)
+def inference_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
+    """The target under test: launched once per scope (session by default) or attached."""
+    state = pytestconfig.stash[RUN_STATE]
+    if state.server_failure is not None:
+        first_line = state.server_failure.splitlines()[0]
+        pytest.fail(f"the inference server failed to start earlier in this run: {first_line}",
+                    pytrace=False)
+    try:
+        server = state.manager.start()
+    except TargetError as exc:
+        state.server_failure = str(exc)
+        pytest.fail(str(exc), pytrace=False)
+    state.servers_seen.append(server)
+    yield server
+    state.manager.stop(server)
+
+
+@pytest.fixture
+def http_client(inference_server: InferenceServer) -> Iterator[Any]:
+    """An httpx client bound to the server's base URL, with the API key and bounded timeouts."""
+    import httpx
+
+    with httpx.Client(
+        base_url=inference_server.base_url,
+        headers=inference_server.auth_headers(),
+        timeout=httpx.Timeout(60.0, connect=5.0),
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def openai_client(inference_server: InferenceServer) -> Any:
+    """The official ``openai`` Python client pointed at the server (skips if not installed)."""
+    openai = pytest.importorskip("openai", reason="the openai package is not installed")
+    return openai.OpenAI(
+        base_url=f"{inference_server.base_url}/v1",
+        api_key=inference_server.api_key or "not-needed",
+        timeout=60.0,
+        max_retries=0,
+    )

@@ -1,0 +1,125 @@
+"""pytest hooks: options, markers, run state in config.stash, report header and summary, cleanup."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from . import __version__, gpu, gpu_requirements, settings
+from .session_state import RUN_STATE, RunState
+from .targets import TargetManager
+
+MARKERS = (
+    "compat: compatibility checks of engine, model, GPU, driver and API",
+    "perf: latency and throughput measurements",
+    "load: burst and sustained load runs",
+    "oom: out-of-memory boundary searches",
+    "leak: memory leak checks across batches",
+    "requires_gpu(count=1, min_memory_gb=None): skip unless enough GPUs (with enough memory) "
+    "are available",
+)
+
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare the plugin's options and ini keys."""
+    settings.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register markers, validate options, take the GPU inventory and set up the run state."""
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    run_settings = settings.load_settings(config)
+    inventory = gpu.discover()
+    try:
+        selected = inventory.select(run_settings.gpu)
+    except gpu.GPUSelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    work_dir = Path(tempfile.mkdtemp(prefix="pytest-gpuinfer-"))
+    manager = TargetManager(
+        settings=run_settings, gpus=selected, has_gpu=inventory.has_gpu, work_dir=work_dir
+    )
+    config.stash[RUN_STATE] = RunState(
+        settings=run_settings,
+        inventory=inventory,
+        selected_gpus=selected,
+        work_dir=work_dir,
+        manager=manager,
+    )
+    config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so pytest unwinds and launched servers get stopped."""
+    raise KeyboardInterrupt(f"pytest-gpuinfer: received signal {signum}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop every server this run launched, even after Ctrl-C or SIGTERM."""
+    state = config.stash.get(RUN_STATE, None)
+    if state is not None:
+        state.manager.stop_all()
+    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say what is tested where: target, GPUs, plugin version."""
+    state = config.stash[RUN_STATE]
+    return [
+        f"gpuinfer {__version__}: target {state.manager.describe_planned()}",
+        f"gpuinfer: {state.inventory.header_line()}"
+        + (f"; using --gpu {state.settings.gpu}" if state.selected_gpus else ""),
+    ]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip tests whose GPU requirements are not met; fail fast if the server has died."""
+    state = item.config.stash[RUN_STATE]
+    for marker in item.iter_markers(name="requires_gpu"):
+        reason = gpu_requirements.unmet(marker, state.gpus_in_use, state.inventory)
+        if reason:
+            pytest.skip(reason)
+    if "inference_server" in getattr(item, "fixturenames", ()):
+        story = state.manager.dead_server_story()
+        if story:
+            pytest.fail(story, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the server's log tail to a failed test's report when a launched server is involved."""
+    report = yield
+    if report.failed:
+        state = item.config.stash[RUN_STATE]
+        for server in state.manager.servers:
+            tail = server.log_tail(40)
+            if tail:
+                report.sections.append((f"gpuinfer server log ({server.engine}), last lines", tail))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Name the server the run talked to, its cold start and where its log is."""
+    state = config.stash.get(RUN_STATE, None)
+    if state is None or not state.servers_seen:
+        return
+    terminalreporter.section("gpuinfer")
+    for server in state.servers_seen:
+        line = f"target: {server.describe()}"
+        if server.cold_start_s is not None:
+            line += f"; cold start {server.cold_start_s:.1f} s"
+        if server.process is not None:
+            line += f"; log {server.process.log_path}"
+        terminalreporter.write_line(line)

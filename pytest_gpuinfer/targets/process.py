@@ -1,0 +1,126 @@
+"""A server process we launched: its own session and process group, a log file, group teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it if the launching process dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the kernel for a free TCP port on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on (or holds) ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def read_log_tail(path: Path, lines: int = 100) -> str:
+    """The last ``lines`` lines of a log file (empty when it does not exist)."""
+    try:
+        with path.open("r", errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+    except FileNotFoundError:
+        return ""
+
+
+class ManagedProcess:
+    """One launched server command, running in a new session so the whole group can be signalled."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.popen = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.pgid = self.popen.pid  # a new session's leader has pgid == pid
+
+    @property
+    def pid(self) -> int:
+        """The launched command's process id (also its process group id)."""
+        return self.popen.pid
+
+    def returncode(self) -> int | None:
+        """Exit status of the launched command, or None while it runs."""
+        return self.popen.poll()
+
+    def log_tail(self, lines: int = 100) -> str:
+        """The last lines the server wrote to stdout and stderr."""
+        self._log.flush()
+        return read_log_tail(self.log_path, lines)
+
+    def group_alive(self) -> bool:
+        """True while any process of the group is left (the engine's children included)."""
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after ``grace_s``."""
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            self.popen.poll()
+            if not self.group_alive():
+                break
+            time.sleep(0.1)
+        else:
+            self._signal_group(signal.SIGKILL)
+            kill_deadline = time.monotonic() + 5.0
+            while self.group_alive() and time.monotonic() < kill_deadline:
+                self.popen.poll()
+                time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=1.0)
+        self._log.close()
+
+    def _signal_group(self, signum: int) -> None:
+        """Send ``signum`` to every process of the group, ignoring a group already gone."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signum)
