@@ -1,0 +1,293 @@
+"""The SLO expression language: ``ttft_p95<500ms``, ``error_rate<0.1%``, ``throughput>=20rps``.
+
+An expression names a metric (with a statistic for latency metrics), a comparison and a limit with
+its unit. Limits are normalised when parsed: times to seconds, percentages to fractions, rates to
+per second. The grammar is in :data:`GRAMMAR` and, with examples, in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pytest_gpuinfer import stats
+from pytest_gpuinfer.records import RequestRecord
+
+GRAMMAR = """\
+SLO grammar:
+  slo    := metric ["_" stat] op number [unit]      several SLOs may be joined with commas
+  metric := ttft | tpot | itl | itl_chunk | itl_token | e2e | queue      (latency; stat required)
+          | error_rate | throughput | token_throughput | goodput        (whole run; no stat)
+  stat   := pNN (0 <= NN <= 100, e.g. p50, p95, p99.9) | mean | min | max
+  op     := < | <= | > | >=
+  unit   := latency: us | ms | s (required)
+            error_rate: % (a bare number is a fraction between 0 and 1)
+            throughput, goodput: rps | req/s | rpm | req/min (required)
+            token_throughput: tok/s | tokens/s | tps | tok/min (required)
+examples: ttft_p95<500ms  itl_p99<=50ms  e2e_p99.9<2s  error_rate<0.1%  throughput>=20rps
+          token_throughput>=100tok/s  goodput>=5rps"""
+
+_LATENCY = "latency"
+_FRACTION = "fraction"
+_REQ_RATE = "request rate"
+_TOK_RATE = "token rate"
+
+_FAMILY = {
+    **{name: _LATENCY for name in stats.DISTRIBUTION_METRICS},
+    "error_rate": _FRACTION,
+    "throughput": _REQ_RATE,
+    "goodput": _REQ_RATE,
+    "token_throughput": _TOK_RATE,
+}
+_UNITS: dict[str, dict[str, float]] = {  # unit -> how many of it make one base unit
+    _LATENCY: {"us": 1e6, "µs": 1e6, "ms": 1e3, "s": 1.0, "sec": 1.0},
+    _FRACTION: {"%": 100.0},
+    _REQ_RATE: {"rps": 1.0, "req/s": 1.0, "r/s": 1.0, "rpm": 60.0, "req/min": 60.0},
+    _TOK_RATE: {"tok/s": 1.0, "tokens/s": 1.0, "tps": 1.0, "tok/min": 60.0},
+}
+_BASE_UNIT = {_LATENCY: "s", _FRACTION: "", _REQ_RATE: "rps", _TOK_RATE: "tok/s"}
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_METRICS_LONGEST_FIRST = sorted(_FAMILY, key=len, reverse=True)
+_OP_RE = re.compile(r"[<>=!]+")
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_PCT_RE = re.compile(r"p(\d+(?:\.\d+)?)")
+
+
+class SLOSyntaxError(ValueError):
+    """An SLO expression that cannot be read; the message names the bad part and the grammar."""
+
+    def __init__(self, text: str, problem: str) -> None:
+        super().__init__(f"bad SLO {text!r}: {problem}\n{GRAMMAR}")
+        self.text = text
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class SLO:
+    """One service-level objective; ``limit`` is in seconds, a fraction, or per second."""
+
+    metric: str
+    stat: str | None
+    op: str
+    limit: float
+    text: str
+
+    @property
+    def name(self) -> str:
+        """The left-hand side: 'ttft_p95', 'error_rate'."""
+        return self.metric if self.stat is None else f"{self.metric}_{self.stat}"
+
+    def canonical(self) -> str:
+        """The SLO in base units (seconds, fraction, per second); parses back to an equal SLO."""
+        return f"{self.name}{self.op}{self.limit!r}{_BASE_UNIT[_FAMILY[self.metric]]}"
+
+
+def _parse_stat(text: str, metric: str, stat: str | None) -> str | None:
+    """Check and normalise the statistic part for ``metric``."""
+    if _FAMILY[metric] != _LATENCY:
+        if stat is not None:
+            raise SLOSyntaxError(text, f"{metric} takes no statistic, but got {stat!r}")
+        return None
+    if stat is None:
+        raise SLOSyntaxError(
+            text, f"{metric} needs a statistic, e.g. {metric}_p95 or {metric}_mean"
+        )
+    if stat in ("mean", "min", "max"):
+        return stat
+    m = _PCT_RE.fullmatch(stat)
+    if m is None:
+        raise SLOSyntaxError(text, f"unknown statistic {stat!r} (use pNN, mean, min or max)")
+    q = float(m.group(1))
+    if q > 100.0:
+        hint = f"; did you mean p{m.group(1)[:2]}.{m.group(1)[2:]}?" if len(m.group(1)) > 2 else ""
+        raise SLOSyntaxError(text, f"percentile {stat!r} is over 100{hint}")
+    return stats.stat_label(q)
+
+
+def _split_lhs(text: str, lhs: str) -> tuple[str, str | None]:
+    """Split the left-hand side into metric and (unchecked) statistic."""
+    for metric in _METRICS_LONGEST_FIRST:
+        if lhs == metric:
+            return metric, None
+        if lhs.startswith(metric + "_"):
+            return metric, lhs[len(metric) + 1 :]
+    if not lhs:
+        raise SLOSyntaxError(text, "no metric before the comparison")
+    guess = re.sub(r"_(p[\d.]+|mean|min|max)$", "", lhs)
+    known = ", ".join(_FAMILY)
+    raise SLOSyntaxError(text, f"unknown metric {guess!r} (known: {known})")
+
+
+def _parse_limit(text: str, metric: str, rhs: str) -> float:
+    """Read the number and unit and return the limit in base units."""
+    m = _NUMBER_RE.match(rhs)
+    if m is None:
+        raise SLOSyntaxError(text, f"bad number {rhs!r}" if rhs else "no limit after the operator")
+    unit = rhs[m.end() :].strip()
+    if unit[:1].isdigit() or (unit[:1] in (".", "e", "E") and unit[1:2].isdigit()):
+        raise SLOSyntaxError(text, f"bad number {rhs.split()[0] if rhs.split() else rhs!r}")
+    value = float(m.group(0))
+    if not math.isfinite(value):
+        raise SLOSyntaxError(text, f"bad number {m.group(0)!r} (not finite)")
+    if value < 0:
+        raise SLOSyntaxError(text, f"limit {m.group(0)!r} is negative")
+    family = _FAMILY[metric]
+    units = _UNITS[family]
+    if not unit:
+        if family == _FRACTION:
+            if value > 1:
+                raise SLOSyntaxError(
+                    text,
+                    f"bare error_rate {m.group(0)!r} is over 1; write a percentage: {m.group(0)}%",
+                )
+            return value
+        raise SLOSyntaxError(
+            text, f"missing unit after {m.group(0)!r} ({family}: {', '.join(units)})"
+        )
+    lowered = unit if unit.startswith("µ") else unit.lower()
+    if lowered not in units:
+        other = next((f for f, u in _UNITS.items() if lowered in u), None)
+        if other is not None:
+            raise SLOSyntaxError(
+                text,
+                f"wrong unit {unit!r} for {metric}: {unit!r} is a {other} unit; "
+                f"{metric} is a {family} ({', '.join(units)})",
+            )
+        raise SLOSyntaxError(text, f"unknown unit {unit!r} for {metric} ({', '.join(units)})")
+    limit = value / units[lowered]
+    if family == _FRACTION and limit > 1:
+        raise SLOSyntaxError(text, f"error_rate limit {rhs!r} is over 100%")
+    return limit
+
+
+def parse_slo(text: str) -> SLO:
+    """Parse one SLO expression such as ``ttft_p95<500ms``."""
+    if not isinstance(text, str):
+        raise TypeError(f"SLO expression must be a str, got {type(text).__name__}")
+    body = text.strip()
+    if not body:
+        raise SLOSyntaxError(text, "empty expression")
+    ops = list(_OP_RE.finditer(body))
+    if not ops:
+        raise SLOSyntaxError(text, "no comparison operator (use <, <=, > or >=)")
+    if len(ops) > 1:
+        raise SLOSyntaxError(text, f"more than one operator ({', '.join(o.group() for o in ops)})")
+    op_match = ops[0]
+    op = op_match.group()
+    if op not in _OPS:
+        raise SLOSyntaxError(text, f"unsupported operator {op!r} (use <, <=, > or >=)")
+    lhs = body[: op_match.start()].strip().lower()
+    rhs = body[op_match.end() :].strip()
+    metric, raw_stat = _split_lhs(text, lhs)
+    stat = _parse_stat(text, metric, raw_stat)
+    limit = _parse_limit(text, metric, rhs)
+    return SLO(metric=metric, stat=stat, op=op, limit=limit, text=body)
+
+
+def parse_slos(texts: Iterable[str] | str) -> list[SLO]:
+    """Parse many SLO texts, each of which may hold several comma-separated expressions."""
+    if isinstance(texts, str):
+        texts = [texts]
+    out: list[SLO] = []
+    for text in texts:
+        for part in text.split(","):
+            if part.strip():
+                out.append(parse_slo(part))
+    return out
+
+
+@dataclass(frozen=True)
+class SLOVerdict:
+    """The outcome of judging one SLO against a run summary."""
+
+    slo: SLO
+    passed: bool
+    measured: float
+    count: int
+    message: str
+
+
+def _fmt(metric: str, value: float) -> str:
+    """A value in the unit people read for its metric: ms, %, req/s or tok/s."""
+    family = _FAMILY[metric]
+    if family == _LATENCY:
+        return f"{_num(value * 1000.0)} ms"
+    if family == _FRACTION:
+        return f"{_num(value * 100.0)}%"
+    return f"{_num(value)} {'req/s' if family == _REQ_RATE else 'tok/s'}"
+
+
+def _num(x: float) -> str:
+    """A number with one decimal when large, four significant digits when small."""
+    if x == 0 or abs(x) >= 100:
+        text = f"{x:.1f}"
+        return text[:-2] if text.endswith(".0") else text
+    return f"{x:.4g}"
+
+
+def _few_samples_note(stat: str | None, count: int) -> str | None:
+    """A warning when ``count`` samples are too few for the percentile ``stat``."""
+    if stat is None or not stat.startswith("p"):
+        return None
+    need = stats.min_samples(float(stat[1:]))
+    if count >= need:
+        return None
+    return f"only {count} samples: {stat} needs {need}, so it is near the max"
+
+
+def evaluate(slo: SLO, summary: stats.Summary) -> SLOVerdict:
+    """Judge one SLO against a run summary."""
+    value = summary.metric(slo.metric)
+    if isinstance(value, stats.Distribution):
+        assert slo.stat is not None
+        measured = value.stat(slo.stat)
+        count = value.count
+    else:
+        measured = value
+        count = summary.requests if slo.metric == "error_rate" else summary.completed
+    if slo.metric == "goodput" and summary.goodput is None:
+        msg = f"{slo.name}: no per-request SLOs to judge goodput against (n={count})"
+        return SLOVerdict(slo, False, measured, count, msg)
+    if math.isnan(measured):
+        return SLOVerdict(slo, False, measured, count, f"{slo.name}: no samples (n={count})")
+    passed = _OPS[slo.op](measured, slo.limit)
+    shown = ">" if measured > slo.limit else ("<" if measured < slo.limit else "=")
+    note = _few_samples_note(slo.stat, count)
+    msg = (
+        f"{slo.name} = {_fmt(slo.metric, measured)} {shown} limit {_fmt(slo.metric, slo.limit)}"
+        f" ({note or f'n={count}'})"
+    )
+    return SLOVerdict(slo, passed, measured, count, msg)
+
+
+def evaluate_all(slos: Sequence[SLO], summary: stats.Summary) -> list[SLOVerdict]:
+    """Judge every SLO against a run summary."""
+    return [evaluate(slo, summary) for slo in slos]
+
+
+def is_per_request(slo: SLO) -> bool:
+    """True for latency SLOs, which each request can meet or miss on its own (used for goodput)."""
+    return _FAMILY[slo.metric] == _LATENCY
+
+
+def meets(slo: SLO, record: RequestRecord) -> bool:
+    """Whether one request meets a latency SLO: its own samples' statistic is within the limit.
+
+    A request has one TTFT, TPOT, E2E and queue time, so the statistic is that value; for ITL the
+    statistic is taken over the request's own gaps. A failed request never meets an SLO; a
+    completed one without samples for the metric (e.g. TPOT of a one-token reply) meets it.
+    """
+    if not is_per_request(slo):
+        raise ValueError(f"{slo.text!r} is not a per-request SLO")
+    if record.error is not None or record.end is None:
+        return False
+    value = stats.request_value(record, slo.metric, slo.stat)
+    return value is None or _OPS[slo.op](value, slo.limit)
