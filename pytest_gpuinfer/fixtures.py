@@ -39,13 +39,15 @@ def inference_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
     state = pytestconfig.stash[RUN_STATE]
     if state.server_failure is not None:
         first_line = state.server_failure.splitlines()[0]
-        pytest.fail(f"the inference server failed to start earlier in this run: {first_line}",
-                    pytrace=False)
+        pytest.fail(
+            f"the inference server failed to start earlier in this run: {first_line}", pytrace=False
+        )
     try:
         server = state.manager.start()
     except TargetError as exc:
         state.server_failure = str(exc)
-        pytest.fail(str(exc), pytrace=False)
+    if state.server_failure is not None:  # failed outside the except: no chained traceback
+        pytest.fail(state.server_failure, pytrace=False)
     state.servers_seen.append(server)
     yield server
     state.manager.stop(server)

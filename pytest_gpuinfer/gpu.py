@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -32,7 +33,11 @@ class GPUInfo:
 
     def describe(self) -> str:
         """Short one-line description for headers and reports."""
-        cc = f", sm_{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else ""
+        cc = (
+            f", sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+            if self.compute_capability
+            else ""
+        )
         mig = ", MIG on" if self.mig_enabled else ""
         return f"{self.index}: {self.name} {self.memory_total_gb:.0f} GiB{cc}{mig} ({self.uuid})"
 
@@ -57,7 +62,8 @@ class GPUInventory:
         if not self.gpus:
             return f"GPUs: none, CPU mode ({self.unavailable_reason or 'no GPU found'})"
         names = "; ".join(gpu.describe() for gpu in self.gpus)
-        return f"GPUs: {len(self.gpus)} (driver {self.driver_version}, CUDA {self.cuda_version}): {names}"
+        versions = f"driver {self.driver_version}, CUDA {self.cuda_version}"
+        return f"GPUs: {len(self.gpus)} ({versions}): {names}"
 
     def select(self, spec: str | None) -> tuple[GPUInfo, ...]:
         """Resolve a ``--gpu`` value (indexes and/or UUIDs, comma-separated) to GPUs."""
@@ -73,7 +79,9 @@ class GPUInventory:
                 available = ", ".join(f"{g.index} ({g.uuid})" for g in self.gpus) or (
                     f"none: {self.unavailable_reason or 'no GPU found'}"
                 )
-                raise GPUSelectionError(f"--gpu {token!r} names no GPU here; available: {available}")
+                raise GPUSelectionError(
+                    f"--gpu {token!r} names no GPU here; available: {available}"
+                )
             if match not in chosen:
                 chosen.append(match)
         return tuple(chosen)
@@ -158,10 +166,8 @@ def discover(nvml: ModuleType | None = None) -> GPUInventory:
     except Exception as exc:
         return GPUInventory(unavailable_reason=f"NVML query failed: {exc}")
     finally:
-        try:
+        with contextlib.suppress(Exception):
             module.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def visible_devices(selected: tuple[GPUInfo, ...]) -> str:

@@ -101,13 +101,24 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the server's log tail to a failed test's report when a launched server is involved."""
     report = yield
+    state = item.config.stash[RUN_STATE]
+    _show_server_failure_once(state, call)
     if report.failed:
-        state = item.config.stash[RUN_STATE]
         for server in state.manager.servers:
             tail = server.log_tail(40)
             if tail:
                 report.sections.append((f"gpuinfer server log ({server.engine}), last lines", tail))
     return report
+
+
+def _show_server_failure_once(state: RunState, call: pytest.CallInfo[None]) -> None:
+    """After the first report of a startup failure, shorten it: pytest re-raises it per test."""
+    if state.server_failure is None or call.excinfo is None:
+        return
+    error = call.excinfo.value
+    if isinstance(error, pytest.fail.Exception) and error.msg == state.server_failure:
+        first_line = state.server_failure.splitlines()[0]
+        error.msg = f"the inference server failed to start earlier in this run: {first_line}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -41,7 +41,7 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}\n"
+    "{% endfor %}{% endif %}{{ '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}\n{% endif %}"
 )
@@ -55,9 +55,9 @@ _CORPUS_PARAGRAPHS = (
     "When the cache is full, new requests wait in the queue until running ones finish.",
     "A burst of traffic tests whether the server keeps every request and how fast it recovers.",
     "Numbers such as 0 1 2 3 4 5 6 7 8 9 10 42 100 256 1024 and 3.14159 appear in logs.",
-    "Punctuation matters: commas, periods. Questions? Exclamations! Quotes \"like this\" "
+    'Punctuation matters: commas, periods. Questions? Exclamations! Quotes "like this" '
     "and 'this'; colons: semicolons; dashes - and (parentheses) [brackets] {braces}.",
-    "def handler(request):\n    return {\"status\": 200, \"tokens\": [1, 2, 3]}\n",
+    'def handler(request):\n    return {"status": 200, "tokens": [1, 2, 3]}\n',
     "Unicode text: café, naïve, Zürich, façade, señor, 東京, 北京, 안녕하세요, Привет, γειά, 🙂🚀.",
     "System prompts describe the assistant; user messages ask; the assistant answers.",
     "Health checks, model lists, completions, chat completions, and metrics are the routes.",
@@ -78,7 +78,8 @@ class TinyModelSpec:
     vocab_target: int = 512
     max_position_embeddings: int = 2048
     seed: int = 1234
-    format_version: int = 1
+    format_version: int = 2
+    """Bump whenever the written bytes change for the same spec, so caches are not reused."""
 
     @property
     def head_dim(self) -> int:
@@ -131,7 +132,7 @@ def _train_tokenizer(spec: TinyModelSpec) -> object:
 
 
 def _weights(spec: TinyModelSpec, vocab_size: int, special_ids: Sequence[int]) -> dict[str, object]:
-    """Seeded random Llama weights; special tokens get zero output rows so greedy never picks them."""
+    """Seeded random Llama weights; special tokens get zero output rows so greedy skips them."""
     import numpy as np
 
     rng = np.random.default_rng(spec.seed)

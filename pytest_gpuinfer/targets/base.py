@@ -60,13 +60,11 @@ class InferenceServer:
         return f"{self.engine}{version}{label}, model {self.model} at {self.base_url}"
 
 
-def http_get_json(
-    url: str, *, headers: dict[str, str], timeout: float
-) -> tuple[int, Any]:
+def http_get_json(url: str, *, headers: dict[str, str], timeout: float) -> tuple[int, Any]:
     """GET ``url`` and return (status, parsed JSON or None); raise OSError when unreachable."""
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
             status = int(response.status)
     except urllib.error.HTTPError as exc:
@@ -97,14 +95,16 @@ def wait_until_ready(
     describe_failure: Callable[[str], str] = lambda reason: reason,
     poll_s: float = 0.5,
 ) -> Readiness:
-    """Poll ``/health`` then ``/v1/models`` until both answer, failing at once if the server exits."""
+    """Poll /health then /v1/models until both answer; fail at once if the server exits."""
     started = time.monotonic()
     deadline = started + timeout_s
     last_problem = "no answer yet"
     while True:
         code = exited()
         if code is not None:
-            raise TargetError(describe_failure(f"the server exited with code {code} before it was ready"))
+            raise TargetError(
+                describe_failure(f"the server exited with code {code} before it was ready")
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TargetError(

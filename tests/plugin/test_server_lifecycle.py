@@ -1,0 +1,286 @@
+"""Launch, readiness, failure stories and teardown of servers, with a fake server (pytester)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fake_nvml import H100
+
+from pytest_gpuinfer.targets.process import free_port
+
+USES_SERVER = """
+def test_talks_to_server(inference_server, http_client):
+    assert inference_server.launched
+    response = http_client.post("/v1/completions", json={"model": inference_server.model})
+    assert response.status_code == 200
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_all_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait for ``pids`` to exit; return those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if pid_alive(pid)]
+
+
+def test_launch_use_and_stop_whole_group(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    pytester.makepyfile(USES_SERVER)
+    command = fake_server_command("--children", "2", "--pidfile", str(pidfile))
+    result = pytester.runpytest("--engine=command", f"--server-command={command}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*target: command fake-1.0, model fake-model at http://127.0.0.1:*; cold start * s; log *"]
+    )
+    pids = json.loads(pidfile.read_text())
+    assert len(pids) == 3
+    assert wait_all_gone(pids, timeout=2) == [], "server or its children outlived the run"
+
+
+def test_server_that_exits_fails_fast_with_log_tail(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str]
+) -> None:
+    pytester.makepyfile(USES_SERVER + USES_SERVER.replace("test_talks", "test_again"))
+    command = fake_server_command("--exit-code", "3")
+    started = time.monotonic()
+    result = pytester.runpytest(
+        "--engine=command", f"--server-command={command}", "--server-timeout=120"
+    )
+    assert time.monotonic() - started < 30, "did not fail fast on a dead server"
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    assert "could not start command: the server exited with code 3 before it was ready" in out
+    assert "simulated startup failure (CUDA out of memory)" in out, "log tail missing"
+    assert "failed to start earlier in this run" in out, "second test should refer to the first"
+    assert out.count("simulated startup failure") == 1, "the log tail should be shown once"
+    assert "Traceback" not in out
+
+
+def test_server_never_ready_times_out_with_story(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    pytester.makepyfile(USES_SERVER)
+    command = fake_server_command("--never-ready", "--pidfile", str(pidfile))
+    started = time.monotonic()
+    result = pytester.runpytest(
+        "--engine=command", f"--server-command={command}", "--server-timeout=2"
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 20, f"timeout of 2 s took {elapsed:.1f} s"
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*could not start command: the server was not ready after 2 s*last check: "
+            "GET /health answered 503*",
+            "*last 100 lines of the server log*",
+            "*fake server starting on port*",
+        ]
+    )
+    assert wait_all_gone(json.loads(pidfile.read_text()), timeout=2) == []
+
+
+def test_server_dying_mid_run_fails_later_tests_with_story(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str]
+) -> None:
+    pytester.makepyfile(
+        """
+        import time
+
+        def test_first(inference_server, http_client):
+            assert http_client.post("/v1/completions", json={}).status_code == 200
+            time.sleep(0.5)
+
+        def test_second(inference_server):
+            raise AssertionError("must not run against a dead server")
+        """
+    )
+    command = fake_server_command("--die-after-requests", "1")
+    result = pytester.runpytest("--engine=command", f"--server-command={command}")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the command server at http://127.0.0.1:* exited with code 7 during the run*",
+            "*fake server: dying after request 1*",
+        ]
+    )
+
+
+def test_gpu_selection_pins_launched_server_by_uuid(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str], fake_gpus: object
+) -> None:
+    pytester.makepyfile(
+        f"""
+        def test_env(inference_server, http_client):
+            assert inference_server.gpu_uuids == ("{H100["uuid"]}",)
+            env = http_client.get("/env").json()
+            assert env["CUDA_VISIBLE_DEVICES"] == "{H100["uuid"]}"
+        """
+    )
+    # The command engine passes the environment through; vLLM's launcher sets the variable.
+    # Here we check the mapping from --gpu to UUIDs, which every launcher shares.
+    result = pytester.runpytest(
+        "--engine=command", f"--server-command={fake_server_command()}", "--gpu=0"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*assert None == 'GPU-1111*"])
+
+
+@pytest.fixture
+def running_fake_server(fake_server_command: Callable[..., str]) -> Iterator[tuple[str, int]]:
+    """A fake server started outside the plugin, as --endpoint users have."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("fake_server.py")),
+            "--port",
+            str(port),
+            "--model",
+            "their-model",
+            "--api-key",
+            "sekrit-key-123",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield f"http://127.0.0.1:{port}", proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_endpoint_attaches_without_launching_or_stopping(
+    pytester: pytest.Pytester, running_fake_server: tuple[str, int]
+) -> None:
+    url, pid = running_fake_server
+    pytester.makepyfile(
+        """
+        def test_attached(inference_server, http_client):
+            assert not inference_server.launched
+            assert inference_server.model == "their-model"
+            assert inference_server.engine_version == "fake-1.0"
+            assert inference_server.max_model_len == 512
+            assert http_client.post("/v1/completions", json={}).status_code == 200
+        """
+    )
+    result = pytester.runpytest(f"--endpoint={url}/v1/", "--api-key=sekrit-key-123")
+    result.assert_outcomes(passed=1)
+    assert pid_alive(pid), "an attached endpoint must not be stopped"
+
+
+def test_endpoint_wrong_model_lists_what_it_serves(
+    pytester: pytest.Pytester, running_fake_server: tuple[str, int]
+) -> None:
+    url, _ = running_fake_server
+    pytester.makepyfile(USES_SERVER)
+    result = pytester.runpytest(f"--endpoint={url}", "--model=other", "--api-key=sekrit-key-123")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*does not serve model 'other'; it lists: their-model*"])
+
+
+def test_api_key_is_used_but_never_printed(
+    pytester: pytest.Pytester, running_fake_server: tuple[str, int]
+) -> None:
+    url, _ = running_fake_server
+    pytester.makepyfile(
+        """
+        def test_fails_on_purpose(inference_server, http_client):
+            assert http_client.post("/v1/completions", json={}).status_code == 200
+            raise AssertionError(repr(inference_server))
+        """
+    )
+    result = pytester.runpytest(f"--endpoint={url}", "--api-key=sekrit-key-123", "-l", "-vv")
+    result.assert_outcomes(failed=1)
+    everything = result.stdout.str() + result.stderr.str()
+    assert "sekrit-key-123" not in everything
+
+
+def test_endpoint_key_from_environment(
+    pytester: pytest.Pytester,
+    running_fake_server: tuple[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _ = running_fake_server
+    monkeypatch.setenv("OPENAI_API_KEY", "sekrit-key-123")
+    pytester.makepyfile(USES_SERVER.replace("    assert inference_server.launched\n", ""))
+    pytester.runpytest(f"--endpoint={url}").assert_outcomes(passed=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+    result = pytester.runpytest(f"--endpoint={url}", "--server-timeout=2")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*GET /v1/models answered 401*"])
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_leaves_no_server(
+    pytester: pytest.Pytester,
+    fake_server_command: Callable[..., str],
+    tmp_path: Path,
+    signame: str,
+) -> None:
+    pidfile = tmp_path / "pids.json"
+    flag = tmp_path / "test-started"
+    pytester.makepyfile(
+        f"""
+        import pathlib, time
+
+        def test_long(inference_server):
+            pathlib.Path({str(flag)!r}).write_text("up")
+            time.sleep(120)
+        """
+    )
+    command = fake_server_command("--children", "2", "--pidfile", str(pidfile))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--engine=command",
+            f"--server-command={command}",
+            str(pytester.path),
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the test never started"
+            time.sleep(0.1)
+        pids = json.loads(pidfile.read_text())
+        assert all(pid_alive(pid) for pid in pids)
+        os.kill(proc.pid, getattr(__import__("signal"), signame))
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in output or "Interrupted" in output, output[-2000:]
+    assert wait_all_gone(pids, timeout=5) == [], f"left behind after {signame}: {output[-1500:]}"
