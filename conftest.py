@@ -14,4 +14,6 @@ else:
     )
     settings.register_profile("dev", max_examples=100, deadline=None)
     settings.register_profile("thorough", max_examples=1000, deadline=None)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+    settings.load_profile(
+        os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+    )

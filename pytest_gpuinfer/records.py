@@ -19,7 +19,7 @@ class RequestRecord:
     scheduled: float
     """When the request was due: its arrival time (open loop) or when a slot freed (closed loop)."""
     sent: float | None = None
-    """When the request's bytes were handed to the socket."""
+    """When the request's bytes were handed to the socket (stamped just before the write)."""
     first_byte: float | None = None
     """When the first byte of the response arrived."""
     first_token: float | None = None

@@ -1,12 +1,162 @@
-"""Every test in the compat suite carries the ``compat`` marker."""
+"""Compat suite wiring: the compat marker, shared session fixtures, and the cold-start report line.
+
+Expensive things (tokenizer load, feature probes) are session-scoped. Every feature a target may
+lack is probed through :mod:`pytest_gpuinfer.compat_probe` and skipped with the probe's reason.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
+from compat_helpers import COLD_START_KEY, TokenCounter, local_counter
+
+from pytest_gpuinfer.compat_probe import ProbeError, ServerProbe, exact_length_prompt, probe_for
+from pytest_gpuinfer.targets import InferenceServer
+
+FIRST_MODULES = ("test_cold_start.py",)
+"""Modules moved to the front: the cold start must time the server's first completion."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests collected from this folder as compat tests."""
-    for item in items:
-        if "tests/compat/" in item.nodeid.replace("\\", "/"):
-            item.add_marker(pytest.mark.compat)
+    """Mark compat tests and run the cold-start check before anything else uses the server."""
+    compat = [i for i in items if "tests/compat/" in i.nodeid.replace("\\", "/")]
+    for item in compat:
+        item.add_marker(pytest.mark.compat)
+    first = [i for i in compat if Path(str(i.path)).name in FIRST_MODULES]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """One line with the cold-start figures, when the cold-start check measured them."""
+    figures = config.stash.get(COLD_START_KEY, None)
+    if not figures:
+        return
+    terminalreporter.write_line(
+        "gpuinfer compat: cold start {total_s:.1f} s = launch to ready {ready_s:.1f} s "
+        "+ first completion {first_completion_s:.2f} s".format(**figures)
+    )
+
+
+@pytest.fixture(scope="session")
+def probe(inference_server: InferenceServer) -> ServerProbe:
+    """Cached feature probes for the target."""
+    return probe_for(inference_server)
+
+
+@pytest.fixture(scope="session")
+def session_http(inference_server: InferenceServer) -> Iterator[httpx.Client]:
+    """A session-wide httpx client (for hypothesis tests and session fixtures)."""
+    with httpx.Client(
+        base_url=inference_server.base_url,
+        headers=inference_server.auth_headers(),
+        timeout=httpx.Timeout(120.0, connect=5.0),
+    ) as client:
+        yield client
+
+
+def _local_model_dir(server: InferenceServer) -> Path | None:
+    """The server's model as a local directory, or None (endpoint, hub id)."""
+    if server.model_path and Path(server.model_path).is_dir():
+        return Path(server.model_path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def model_dir(inference_server: InferenceServer) -> Path:
+    """The target's local model directory; skips for targets without one (``--endpoint``)."""
+    path = _local_model_dir(inference_server)
+    if path is None:
+        if inference_server.model_path:
+            pytest.skip(f"model {inference_server.model_path!r} is not a local directory")
+        pytest.skip(
+            "the target has no local model path (an --endpoint target serves a model we cannot "
+            "read); model-file checks need a launched server"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def optional_tokenizer(inference_server: InferenceServer) -> Any:
+    """The transformers tokenizer of the local model, or None without a model dir/transformers."""
+    path = _local_model_dir(inference_server)
+    if path is None:
+        return None
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="session")
+def local_tokenizer(model_dir: Path, optional_tokenizer: Any) -> Any:
+    """The model's transformers tokenizer; skips when it cannot be loaded here."""
+    if optional_tokenizer is None:
+        pytest.skip("transformers is not installed, so the local tokenizer cannot be loaded")
+    return optional_tokenizer
+
+
+@pytest.fixture(scope="session")
+def token_counter(optional_tokenizer: Any, probe: ServerProbe) -> TokenCounter:
+    """Independent token counts: the local tokenizer when we have the model, else /tokenize."""
+    if optional_tokenizer is not None:
+        return local_counter(optional_tokenizer)
+    probe.tokenize_route().require()
+    chat = probe.tokenize_chat_route()
+    return TokenCounter(
+        "the server's /tokenize",
+        lambda text: probe.tokenize(text, add_special_tokens=True),
+        probe.tokenize_chat if chat.available else None,
+        [] if chat.available else [chat.reason],
+    )
+
+
+@pytest.fixture(scope="session")
+def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int], str]:
+    """Builds prompts of an exact token count (tokenizer, else /tokenize, else server usage)."""
+    counter: Callable[[str], int]
+    if optional_tokenizer is not None:
+        counter = local_counter(optional_tokenizer).count
+    elif probe.tokenize_route().available:
+
+        def counter(text: str) -> int:
+            return len(probe.tokenize(text, add_special_tokens=True))
+    else:
+        probe.completions().require()
+        counter = probe.usage_prompt_tokens
+    cache: dict[int, str] = {}
+
+    def build(n_tokens: int) -> str:
+        if n_tokens not in cache:
+            try:
+                cache[n_tokens] = exact_length_prompt(counter, n_tokens)
+            except ProbeError as exc:
+                pytest.skip(str(exc))
+        return cache[n_tokens]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def max_context(inference_server: InferenceServer) -> int:
+    """The target's context length as /v1/models reports it; skips when it reports none."""
+    if inference_server.max_model_len is None:
+        pytest.skip("the target's /v1/models reports no context length (max_model_len)")
+    return int(inference_server.max_model_len)
+
+
+@pytest.fixture(scope="session")
+def engine_identity(
+    inference_server: InferenceServer, probe: ServerProbe
+) -> tuple[str, str | None]:
+    """(engine family, version): "vllm" for launched vLLM or an endpoint whose models vLLM owns."""
+    engine = inference_server.engine
+    if engine == "endpoint" and probe.owned_by() == "vllm":
+        engine = "vllm"
+    return engine, inference_server.engine_version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -267,6 +268,9 @@ def test_interrupted_run_leaves_no_server(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # A shell that backgrounds us leaves SIGINT ignored, and Python keeps it so; a user's
+        # terminal does not. Restore the default so Ctrl-C behaves as it does for users.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
@@ -276,7 +280,7 @@ def test_interrupted_run_leaves_no_server(
             time.sleep(0.1)
         pids = json.loads(pidfile.read_text())
         assert all(pid_alive(pid) for pid in pids)
-        os.kill(proc.pid, getattr(__import__("signal"), signame))
+        os.kill(proc.pid, getattr(signal, signame))
         output, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
