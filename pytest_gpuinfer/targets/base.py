@@ -55,9 +55,11 @@ class InferenceServer:
 
     def describe(self) -> str:
         """One line naming engine, version, model and URL, for headers and summaries."""
-        version = f" {self.engine_version}" if self.engine_version else ""
-        label = " (simulator, not a real engine)" if self.is_simulator else ""
-        return f"{self.engine}{version}{label}, model {self.model} at {self.base_url}"
+        if self.is_simulator:
+            engine = f"{self.engine} (simulator, not a real engine)"
+        else:
+            engine = f"{self.engine} {self.engine_version}" if self.engine_version else self.engine
+        return f"{engine}, model {self.model} at {self.base_url}"
 
 
 def http_get_json(url: str, *, headers: dict[str, str], timeout: float) -> tuple[int, Any]:

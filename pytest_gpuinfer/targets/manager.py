@@ -113,6 +113,13 @@ class TargetManager:
             api_key=self.settings.api_key,
         )
 
+    def _pinned_env(self) -> dict[str, str]:
+        """This process's environment, with CUDA_VISIBLE_DEVICES set to the --gpu UUIDs."""
+        env = dict(os.environ)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.gpus)
+        return env
+
     def _plan(self, port: int) -> LaunchPlan:
         """Command line, environment and names for the configured engine."""
         settings = self.settings
@@ -139,7 +146,7 @@ class TargetManager:
                 word.format(port=port, host="127.0.0.1", model=model_path)
                 for word in settings.server_command
             ] + list(settings.engine_args)
-            return LaunchPlan(argv, dict(os.environ), None, model_path, served_name)
+            return LaunchPlan(argv, self._pinned_env(), None, model_path, served_name)
         version = vllm.local_version()
         if version is None:
             raise TargetError(
@@ -154,12 +161,7 @@ class TargetManager:
             engine_args=settings.engine_args,
             default_max_model_len=1024 if builtin else None,
         )
-        env = vllm.environment(
-            os.environ,
-            visible_gpus=visible_devices(self.gpus) if self.gpus else None,
-            has_gpu=self.has_gpu,
-            offline=builtin,
-        )
+        env = vllm.environment(self._pinned_env(), has_gpu=self.has_gpu, offline=builtin)
         return LaunchPlan(argv, env, version, model_path, served_name)
 
     def _launch(self) -> InferenceServer:

@@ -50,13 +50,9 @@ def command(
     return argv + list(engine_args)
 
 
-def environment(
-    base: Mapping[str, str], *, visible_gpus: str | None, has_gpu: bool, offline: bool
-) -> dict[str, str]:
-    """Environment for the server: GPU pinning by UUID, a CPU KV-cache size, offline hub."""
+def environment(base: Mapping[str, str], *, has_gpu: bool, offline: bool) -> dict[str, str]:
+    """Environment for the server: a CPU KV-cache size without a GPU, offline hub if asked."""
     env = dict(base)
-    if visible_gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible_gpus
     if not has_gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if offline:
