@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -175,31 +176,32 @@ def visible_devices(selected: tuple[GPUInfo, ...]) -> str:
     return ",".join(gpu.uuid for gpu in selected)
 
 
-def memory_used_bytes(uuid: str, nvml: ModuleType | None = None) -> int:
-    """Device memory in use on one GPU right now, in bytes."""
+@contextlib.contextmanager
+def _nvml_session(nvml: ModuleType | None) -> Iterator[ModuleType]:
+    """Initialise NVML for one query and shut it down after."""
     module = nvml if nvml is not None else load_nvml()
     if module is None:
         raise RuntimeError("nvidia-ml-py (pynvml) is not installed")
     module.nvmlInit()
     try:
-        handle = module.nvmlDeviceGetHandleByUUID(uuid)
-        return int(module.nvmlDeviceGetMemoryInfo(handle).used)
+        yield module
     finally:
         module.nvmlShutdown()
 
 
+def memory_used_bytes(uuid: str, nvml: ModuleType | None = None) -> int:
+    """Device memory in use on one GPU right now, in bytes."""
+    with _nvml_session(nvml) as module:
+        handle = module.nvmlDeviceGetHandleByUUID(uuid)
+        return int(module.nvmlDeviceGetMemoryInfo(handle).used)
+
+
 def process_memory_bytes(uuid: str, nvml: ModuleType | None = None) -> dict[int, int]:
     """Device memory per process id on one GPU (compute processes), in bytes."""
-    module = nvml if nvml is not None else load_nvml()
-    if module is None:
-        raise RuntimeError("nvidia-ml-py (pynvml) is not installed")
-    module.nvmlInit()
-    try:
+    with _nvml_session(nvml) as module:
         handle = module.nvmlDeviceGetHandleByUUID(uuid)
         result: dict[int, int] = {}
         for proc in module.nvmlDeviceGetComputeRunningProcesses(handle):
             used = getattr(proc, "usedGpuMemory", None)
             result[int(proc.pid)] = int(used) if used is not None else 0
         return result
-    finally:
-        module.nvmlShutdown()

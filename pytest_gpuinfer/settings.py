@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from .slo import SLO, SLOSyntaxError, parse_slos
 from .targets.process import port_in_use
 
 ENGINES = ("vllm", "sim", "command")
@@ -106,6 +107,21 @@ OPTIONS = (
         metavar="KEY",
     ),
     OptionSpec(
+        "--slo",
+        "gpuinfer_slo",
+        "SLO applied to every load_runner run (repeatable; comma-separated allowed), "
+        "e.g. --slo 'ttft_p95<500ms' --slo 'error_rate<0.1%'. Grammar: docs/metrics.md.",
+        kind="args",
+        default=(),
+        metavar="EXPR",
+    ),
+    OptionSpec(
+        "--gpuinfer-report",
+        "gpuinfer_report",
+        "Directory for machine-readable results (one JSON file per load run).",
+        metavar="DIR",
+    ),
+    OptionSpec(
         "--min-driver-version",
         "gpuinfer_min_driver_version",
         "Lowest acceptable NVIDIA driver version for the compat environment checks (e.g. 550.54).",
@@ -148,6 +164,8 @@ class Settings:
     server_scope: str = "session"
     gpu: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    slos: tuple[SLO, ...] = ()
+    report_dir: Path | None = None
     min_driver_version: str | None = None
     min_cuda_version: str | None = None
     max_cold_start_s: float | None = None
@@ -170,26 +188,18 @@ def add_options(parser: pytest.Parser) -> None:
         help="Write the --model-manifest file from the current model files instead of checking it.",
     )
     for spec in OPTIONS:
-        dest = spec.ini
-        if spec.kind == "args":
-            group.addoption(
-                spec.flag,
-                action="append",
-                dest=dest,
-                default=None,
-                metavar=spec.metavar,
-                help=spec.help,
-            )
+        repeatable = spec.kind == "args"
+        group.addoption(
+            spec.flag,
+            action="append" if repeatable else "store",
+            dest=spec.ini,
+            default=None,
+            metavar=spec.metavar,
+            help=spec.help.replace("%", "%%"),  # argparse formats help with %
+        )
+        if repeatable:
             parser.addini(spec.ini, spec.help, type="args", default=[])
         else:
-            group.addoption(
-                spec.flag,
-                action="store",
-                dest=dest,
-                default=None,
-                metavar=spec.metavar,
-                help=spec.help,
-            )
             parser.addini(spec.ini, spec.help, default=None)
 
 
@@ -333,6 +343,11 @@ def load_settings(config: pytest.Config) -> Settings:
     max_cold = _number(_spec("gpuinfer_max_cold_start"), cold) if cold is not None else None
     if max_cold is not None and max_cold <= 0:
         raise pytest.UsageError(f"--max-cold-start must be positive, got {max_cold:g}")
+    try:
+        slos = tuple(parse_slos(str(text) for text in values["gpuinfer_slo"] or ()))
+    except SLOSyntaxError as exc:
+        raise pytest.UsageError(f"--slo: {str(exc).splitlines()[0]}") from None
+    report = values["gpuinfer_report"]
     return Settings(
         engine=engine,
         endpoint=endpoint,
@@ -344,6 +359,8 @@ def load_settings(config: pytest.Config) -> Settings:
         server_scope=scope,
         gpu=str(gpu).strip() if gpu else None,
         api_key=api_key,
+        slos=slos,
+        report_dir=Path(str(report)).expanduser().resolve() if report else None,
         min_driver_version=values["gpuinfer_min_driver_version"],
         min_cuda_version=values["gpuinfer_min_cuda_version"],
         max_cold_start_s=max_cold,
