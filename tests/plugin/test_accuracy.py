@@ -1,0 +1,198 @@
+"""Accuracy of the load engine against the simulator's server-side truth, and failure handling.
+
+The simulator runs as a separate process, so the client's timings are not disturbed by sharing an
+interpreter with the server. Neither is pinned to a CPU: on a shared 2-core machine a pinned
+process waits whenever another one runs on its core, while an unpinned one moves to the free core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_gpuinfer.client import Timeouts
+from pytest_gpuinfer.load_engine import LoadResult, LoadRunner
+from pytest_gpuinfer.stats import distribution
+
+
+@contextlib.contextmanager
+def simulator(*arguments: str) -> Iterator[str]:
+    """Run the simulator CLI in its own process; yield its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *arguments],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "listening on" in line, line
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def server_truth(url: str) -> dict[str, dict[str, Any]]:
+    """The simulator's per-request timestamps, by request id."""
+    with urllib.request.urlopen(url + "/sim/requests") as response:
+        return {row["request_id"]: row for row in json.load(response)}
+
+
+def truth_ttfts(url: str, result: LoadResult) -> list[float]:
+    """Server-side TTFT (receipt to first text chunk written) of each request of a run."""
+    truth = server_truth(url)
+    return [
+        truth[r.request_id]["first_token"] - truth[r.request_id]["received"]
+        for r in result.records
+        if r.request_id in truth
+    ]
+
+
+def ttft_attempt() -> tuple[bool, bool, str]:
+    """One accuracy run at concurrency 16: whether the bounds held, whether the machine was busy
+    (the client waited for a CPU), and the figures."""
+    args = ("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "64")
+    with simulator(*args) as url:
+        result = LoadRunner(url, "sim-model").run(
+            concurrency=16, requests=128, max_tokens=64, ramp_s=0.1
+        )
+        truth = distribution(truth_ttfts(url, result))
+    assert result.summary.completed == 128 and truth.count == 128
+    measured = result.ttft
+    check = result.self_check
+    held = (
+        abs(measured.p50 - truth.p50) < 0.002
+        and abs(measured.p99 - truth.p99) < 0.002
+        and abs(result.itl.p50 - 0.010) < 0.001
+        and not result.client_bound
+    )
+    busy = any(reason.startswith("machine busy") for reason in check.reasons)
+    figures = (
+        f"TTFT p50 {measured.p50 * 1e3:.3f} vs truth {truth.p50 * 1e3:.3f} ms, "
+        f"p99 {measured.p99 * 1e3:.3f} vs {truth.p99 * 1e3:.3f} ms, "
+        f"ITL p50 {result.itl.p50 * 1e3:.3f} ms; {check.text()}"
+    )
+    return held, busy, figures
+
+
+def test_ttft_matches_the_simulator_at_concurrency_16() -> None:
+    """TTFT p50 and p99 within 2 ms of the server's truth; ITL within 1 ms of 10 ms.
+
+    The 16 slots start 6 ms apart (``ramp_s``): started together, identical requests stay in
+    lockstep and both sides queue a burst of 16 requests, which the simulator's truth (measured
+    from when it parsed a request) does not count. On a shared 2-core machine other processes can
+    keep client or server off the CPU for milliseconds, so the run is tried up to three times and
+    must meet every bound once; when every failed try was flagged by the self-check as run on a
+    busy machine, the test is skipped with the figures instead of judging the client by them.
+    """
+    attempts = []
+    all_busy = True
+    for _ in range(3):
+        held, busy, figures = ttft_attempt()
+        if held:
+            return
+        attempts.append(figures)
+        all_busy = all_busy and busy
+    report = "\n".join(attempts)
+    if all_busy:
+        pytest.skip(f"machine too busy to judge timing accuracy:\n{report}")
+    pytest.fail(f"no attempt met the bounds:\n{report}")
+
+
+def test_per_token_itl_when_chunks_carry_several_tokens() -> None:
+    """Four tokens per 10 ms chunk: ITL per token ~2.5 ms, per chunk ~10 ms."""
+    args = ("--ttft-ms", "20", "--itl-ms", "10", "--tokens-per-chunk", "4", "--output-tokens", "32")
+    with simulator(*args) as url:
+        result = LoadRunner(url, "sim-model").run(concurrency=4, requests=16, max_tokens=32)
+    assert all(r.chunk_tokens == [4] * 8 for r in result.records), result.records[0]
+    assert result.itl_chunk.p50 == pytest.approx(0.010, abs=0.001)
+    assert result.itl.p50 == pytest.approx(0.0025, abs=0.0005)
+    assert result.itl.count == 16 * 7 * 4
+    assert result.tpot.p50 == pytest.approx(70 / 31 / 1000, rel=0.1)
+
+
+def test_open_loop_delivers_the_asked_rate() -> None:
+    """Constant 100 req/s over 3 s: sends and completions within 2% of the rate."""
+    args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8")
+    with simulator(*args) as url:
+        result = LoadRunner(url, "sim-model").run(
+            rate=100, arrival="constant", requests=300, max_tokens=8
+        )
+    sent = sorted(r.sent for r in result.records if r.sent is not None)
+    assert len(sent) == 300 and result.summary.completed == 300
+    assert (len(sent) - 1) / (sent[-1] - sent[0]) == pytest.approx(100, rel=0.02)
+    ends = sorted(r.end for r in result.records if r.end is not None)
+    assert (len(ends) - 1) / (ends[-1] - ends[0]) == pytest.approx(100, rel=0.02)
+    assert result.self_check.dispatch_slip.p50 < 0.001
+
+
+def test_queue_time_is_reported_when_concurrency_caps_the_rate() -> None:
+    """50 req/s into 4 slots of ~200 ms: the wait is in ``queue`` and in TTFT, not hidden."""
+    args = ("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "16")
+    with simulator(*args) as url:
+        result = LoadRunner(url, "sim-model").run(
+            rate=50, concurrency=4, arrival="constant", requests=40, max_tokens=16
+        )
+        server_ttft = distribution(truth_ttfts(url, result))
+    assert result.queue.p50 > 0.1
+    assert result.ttft.p50 == pytest.approx(result.queue.p50 + server_ttft.p50, abs=0.01)
+    assert result.ttft.p50 > 3 * server_ttft.p50
+
+
+def test_hung_server_hits_the_first_token_timeout() -> None:
+    """A server that never answers: every request fails with 'timeout' at the bound."""
+    with simulator("--hang") as url:
+        runner = LoadRunner(
+            url, "sim-model", timeouts=Timeouts(first_token_s=0.5, total_s=5), preflight=False
+        )
+        started = time.perf_counter()
+        result = runner.run(concurrency=2, requests=4)
+        elapsed = time.perf_counter() - started
+    assert [r.error for r in result.records] == ["timeout"] * 4
+    for record in result.records:
+        assert record.end is not None and record.sent is not None
+        assert 0.49 <= record.end - record.sent < 0.6
+    assert elapsed < 2.5
+
+
+def test_malformed_stream_is_a_stream_error() -> None:
+    """A corrupt data line mid-stream: error class 'stream' quoting the bytes."""
+    args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8", "--malformed-stream")
+    with simulator(*args) as url:
+        result = LoadRunner(url, "sim-model", preflight=False).run(concurrency=2, requests=4)
+    assert [r.error for r in result.records] == ["stream"] * 4
+    assert all("finish_re" in (r.error_message or "") for r in result.records)
+    assert result.summary.errors == {"stream": 4}
+
+
+def test_crashing_server_gives_connection_errors_not_a_hang() -> None:
+    """After the simulator exits, requests fail fast as 'disconnect' or 'connect'."""
+    args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8", "--crash-after", "5")
+    with simulator(*args) as url:
+        runner = LoadRunner(
+            url,
+            "sim-model",
+            timeouts=Timeouts(connect_s=1, first_token_s=2, total_s=4),
+            preflight=False,
+        )
+        started = time.perf_counter()
+        result = runner.run(concurrency=2, requests=20)
+        elapsed = time.perf_counter() - started
+    errors = [r.error for r in result.records]
+    assert errors.count(None) >= 4
+    assert set(errors) - {None} <= {"disconnect", "connect"}
+    assert errors.count("connect") >= 10
+    assert elapsed < 3.0
