@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from .gpu import GPUInfo, GPUInventory
+from .load_runs import TestLoadRunner, slos_for
 from .session_state import RUN_STATE
 from .targets import InferenceServer, TargetError
 
@@ -76,3 +77,24 @@ def openai_client(inference_server: InferenceServer) -> Any:
         timeout=60.0,
         max_retries=0,
     )
+
+
+@pytest.fixture
+def load_runner(
+    request: pytest.FixtureRequest, inference_server: InferenceServer
+) -> TestLoadRunner:
+    """Runs load against the server; each run is judged by the test's SLOs and reported."""
+    from .load_engine import LoadRunner
+
+    state = request.config.stash[RUN_STATE]
+    runner = TestLoadRunner(
+        runner=LoadRunner(
+            inference_server.base_url, inference_server.model, api_key=inference_server.api_key
+        ),
+        server=inference_server,
+        slos=slos_for(request.node, state.settings.slos),
+        item=request.node,
+        report_dir=state.settings.report_dir,
+    )
+    state.load_runners.append(runner)
+    return runner

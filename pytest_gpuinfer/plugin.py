@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from . import __version__, gpu, gpu_requirements, settings
+from . import __version__, gpu, gpu_requirements, load_runs, settings
 from .session_state import RUN_STATE, RunState
 from .targets import TargetManager
 
@@ -23,6 +23,8 @@ MARKERS = (
     "leak: memory leak checks across batches",
     "requires_gpu(count=1, min_memory_gb=None): skip unless enough GPUs (with enough memory) "
     "are available",
+    "slo(*expressions): SLOs every load_runner run in this test must meet, "
+    "e.g. slo('ttft_p95<500ms', 'error_rate<1%')",
 )
 
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
@@ -82,6 +84,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Reject malformed ``slo`` markers before anything runs."""
+    load_runs.check_slo_markers(items)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip tests whose GPU requirements are not met; fail fast if the server has died."""
     state = item.config.stash[RUN_STATE]
@@ -127,6 +134,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if state is None or not state.servers_seen:
         return
     terminalreporter.section("gpuinfer")
+    for runner in state.load_runners:
+        for index, result in enumerate(runner.results, start=1):
+            terminalreporter.write_line(
+                f"{runner.item.nodeid} [load {index}]: {load_runs.result_line(result)}"
+            )
     for server in state.servers_seen:
         line = f"target: {server.describe()}"
         if server.cold_start_s is not None:

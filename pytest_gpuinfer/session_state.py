@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .gpu import GPUInfo, GPUInventory
 from .settings import Settings
 from .targets import InferenceServer, TargetManager
+
+if TYPE_CHECKING:
+    from .load_runs import TestLoadRunner
 
 
 @dataclass
@@ -23,6 +27,7 @@ class RunState:
     manager: TargetManager
     servers_seen: list[InferenceServer] = field(default_factory=list)
     server_failure: str | None = None
+    load_runners: list[TestLoadRunner] = field(default_factory=list)
 
     @property
     def gpus_in_use(self) -> tuple[GPUInfo, ...]:

@@ -67,9 +67,10 @@ class TargetManager:
         settings = self.settings
         if settings.endpoint:
             return f"endpoint {settings.endpoint} (attached; nothing is launched)"
-        model = settings.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
         if settings.engine == "sim":
+            model = settings.model or "sim-model"
             return f"sim (simulator, not a real engine), model {model}, launched on first use"
+        model = settings.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
         if settings.engine == "command":
             return f"command `{shlex.join(settings.server_command)}`, model {model}"
         version = vllm.local_version() or "NOT INSTALLED"

@@ -117,7 +117,7 @@ def test_header_in_cpu_mode(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--engine=sim")
     result.stdout.fnmatch_lines(
         [
-            "gpuinfer 0.1.0: target sim (simulator, not a real engine)*",
+            "gpuinfer 0.1.0: target sim (simulator, not a real engine), model sim-model*",
             "gpuinfer: GPUs: *",
         ]
     )

@@ -1,0 +1,151 @@
+"""The load runs a test makes through the ``load_runner`` fixture: SLO gate, properties, reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import slo
+
+if TYPE_CHECKING:
+    from .load_engine import LoadResult, LoadRunner
+    from .targets import InferenceServer
+
+
+class ClientBoundWarning(UserWarning):
+    """The load engine itself limited a run: its latencies include the client's own delay."""
+
+
+class SLOViolation(AssertionError):
+    """A load run missed one of its SLOs; the message lists measured vs limit per SLO."""
+
+
+def slos_for(item: pytest.Item, global_slos: tuple[slo.SLO, ...]) -> tuple[slo.SLO, ...]:
+    """The SLOs that apply to a test: its ``@pytest.mark.slo(...)`` ones, then ``--slo`` ones."""
+    own: list[slo.SLO] = []
+    for marker in item.iter_markers(name="slo"):
+        own.extend(slo.parse_slos(marker.args))
+    return (*own, *global_slos)
+
+
+def check_slo_markers(items: list[pytest.Item]) -> None:
+    """Parse every ``slo`` marker at collection so a bad expression is a usage error up front."""
+    for item in items:
+        for marker in item.iter_markers(name="slo"):
+            if not marker.args or marker.kwargs:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.slo takes SLO strings, "
+                    'e.g. @pytest.mark.slo("ttft_p95<500ms", "error_rate<1%")'
+                )
+            try:
+                slo.parse_slos(marker.args)
+            except slo.SLOSyntaxError as exc:
+                first = str(exc).splitlines()[0]
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {first}") from None
+
+
+def result_line(result: LoadResult) -> str:
+    """One line for the terminal summary: counts, key percentiles, throughput, self-check."""
+    summary = result.summary
+    ttft = summary.ttft
+
+    def ms(value: float) -> str:
+        return "-" if value != value else f"{value * 1e3:.1f}"
+
+    bound = (
+        "CLIENT-BOUND (latencies include the client's own delay)" if result.client_bound else "ok"
+    )
+    return (
+        f"{summary.completed}/{summary.requests} ok, {summary.failed} failed; "
+        f"TTFT p50/p95/p99 {ms(ttft.p50)}/{ms(ttft.p95)}/{ms(ttft.p99)} ms; "
+        f"ITL p95 {ms(summary.itl_token.p95)} ms; E2E p95 {ms(summary.e2e.p95)} ms; "
+        f"{summary.request_throughput:.1f} req/s, {summary.output_token_throughput:.0f} tok/s; "
+        f"client {bound}"
+    )
+
+
+@dataclass
+class TestLoadRunner:
+    """What ``load_runner`` gives a test: ``run(...)`` like LoadRunner, with its SLOs applied."""
+
+    __test__ = False  # not a test class, despite the name
+
+    runner: LoadRunner
+    server: InferenceServer
+    slos: tuple[slo.SLO, ...]
+    item: pytest.Item
+    report_dir: Path | None
+    results: list[LoadResult] = field(default_factory=list)
+
+    def run(self, *, check_slos: bool = True, **kwargs: Any) -> LoadResult:
+        """Run load (arguments as LoadRunner.run); fail the test when an SLO is missed."""
+        __tracebackhide__ = True
+        kwargs.setdefault("slos", self.slos)
+        result = self.runner.run(**kwargs)
+        self.results.append(result)
+        self._record(result)
+        if result.client_bound:
+            warnings.warn(
+                ClientBoundWarning(
+                    f"{self.item.nodeid}: the load engine was the bottleneck: "
+                    f"{result.self_check.text()}"
+                ),
+                stacklevel=2,
+            )
+        if check_slos and self.slos:
+            self.check(result)
+        return result
+
+    def check(self, result: LoadResult) -> list[slo.SLOVerdict]:
+        """Judge ``result`` against this test's SLOs; raise SLOViolation listing what failed."""
+        __tracebackhide__ = True
+        verdicts = slo.evaluate_all(self.slos, result.summary)
+        failed = [v for v in verdicts if not v.passed]
+        if failed:
+            lines = [f"missed {len(failed)} of {len(verdicts)} SLOs:"]
+            lines += [f"  {v.message}" for v in failed]
+            if result.client_bound:
+                lines.append(
+                    "  note: the load engine was itself the bottleneck, so part of this latency "
+                    f"is the client's: {result.self_check.text()}"
+                )
+            raise SLOViolation("\n".join(lines))
+        return verdicts
+
+    def _record(self, result: LoadResult) -> None:
+        """Put key figures in JUnit properties and write the full result as JSON."""
+        index = len(self.results)
+        summary = result.summary
+        prefix = f"load{index}_" if index > 1 else "load_"
+        for name, value in (
+            ("requests", summary.requests),
+            ("failed", summary.failed),
+            ("ttft_p50_ms", summary.ttft.p50 * 1e3),
+            ("ttft_p95_ms", summary.ttft.p95 * 1e3),
+            ("ttft_p99_ms", summary.ttft.p99 * 1e3),
+            ("itl_p95_ms", summary.itl_token.p95 * 1e3),
+            ("e2e_p95_ms", summary.e2e.p95 * 1e3),
+            ("throughput_rps", summary.request_throughput),
+            ("client_bound", result.client_bound),
+        ):
+            self.item.user_properties.append((prefix + name, value))
+        if self.report_dir is not None:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.item.nodeid).strip("_")
+            path = self.report_dir / "loads" / f"{name}-{index}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            document = result.to_dict()
+            document["test"] = self.item.nodeid
+            document["target"] = self.server.describe()
+            document["slos"] = [s.text for s in self.slos]
+            path.write_text(_json(document))
+
+
+def _json(document: dict[str, Any]) -> str:
+    """Indented JSON; NaN must already be null (the summaries write it so)."""
+    return json.dumps(document, indent=1, allow_nan=False)
