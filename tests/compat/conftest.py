@@ -12,24 +12,30 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import COLD_START_KEY, TokenCounter, local_counter
+from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
 
+from pytest_gpuinfer import tinymodel
 from pytest_gpuinfer.compat_probe import ProbeError, ServerProbe, exact_length_prompt, probe_for
+from pytest_gpuinfer.session_state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
 
 FIRST_MODULES = ("test_cold_start.py",)
 """Modules moved to the front: the cold start must time the server's first completion."""
 
+LAST_MODULES = ("test_offline_engine.py", "test_batch_format.py")
+"""Modules moved to the end: each starts a second engine in a subprocess (about a minute)."""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark compat tests and run the cold-start check before anything else uses the server."""
+    """Mark compat tests; cold start runs first, the slow subprocess checks last."""
     compat = [i for i in items if "tests/compat/" in i.nodeid.replace("\\", "/")]
     for item in compat:
         item.add_marker(pytest.mark.compat)
     first = [i for i in compat if Path(str(i.path)).name in FIRST_MODULES]
-    if first:
-        rest = [i for i in items if i not in first]
-        items[:] = first + rest
+    last = [i for i in compat if Path(str(i.path)).name in LAST_MODULES]
+    if first or last:
+        moved = set(first) | set(last)
+        items[:] = first + [i for i in items if i not in moved] + last
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -43,15 +49,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=server_scope)
 def probe(inference_server: InferenceServer) -> ServerProbe:
     """Cached feature probes for the target."""
     return probe_for(inference_server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=server_scope)
 def session_http(inference_server: InferenceServer) -> Iterator[httpx.Client]:
-    """A session-wide httpx client (for hypothesis tests and session fixtures)."""
+    """An httpx client living as long as the server (for hypothesis tests and shared fixtures)."""
     with httpx.Client(
         base_url=inference_server.base_url,
         headers=inference_server.auth_headers(),
@@ -60,31 +66,38 @@ def session_http(inference_server: InferenceServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def _local_model_dir(server: InferenceServer) -> Path | None:
-    """The server's model as a local directory, or None (endpoint, hub id)."""
-    if server.model_path and Path(server.model_path).is_dir():
-        return Path(server.model_path)
-    return None
+def _local_model_dir(config: pytest.Config) -> tuple[Path | None, str]:
+    """The model this run serves as a local directory, or None with the reason."""
+    # From the settings, not the server: model-file checks still run (and say what is wrong)
+    # when a damaged checkpoint keeps the server from starting.
+    settings = config.stash[RUN_STATE].settings
+    if settings.endpoint:
+        return None, (
+            "the target is an --endpoint server whose model files we cannot read; model-file "
+            "checks need a launched server"
+        )
+    if settings.engine == "sim":
+        return None, "the simulator serves no real model files"
+    if settings.model is None:
+        return tinymodel.ensure_model(), ""
+    if Path(settings.model).is_dir():
+        return Path(settings.model), ""
+    return None, f"model {settings.model!r} is a hub id, not a local directory"
 
 
 @pytest.fixture(scope="session")
-def model_dir(inference_server: InferenceServer) -> Path:
-    """The target's local model directory; skips for targets without one (``--endpoint``)."""
-    path = _local_model_dir(inference_server)
+def model_dir(pytestconfig: pytest.Config) -> Path:
+    """The served model's local directory; skips for targets without one (``--endpoint``)."""
+    path, reason = _local_model_dir(pytestconfig)
     if path is None:
-        if inference_server.model_path:
-            pytest.skip(f"model {inference_server.model_path!r} is not a local directory")
-        pytest.skip(
-            "the target has no local model path (an --endpoint target serves a model we cannot "
-            "read); model-file checks need a launched server"
-        )
+        pytest.skip(reason)
     return path
 
 
 @pytest.fixture(scope="session")
-def optional_tokenizer(inference_server: InferenceServer) -> Any:
+def optional_tokenizer(pytestconfig: pytest.Config) -> Any:
     """The transformers tokenizer of the local model, or None without a model dir/transformers."""
-    path = _local_model_dir(inference_server)
+    path, _ = _local_model_dir(pytestconfig)
     if path is None:
         return None
     try:
@@ -102,11 +115,20 @@ def local_tokenizer(model_dir: Path, optional_tokenizer: Any) -> Any:
     return optional_tokenizer
 
 
-@pytest.fixture(scope="session")
-def token_counter(optional_tokenizer: Any, probe: ServerProbe) -> TokenCounter:
+@pytest.fixture(scope=server_scope)
+def token_counter(
+    optional_tokenizer: Any, probe: ServerProbe, pytestconfig: pytest.Config
+) -> TokenCounter:
     """Independent token counts: the local tokenizer when we have the model, else /tokenize."""
     if optional_tokenizer is not None:
-        return local_counter(optional_tokenizer)
+        counter = local_counter(optional_tokenizer)
+        engine_args = pytestconfig.stash[RUN_STATE].settings.engine_args
+        if any(arg.startswith("--chat-template") for arg in engine_args):
+            # The server renders chat with another template than the tokenizer's own.
+            chat = probe.tokenize_chat_route()
+            counter.chat_ids = probe.tokenize_chat if chat.available else None
+            counter.notes = [] if chat.available else [f"--chat-template is set; {chat.reason}"]
+        return counter
     probe.tokenize_route().require()
     chat = probe.tokenize_chat_route()
     return TokenCounter(
@@ -117,7 +139,7 @@ def token_counter(optional_tokenizer: Any, probe: ServerProbe) -> TokenCounter:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=server_scope)
 def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int], str]:
     """Builds prompts of an exact token count (tokenizer, else /tokenize, else server usage)."""
     counter: Callable[[str], int]
@@ -143,7 +165,7 @@ def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int
     return build
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=server_scope)
 def max_context(inference_server: InferenceServer) -> int:
     """The target's context length as /v1/models reports it; skips when it reports none."""
     if inference_server.max_model_len is None:
@@ -151,7 +173,7 @@ def max_context(inference_server: InferenceServer) -> int:
     return int(inference_server.max_model_len)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=server_scope)
 def engine_identity(
     inference_server: InferenceServer, probe: ServerProbe
 ) -> tuple[str, str | None]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import httpx
 import pytest
+from compat_helpers import sse_events
 
 from pytest_gpuinfer.compat_probe import ServerProbe
 from pytest_gpuinfer.engine_metrics import detect_engine, engine_gauges, parse_metrics
@@ -20,6 +18,7 @@ VLLM_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:k
 
 
 def test_health_is_200(http_client: httpx.Client) -> None:
+    """GET /health answers 200."""
     response = http_client.get("/health")
     assert response.status_code == 200, (
         f"/health answered {response.status_code}: {response.text[:300]}"
@@ -29,6 +28,7 @@ def test_health_is_200(http_client: httpx.Client) -> None:
 def test_models_lists_the_served_model(
     http_client: httpx.Client, inference_server: InferenceServer
 ) -> None:
+    """/v1/models is an OpenAI list that names the served model."""
     response = http_client.get("/v1/models")
     assert response.status_code == 200, response.text[:300]
     body = response.json()
@@ -40,6 +40,7 @@ def test_models_lists_the_served_model(
 def test_completion_returns_text_and_usage(
     http_client: httpx.Client, inference_server: InferenceServer
 ) -> None:
+    """One completion returns text, a finish reason and consistent usage."""
     max_tokens = 8
     response = http_client.post(
         "/v1/completions",
@@ -63,27 +64,10 @@ def test_completion_returns_text_and_usage(
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def _sse_events(response: httpx.Response) -> list[Any]:
-    """Decode an SSE body into JSON events; '[DONE]' ends it."""
-    events: list[Any] = []
-    done = False
-    for line in response.iter_lines():
-        if not line or line.startswith(":"):
-            continue
-        assert line.startswith("data:"), f"not an SSE data line: {line[:200]!r}"
-        payload = line[len("data:") :].strip()
-        if payload == "[DONE]":
-            done = True
-            continue
-        assert not done, "data after [DONE]"
-        events.append(json.loads(payload))
-    assert done, "the stream did not end with data: [DONE]"
-    return events
-
-
 def test_streamed_chat_completion_is_well_formed(
     http_client: httpx.Client, inference_server: InferenceServer
 ) -> None:
+    """A streamed chat completion is SSE with content chunks, a finish reason and usage."""
     max_tokens = 6
     request = {
         "model": inference_server.model,
@@ -96,7 +80,7 @@ def test_streamed_chat_completion_is_well_formed(
     with http_client.stream("POST", "/v1/chat/completions", json=request) as response:
         assert response.status_code == 200, response.read()[:500]
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = _sse_events(response)
+        events = sse_events(response.iter_lines())
     assert events, "no chunks before [DONE]"
     assert all(event["object"] == "chat.completion.chunk" for event in events)
     content_chunks = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]

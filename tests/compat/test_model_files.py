@@ -1,0 +1,251 @@
+"""Model: config and architecture, tokenizer round trips on hard text, sha256 file manifests."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pytest_gpuinfer.compat_probe import ServerProbe, first_difference
+from pytest_gpuinfer.session_state import RUN_STATE
+from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.tinymodel import MANIFEST_NAME, verify_model
+
+HARD_TEXTS: dict[str, str] = {
+    "empty": "",
+    "ascii": "The quick brown fox jumps over the lazy dog.",
+    "accents": "café naïve Zürich façade señor Ærøskøbing",
+    "emoji": "ok 🙂🚀 family 👩‍👩‍👧‍👦 flag 🇯🇵 skin 👍🏽",
+    "cjk": "東京都 北京市 한국어 日本語のテキスト 中文\uff0c标点\u3002",
+    "combining": "e\u0301 a\u0308\u0304 Z\u0351\u0364\u036b n\u0303 \u0915\u094d\u0937",
+    "whitespace": "a" + " " * 64 + "\t\t\n\n\n" + " " * 17 + "b\r\n \u00a0\u2003 c   ",
+    "rtl": "שלום עולם مرحبا بالعالم",
+    "zero_width": "zero\u200bwidth\u200djoin\ufeffbom",
+    "astral": (
+        "\U0001d518\U0001d52b\U0001d526\U0001d520\U0001d52c\U0001d521\U0001d522 "
+        "\U0001d7d9\U0001d7da\U0001d7db \U00013000"
+    ),
+    "code": 'def f(x):\n\treturn {"k": [1, 2, 3]}  # comment\n',
+}
+
+MANIFEST_FORMAT = 1
+
+
+def test_model_config_loads(model_dir: Path) -> None:
+    """config.json loads with transformers and names an architecture and a model type."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.AutoConfig.from_pretrained(str(model_dir))
+    architectures = list(getattr(config, "architectures", None) or [])
+    assert architectures, f"{model_dir}/config.json lists no architectures"
+    assert getattr(config, "model_type", None), f"{model_dir}/config.json has no model_type"
+
+
+def test_served_context_fits_the_model(model_dir: Path, inference_server: InferenceServer) -> None:
+    """The context the server reports is at most the model's max_position_embeddings."""
+    config = json.loads((model_dir / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    if not isinstance(limit, int):
+        pytest.skip(f"{model_dir}/config.json has no max_position_embeddings")
+    if inference_server.max_model_len is None:
+        pytest.skip("the server reports no context length")
+    assert inference_server.max_model_len <= limit, (
+        f"served context {inference_server.max_model_len} exceeds the model's "
+        f"max_position_embeddings {limit}"
+    )
+
+
+def _registry_source_archs() -> set[str] | None:
+    """Architectures in vLLM's model registry source, read without importing vLLM (fast path)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)))
+    registry = package / "model_executor" / "models" / "registry.py"
+    try:
+        tree = ast.parse(registry.read_text())
+    except (OSError, SyntaxError):
+        return None
+    archs: set[str] = set()
+    for node in tree.body:
+        if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Dict):
+            continue
+        for key, value in zip(node.value.keys, node.value.values, strict=False):
+            # Supported entries map to (module, class); retired/out-of-tree ones map to strings.
+            if isinstance(key, ast.Constant) and isinstance(value, ast.Tuple):
+                archs.add(str(key.value))
+    return archs or None
+
+
+def _registry_archs_by_import(timeout_s: float = 180.0) -> set[str]:
+    """``ModelRegistry.get_supported_archs()`` in a subprocess (importing vLLM takes ~20 s)."""
+    code = (
+        "import json; from vllm.model_executor.models import ModelRegistry; "
+        "print(json.dumps(sorted(ModelRegistry.get_supported_archs())))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"importing vLLM's ModelRegistry failed:\n{done.stderr[-2000:]}", pytrace=False)
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_architecture_is_supported_by_engine(
+    model_dir: Path, request: pytest.FixtureRequest, record_property: Any
+) -> None:
+    """The checkpoint's architecture is one vLLM's ModelRegistry lists."""
+    engine = request.config.stash[RUN_STATE].settings.engine
+    if engine != "vllm":
+        pytest.skip(f"architecture lists are checked for vLLM only; the engine is {engine!r}")
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not importable in this Python, so its model registry cannot be read")
+    config = json.loads((model_dir / "config.json").read_text())
+    architectures = list(config.get("architectures") or [])
+    assert architectures, f"{model_dir}/config.json lists no architectures"
+    known = _registry_source_archs()
+    source = "vLLM's model registry source"
+    if known is None or not set(architectures) & known:
+        known = _registry_archs_by_import()
+        source = "ModelRegistry.get_supported_archs()"
+    record_property("architecture_source", source)
+    supported = [arch for arch in architectures if arch in known]
+    assert supported, (
+        f"none of {architectures} is among the {len(known)} architectures in {source} "
+        "(vLLM may still serve it through its Transformers backend)"
+    )
+
+
+@pytest.mark.parametrize("name", list(HARD_TEXTS))
+def test_local_tokenizer_round_trip(local_tokenizer: Any, name: str) -> None:
+    """decode(encode(text)) == text with the model's own tokenizer (transformers)."""
+    text = HARD_TEXTS[name]
+    ids = local_tokenizer.encode(text, add_special_tokens=False)
+    if text == "":
+        assert ids == [], f"the empty string encodes to {ids}"
+    decoded = local_tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    at = first_difference(decoded, text)
+    assert decoded == text, (
+        f"round trip changed the text at char {at}: {decoded[at : at + 12]!r} != "
+        f"{text[at : at + 12]!r} (ids {ids[:20]}...)"
+    )
+
+
+@pytest.mark.parametrize("name", list(HARD_TEXTS))
+def test_server_tokenize_round_trip(probe: ServerProbe, optional_tokenizer: Any, name: str) -> None:
+    """The server's /tokenize then /detokenize give the text back (and match the local ids)."""
+    probe.tokenize_route().require()
+    probe.detokenize_route().require()
+    text = HARD_TEXTS[name]
+    ids = probe.tokenize(text, add_special_tokens=False)
+    if text == "":
+        assert ids == [], f"/tokenize turned the empty string into {ids}"
+    if optional_tokenizer is not None:
+        local = optional_tokenizer.encode(text, add_special_tokens=False)
+        assert ids == local, f"/tokenize ids {ids[:20]} != local tokenizer ids {local[:20]}"
+    decoded = probe.detokenize(ids)
+    at = first_difference(decoded, text)
+    assert decoded == text, (
+        f"/detokenize changed the text at char {at}: {decoded[at : at + 12]!r} != "
+        f"{text[at : at + 12]!r}"
+    )
+
+
+def test_server_tokenize_adds_special_tokens_like_completions(
+    probe: ServerProbe, http_client: httpx.Client, inference_server: InferenceServer
+) -> None:
+    """/tokenize with special tokens counts what /v1/completions reports as prompt_tokens."""
+    probe.tokenize_route().require()
+    probe.completions().require()
+    prompt = HARD_TEXTS["cjk"]
+    ids = probe.tokenize(prompt, add_special_tokens=True)
+    body = {"model": inference_server.model, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    usage = http_client.post("/v1/completions", json=body).json()["usage"]
+    assert usage["prompt_tokens"] == len(ids), (
+        f"/v1/completions counted {usage['prompt_tokens']} prompt tokens, /tokenize {len(ids)}"
+    )
+
+
+def file_digests(model_dir: Path) -> dict[str, str]:
+    """sha256 per relative path of every model file (streamed; manifest, dot-files excluded)."""
+    digests: dict[str, str] = {}
+    for path in sorted(model_dir.rglob("*")):
+        relative = path.relative_to(model_dir)
+        if not path.is_file() or relative.as_posix() == MANIFEST_NAME:
+            continue
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digests[relative.as_posix()] = digest.hexdigest()
+    return digests
+
+
+def compare_digests(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """One line per file that is missing, unexpected, or has a different sha256."""
+    problems = []
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            problems.append(f"{name}: in the manifest but missing from the model")
+        elif name not in expected:
+            problems.append(f"{name}: present but not in the manifest")
+        elif expected[name] != actual[name]:
+            problems.append(f"{name}: sha256 {actual[name][:16]} != manifest {expected[name][:16]}")
+    return problems
+
+
+def test_model_files_match_manifest(
+    model_dir: Path, request: pytest.FixtureRequest, record_property: Any
+) -> None:
+    """The model files hash to the --model-manifest (written with --write-model-manifest)."""
+    settings = request.config.stash[RUN_STATE].settings
+    if not settings.model_manifest:
+        pytest.skip(
+            "no --model-manifest PATH given (create one with --model-manifest PATH "
+            "--write-model-manifest, then verify it on later runs)"
+        )
+    path = Path(settings.model_manifest).expanduser()
+    actual = file_digests(model_dir)
+    assert actual, f"{model_dir} holds no files to hash"
+    if settings.write_model_manifest:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": MANIFEST_FORMAT, "model": str(model_dir), "files": actual}
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        record_property("model_manifest_written", str(path))
+        return
+    if not path.is_file():
+        pytest.fail(
+            f"--model-manifest {path} does not exist; write it first with --write-model-manifest",
+            pytrace=False,
+        )
+    try:
+        expected = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        pytest.fail(f"--model-manifest {path} is not a manifest: {exc!r}", pytrace=False)
+    problems = compare_digests(expected, actual)
+    record_property("model_manifest_verified", str(path))
+    assert not problems, (
+        f"model {model_dir} differs from manifest {path} (corrupted or swapped checkpoint?):\n"
+        + "\n".join(problems)
+    )
+
+
+def test_builtin_model_matches_its_own_manifest(model_dir: Path) -> None:
+    """A model that carries gpuinfer-manifest.json (the built-in one) still matches it."""
+    if not (model_dir / MANIFEST_NAME).is_file():
+        pytest.skip(f"{model_dir} carries no {MANIFEST_NAME} (not the built-in model)")
+    problems = verify_model(model_dir)
+    assert not problems, f"built-in model {model_dir} differs from its manifest: {problems}"
