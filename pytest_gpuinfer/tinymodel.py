@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import model_manifest
+
 BUILTIN_MODEL_NAME = "gpuinfer-tiny-llama"
 """The served model name used for the built-in model."""
 
@@ -194,11 +196,7 @@ def _write_json(path: Path, data: object) -> None:
 
 def file_digests(model_dir: Path) -> dict[str, str]:
     """sha256 of every file in a model directory except the manifest itself."""
-    digests = {}
-    for path in sorted(model_dir.iterdir()):
-        if path.is_file() and path.name != MANIFEST_NAME:
-            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
+    return model_manifest.file_digests(model_dir, exclude=(MANIFEST_NAME,))
 
 
 def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
@@ -257,16 +255,7 @@ def verify_model(model_dir: Path) -> list[str]:
     if not manifest_path.is_file():
         return [f"{model_dir} has no {MANIFEST_NAME}"]
     expected: dict[str, str] = json.loads(manifest_path.read_text())["files"]
-    actual = file_digests(model_dir)
-    problems = []
-    for name in sorted(set(expected) | set(actual)):
-        if name not in actual:
-            problems.append(f"{name}: missing")
-        elif name not in expected:
-            problems.append(f"{name}: not in the manifest")
-        elif expected[name] != actual[name]:
-            problems.append(f"{name}: sha256 {actual[name][:12]} != manifest {expected[name][:12]}")
-    return problems
+    return model_manifest.compare_digests(expected, file_digests(model_dir))
 
 
 def ensure_model(cache_dir: Path | None = None, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer import model_manifest
 from pytest_gpuinfer.compat_probe import ServerProbe, first_difference
 from pytest_gpuinfer.session_state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
@@ -35,8 +36,6 @@ HARD_TEXTS: dict[str, str] = {
     ),
     "code": 'def f(x):\n\treturn {"k": [1, 2, 3]}  # comment\n',
 }
-
-MANIFEST_FORMAT = 1
 
 
 def test_model_config_loads(model_dir: Path) -> None:
@@ -177,69 +176,48 @@ def test_server_tokenize_adds_special_tokens_like_completions(
     )
 
 
-def file_digests(model_dir: Path) -> dict[str, str]:
-    """sha256 per relative path of every model file (streamed; manifest, dot-files excluded)."""
-    digests: dict[str, str] = {}
-    for path in sorted(model_dir.rglob("*")):
-        relative = path.relative_to(model_dir)
-        if not path.is_file() or relative.as_posix() == MANIFEST_NAME:
-            continue
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        digests[relative.as_posix()] = digest.hexdigest()
-    return digests
-
-
-def compare_digests(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
-    """One line per file that is missing, unexpected, or has a different sha256."""
-    problems = []
-    for name in sorted(set(expected) | set(actual)):
-        if name not in actual:
-            problems.append(f"{name}: in the manifest but missing from the model")
-        elif name not in expected:
-            problems.append(f"{name}: present but not in the manifest")
-        elif expected[name] != actual[name]:
-            problems.append(f"{name}: sha256 {actual[name][:16]} != manifest {expected[name][:16]}")
-    return problems
-
-
 def test_model_files_match_manifest(
     model_dir: Path, request: pytest.FixtureRequest, record_property: Any
 ) -> None:
-    """The model files hash to the --model-manifest (written with --write-model-manifest)."""
+    """The model files hash to their manifest: --model-manifest PATH, else one this machine
+    recorded in pytest's cache on the first run (catches a checkpoint swapped between runs)."""
     settings = request.config.stash[RUN_STATE].settings
-    if not settings.model_manifest:
-        pytest.skip(
-            "no --model-manifest PATH given (create one with --model-manifest PATH "
-            "--write-model-manifest, then verify it on later runs)"
-        )
-    path = Path(settings.model_manifest).expanduser()
-    actual = file_digests(model_dir)
+    actual = model_manifest.file_digests(model_dir)
     assert actual, f"{model_dir} holds no files to hash"
+    if settings.model_manifest:
+        path = Path(settings.model_manifest).expanduser()
+        origin = f"--model-manifest {path}"
+    else:
+        cache = getattr(request.config, "cache", None)
+        if cache is None:
+            pytest.skip(
+                "no --model-manifest PATH and pytest's cache is disabled (-p no:cacheprovider)"
+            )
+        key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
+        path = cache.mkdir("gpuinfer-model-manifests") / f"{key}.json"
+        origin = f"the manifest recorded in pytest's cache at {path}"
+        if not path.is_file():
+            model_manifest.write_manifest(path, model_dir, actual)
+            record_property("model_manifest_recorded", str(path))
+            assert model_manifest.read_manifest(path) == actual
+            return
     if settings.write_model_manifest:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": MANIFEST_FORMAT, "model": str(model_dir), "files": actual}
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        model_manifest.write_manifest(path, model_dir, actual)
         record_property("model_manifest_written", str(path))
         return
     if not path.is_file():
         pytest.fail(
-            f"--model-manifest {path} does not exist; write it first with --write-model-manifest",
-            pytrace=False,
+            f"{origin} does not exist; write it first with --write-model-manifest", pytrace=False
         )
     try:
-        expected = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        pytest.fail(f"--model-manifest {path} is not a manifest: {exc!r}", pytrace=False)
-    problems = compare_digests(expected, actual)
+        expected = model_manifest.read_manifest(path)
+    except ValueError as exc:
+        pytest.fail(f"{origin}: {exc}", pytrace=False)
+    problems = model_manifest.compare_digests(expected, actual)
     record_property("model_manifest_verified", str(path))
     assert not problems, (
-        f"model {model_dir} differs from manifest {path} (corrupted or swapped checkpoint?):\n"
-        + "\n".join(problems)
+        f"model {model_dir} differs from {origin} (corrupted or swapped checkpoint? if the "
+        "change is intended, rerun with --write-model-manifest):\n" + "\n".join(problems)
     )
 
 

@@ -51,8 +51,8 @@ def test_manifest_catches_a_damaged_file(model_dir: Path, tmp_path: Path) -> Non
     (copy / "generation_config.json").unlink()
     problems = tinymodel.verify_model(copy)
     assert any(p.startswith("model.safetensors: sha256") for p in problems), problems
-    assert "extra.bin: not in the manifest" in problems
-    assert "generation_config.json: missing" in problems
+    assert "extra.bin: present but not in the manifest" in problems
+    assert "generation_config.json: in the manifest but missing from the model" in problems
 
 
 def test_ensure_model_caches_and_repairs(tmp_path: Path) -> None:
