@@ -15,19 +15,29 @@ Behaviour, in one place:
   text is deterministic. A request produces ``min(SimConfig.output_tokens, max_tokens)`` tokens;
   ``finish_reason`` is ``"length"`` when that is the request's ``max_tokens``, else ``"stop"``
   (the simulated model "emitted EOS"). ``ignore_eos`` is accepted and ignored.
+* **Usage.** A non-streaming response always carries ``usage``. A stream ends with a usage-only
+  chunk (empty ``choices``) when ``stream_options.include_usage`` is set; when
+  ``continuous_usage_stats`` is set too, every chunk also carries the cumulative ``usage`` so far
+  (the chat role chunk with ``completion_tokens`` 0), in vLLM's shape, with
+  ``"completion_tokens_details":null``.
 * **Scheduling.** Like vLLM's scheduler: at most ``max_num_seqs`` requests run; with
   ``kv_token_budget`` the running requests' ``prompt + max_tokens`` (``output_tokens`` when the
   request gives no ``max_tokens``) may not exceed the budget (a request larger than the whole
   budget runs alone). Others wait in FIFO order, head of line first. Nothing is ever preempted.
 * **Timing.** Prefill starts at admission: the first chunk is sent ``ttft_s`` after the request
-  was admitted, so a request's TTFT seen from its receipt is its queue wait plus ``ttft_s``. Then
+  was admitted (the schedule counts from admission, not from receipt), so a request's TTFT seen
+  from its receipt is its receive time (rest of its bytes, parsing, waiting behind an earlier
+  response on the same connection) plus its queue wait plus ``ttft_s``. Then
   one chunk every ``itl_s``, each carrying ``tokens_per_chunk`` tokens. Deadlines are absolute (no
   drift); chunks that fall due together go out in one write. Timers use Linux ``timerfd`` for
   sub-millisecond precision (falling back to the event loop's timers elsewhere). A streaming
   response's head is sent on receipt, like vLLM's; a non-streaming response is sent whole when its
   last token is due. With ``ttft_s == itl_s == 0`` head and body go out in a single write.
 * **Records.** Times are ``time.perf_counter()`` seconds (CLOCK_MONOTONIC on Linux, shared by all
-  processes). ``first_token`` is when the first text chunk was written (for a non-streaming
+  processes). ``received`` is when the first byte of the request was read from the connection
+  (taken on entry to ``data_received``), so the truth includes the simulator's own receive time;
+  ``admitted`` is when it got an engine slot (prefill start; ``received <= admitted``).
+  ``first_token`` is when the first text chunk was written (for a non-streaming
   response, when the body was written); ``chunk_times`` has the write time of every text chunk of
   a stream (empty for a non-streaming response); ``max_lag`` is the largest delay of a write behind
   its schedule. A client that disconnects early leaves status 499.
@@ -133,7 +143,7 @@ class _RequestRecord:
     )
 
     def __init__(self, request_id: str, endpoint: str, received: float) -> None:
-        """Start a record for a request that was fully received at ``received``."""
+        """Start a record for a request whose first byte was read at ``received``."""
         self.request_id = request_id
         self.endpoint = endpoint
         self.stream = False
@@ -192,9 +202,10 @@ class _IncomingRequest:
         request_id: str | None,
         keep_alive: bool,
         http_10: bool,
+        received: float,
     ) -> None:
-        """Capture the parts of a request the server needs, stamped with its receipt time."""
-        self.received = time.perf_counter()
+        """Capture the parts of a request the server needs and when its first byte arrived."""
+        self.received = received
         self.method = method
         self.path = path
         self.body = body
@@ -330,6 +341,11 @@ _REASONS = {
 }
 _SERVER_LINE = b"server: " + SERVER_HEADER.encode() + b"\r\n"
 _STREAM_END = b"data: [DONE]\n\n"
+_CONTINUOUS_USAGE = (
+    b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d,'
+    b'"completion_tokens_details":null}}\n\n'
+)
+"""End of a chunk with cumulative usage (vLLM's ``continuous_usage_stats``): prompt, total, done."""
 _LAST_HTTP_CHUNK = b"0\r\n\r\n"
 
 
@@ -379,6 +395,7 @@ class _GenerationParams:
 
     __slots__ = (
         "chat",
+        "continuous_usage",
         "finish_reason",
         "include_usage",
         "max_tokens",
@@ -418,6 +435,9 @@ class _GenerationParams:
         if options is not None and not isinstance(options, dict):
             raise _BadRequest("`stream_options` must be an object.")
         self.include_usage = bool(options and options.get("include_usage"))
+        self.continuous_usage = bool(
+            self.include_usage and options and options.get("continuous_usage_stats")
+        )
         self.max_tokens: int | None = max_tokens
         if max_tokens is not None and max_tokens <= config.output_tokens:
             self.output_tokens = max_tokens
@@ -631,8 +651,9 @@ class _Generation:
         """SSE events for chunks ``first`` to ``last - 1``, with role, usage and end as needed."""
         params = self.params
         prefix = self.chunk_prefix
+        usage_prompt = params.prompt_tokens if params.continuous_usage else -1
         tails = self.server.event_tails(
-            params.chat, params.output_tokens, params.finish_reason, first, last
+            params.chat, params.output_tokens, params.finish_reason, first, last, usage_prompt
         )
         body = prefix + prefix.join(tails)
         if last == self.chunk_count:
@@ -711,9 +732,11 @@ class _HttpConnection(asyncio.Protocol):
         "_body",
         "_busy",
         "_closed",
+        "_data_time",
         "_generation",
         "_parser",
         "_pending",
+        "_received",
         "_request_id",
         "_server",
         "_transport",
@@ -728,6 +751,8 @@ class _HttpConnection(asyncio.Protocol):
         self._url = b""
         self._body: list[bytes] = []
         self._request_id: str | None = None
+        self._data_time = 0.0
+        self._received = 0.0
         self._pending: deque[_IncomingRequest] = deque()
         self._busy = False
         self._closed = False
@@ -755,7 +780,8 @@ class _HttpConnection(asyncio.Protocol):
             current.status = CLIENT_CLOSED_STATUS
 
     def data_received(self, data: bytes) -> None:
-        """Parse, then answer the requests that are complete."""
+        """Parse (stamping when each request's first byte arrived), then answer complete ones."""
+        self._data_time = time.perf_counter()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -770,7 +796,8 @@ class _HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        """A new request starts."""
+        """A new request starts: its first byte came with the data being parsed."""
+        self._received = self._data_time
         self._url = b""
         self._body = []
         self._request_id = None
@@ -801,6 +828,7 @@ class _HttpConnection(asyncio.Protocol):
                 self._request_id,
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
+                self._received,
             )
         )
 
@@ -922,7 +950,7 @@ class SimServer:
             (b"POST", b"/v1/chat/completions"): self._chat_completions,
         }
         self._paths = {path for _, path in self._routes}
-        self._tails_cache: dict[tuple[bool, int, bytes, int, int], tuple[bytes, ...]] = {}
+        self._tails_cache: dict[tuple[bool, int, bytes, int, int, int], tuple[bytes, ...]] = {}
 
     # lifecycle
 
@@ -986,26 +1014,42 @@ class SimServer:
     # rendering
 
     def event_tails(
-        self, chat: bool, output_tokens: int, finish_reason: bytes, first: int, last: int
+        self,
+        chat: bool,
+        output_tokens: int,
+        finish_reason: bytes,
+        first: int,
+        last: int,
+        usage_prompt: int = -1,
     ) -> tuple[bytes, ...]:
         """What follows each event's per-request prefix for chunks ``first`` to ``last - 1``.
 
-        Cached: a response's events differ from another's only in their prefix (id, created),
-        so ``prefix + prefix.join(tails)`` renders them without per-token work.
+        ``usage_prompt`` >= 0 adds cumulative usage (continuous_usage_stats) for that prompt
+        length. Cached: a response's events differ from another's only in their prefix (id,
+        created) and, with usage, in the prompt length, so ``prefix + prefix.join(tails)``
+        renders them without per-token work.
         """
-        key = (chat, output_tokens, finish_reason, first, last)
+        key = (chat, output_tokens, finish_reason, first, last, usage_prompt)
         tails = self._tails_cache.get(key)
         if tails is None:
             if len(self._tails_cache) > 10_000:
                 self._tails_cache.clear()
-            tails = self._render_tails(chat, output_tokens, finish_reason, first, last)
+            tails = self._render_tails(
+                chat, output_tokens, finish_reason, first, last, usage_prompt
+            )
             self._tails_cache[key] = tails
         return tails
 
     def _render_tails(
-        self, chat: bool, output_tokens: int, finish_reason: bytes, first: int, last: int
+        self,
+        chat: bool,
+        output_tokens: int,
+        finish_reason: bytes,
+        first: int,
+        last: int,
+        usage_prompt: int,
     ) -> tuple[bytes, ...]:
-        """Build the event tails of :meth:`event_tails` (role chunk, tokens, corrupt line)."""
+        """Build the event tails of :meth:`event_tails` (role, tokens, usage, corrupt line)."""
         config = self.config
         per_chunk = config.tokens_per_chunk
         count = -(-output_tokens // per_chunk)
@@ -1013,10 +1057,17 @@ class SimServer:
         opening = b'[{"index":0,"delta":{"content":"' if chat else b'[{"index":0,"text":"'
         closing = b'"},' if chat else b'",'
         tails: list[bytes] = []
+
+        def end(completion: int) -> bytes:
+            """Close the event, with cumulative usage after ``completion`` tokens when asked."""
+            if usage_prompt < 0:
+                return b"}\n\n"
+            return _CONTINUOUS_USAGE % (usage_prompt, usage_prompt + completion, completion)
+
         if first == 0 and chat:
             tails.append(
                 b'[{"index":0,"delta":{"role":"assistant","content":""},'
-                b'"logprobs":null,"finish_reason":null}]}\n\n'
+                b'"logprobs":null,"finish_reason":null}]' + end(0)
             )
         for index in range(first, last):
             text = b"".join(
@@ -1027,7 +1078,8 @@ class SimServer:
                 opening
                 + text
                 + closing
-                + b'"logprobs":null,"finish_reason":%s,"stop_reason":null}]}\n\n' % reason
+                + b'"logprobs":null,"finish_reason":%s,"stop_reason":null}]' % reason
+                + end(min(output_tokens, (index + 1) * per_chunk))
             )
             if index == corrupt_after:
                 tails.append(opening + b' tok", "finish_re\n\n')  # truncated JSON

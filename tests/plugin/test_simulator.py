@@ -260,6 +260,51 @@ def test_chat_stream_has_role_chunk_token_chunks_usage_and_done() -> None:
         run(scenario(url))
 
 
+def test_continuous_usage_stats_put_cumulative_usage_in_every_chunk() -> None:
+    """Like vLLM: with include_usage and continuous_usage_stats every chunk has usage so far."""
+    both = {"include_usage": True, "continuous_usage_stats": True}
+    prompt = 2 + simulator.CHAT_TOKENS_PER_MESSAGE + simulator.CHAT_TOKENS_PER_REPLY
+
+    async def scenario(url: str) -> tuple[Response, ...]:
+        request = chat("hello there", max_tokens=7, stream=True, stream_options=both)
+        continuous = await call(url, "POST", "/v1/chat/completions", request)
+        plain = completion(max_tokens=4, stream=True, stream_options=both)
+        plain_continuous = await call(url, "POST", "/v1/completions", plain)
+        final_only = chat("hello there", max_tokens=7, stream=True)
+        final_only["stream_options"] = {"include_usage": True}
+        final = await call(url, "POST", "/v1/chat/completions", final_only)
+        neither = chat("hello there", max_tokens=7, stream=True)
+        neither["stream_options"] = {"continuous_usage_stats": True}
+        none = await call(url, "POST", "/v1/chat/completions", neither)
+        return continuous, plain_continuous, final, none
+
+    with run_in_thread(instant(tokens_per_chunk=3)) as url:
+        continuous, plain_continuous, final, none = run(scenario(url))
+
+    data = continuous.sse_data()
+    assert data[-1] == "[DONE]"
+    events = [json.loads(item) for item in data[:-1]]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    usages = [event["usage"] for event in events]
+    assert [usage["completion_tokens"] for usage in usages] == [0, 3, 6, 7, 7]
+    assert all(usage["prompt_tokens"] == prompt for usage in usages)
+    assert all(u["total_tokens"] == prompt + u["completion_tokens"] for u in usages)
+    assert events[-1]["choices"] == []  # the usage-only chunk still ends the stream
+    assert (
+        f'"usage":{{"prompt_tokens":{prompt},"total_tokens":{prompt + 3},"completion_tokens":3,'
+        '"completion_tokens_details":null}' in data[1]
+    )  # vLLM's exact shape on content chunks
+
+    plain_events = [json.loads(item) for item in plain_continuous.sse_data()[:-1]]
+    assert [event["usage"]["completion_tokens"] for event in plain_events] == [3, 4, 4]
+    assert [event["choices"] for event in plain_events][-1] == []
+
+    final_events = [json.loads(item) for item in final.sse_data()[:-1]]
+    assert ["usage" in event for event in final_events] == [False] * 4 + [True]
+    none_events = [json.loads(item) for item in none.sse_data()[:-1]]
+    assert len(none_events) == 4 and not any("usage" in event for event in none_events)
+
+
 def test_bad_requests_get_openai_style_errors_and_server_stays_healthy() -> None:
     """400 for bad JSON, missing fields, bad limits and over-long prompts; 404 for wrong model."""
 
@@ -412,6 +457,36 @@ def test_stream_timing_follows_ttft_and_itl_schedule() -> None:
             b - a for a, b in zip(response.chunk_times, response.chunk_times[1:], strict=False)
         )
         assert abs(gaps[len(gaps) // 2] - itl) < 0.002, gaps
+
+
+def test_received_is_when_the_first_byte_arrived() -> None:
+    """A request whose body comes 50 ms after its head was received at its head's arrival."""
+
+    async def scenario(url: str) -> tuple[float, list[dict[str, Any]]]:
+        connection = await Connection.open(url)
+        body = json.dumps(completion(max_tokens=2, stream=True)).encode()
+        head = (
+            "POST /v1/completions HTTP/1.1\r\nhost: sim\r\nx-request-id: slow\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        sent = time.perf_counter()
+        connection.writer.write(head.encode())
+        await connection.writer.drain()
+        await asyncio.sleep(0.05)
+        connection.writer.write(body)
+        assert (await connection.receive()).status == 200
+        records = (await connection.request("GET", "/sim/requests")).json()
+        await connection.close()
+        return sent, records
+
+    with run_in_thread(SimConfig(ttft_s=0.01, itl_s=0.001)) as url:
+        sent, records = run(scenario(url))
+    (record,) = records
+    assert record["request_id"] == "slow"
+    assert sent <= record["received"] <= record["admitted"] <= record["first_token"]
+    assert record["received"] - sent < 0.03
+    assert record["admitted"] - record["received"] >= 0.045  # the body's wait is in the truth
+    assert record["first_token"] - record["admitted"] >= 0.01 - 20e-6  # TTFT from admission
 
 
 def test_non_streaming_response_arrives_when_the_last_token_is_due() -> None:
