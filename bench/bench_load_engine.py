@@ -23,17 +23,17 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 import timeit
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pytest_gpuinfer.client import InferenceClient, RequestSpec, SSEDecoder
 from pytest_gpuinfer.load_engine import LoadResult, LoadRunner
 from pytest_gpuinfer.records import RequestRecord
+from pytest_gpuinfer.simulator import run_in_process
 from pytest_gpuinfer.stats import Distribution, distribution
 
 MODEL = "sim-model"
@@ -53,25 +53,9 @@ def _pick_cpus() -> tuple[int | None, int | None]:
 SERVER_CPU, CLIENT_CPU = _pick_cpus()
 
 
-@contextlib.contextmanager
-def simulator(*arguments: str) -> Iterator[str]:
+def simulator(*arguments: str) -> contextlib.AbstractContextManager[str]:
     """Run the simulator CLI on the server CPU; yield its base URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *arguments],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        if SERVER_CPU is not None:
-            os.sched_setaffinity(process.pid, {SERVER_CPU})
-        yield line.split("listening on ", 1)[1].split()[0]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    return run_in_process(*arguments, cpu=SERVER_CPU)
 
 
 def server_rows(url: str) -> dict[str, dict[str, Any]]:

@@ -1431,6 +1431,38 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 @contextlib.contextmanager
+def run_in_process(*cli_args: str, cpu: int | None = None) -> Iterator[str]:
+    """Run the simulator CLI as its own process (optionally pinned to ``cpu``); yield its URL.
+
+    ``cli_args`` are the command-line flags (``--ttft-ms 50 ...``). A process has its own GIL, so
+    this is the mode for timing-grade work: benchmarks and accuracy tests.
+    """
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *cli_args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        prefix = LISTENING_LINE.split("{url}")[0]
+        if not line.startswith(prefix):
+            raise RuntimeError(f"the simulator did not start (exit {process.poll()}): {line!r}")
+        if cpu is not None:
+            os.sched_setaffinity(process.pid, {cpu})
+        yield line[len(prefix) :].split()[0]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
 def run_in_thread(
     config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> Iterator[str]:

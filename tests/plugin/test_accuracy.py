@@ -7,42 +7,19 @@ process waits whenever another one runs on its core, while an unpinned one moves
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pytest_gpuinfer.client import Timeouts
 from pytest_gpuinfer.load_engine import LoadResult, LoadRunner
+from pytest_gpuinfer.simulator import run_in_process
 from pytest_gpuinfer.stats import distribution
 
-
-@contextlib.contextmanager
-def simulator(*arguments: str) -> Iterator[str]:
-    """Run the simulator CLI in its own process; yield its base URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *arguments],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "listening on" in line, line
-        yield line.split("listening on ", 1)[1].split()[0]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+simulator = run_in_process
 
 
 def server_truth(url: str) -> dict[str, dict[str, Any]]:
