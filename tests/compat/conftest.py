@@ -33,9 +33,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.compat)
     first = [i for i in compat if Path(str(i.path)).name in FIRST_MODULES]
     last = [i for i in compat if Path(str(i.path)).name in LAST_MODULES]
-    if first or last:
-        moved = set(first) | set(last)
-        items[:] = first + [i for i in items if i not in moved] + last
+    if not (first or last):
+        return
+    # Reorder within the compat block only, where it stands: the plugin's own tests (timing
+    # checks among them) run before the session's vLLM server starts.
+    moved = set(first) | set(last)
+    block = first + [i for i in compat if i not in moved] + last
+    in_block = set(compat)
+    reordered: list[pytest.Item] = []
+    for item in items:
+        if item not in in_block:
+            reordered.append(item)
+        elif block:
+            reordered.extend(block)
+            block = []
+    items[:] = reordered
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
