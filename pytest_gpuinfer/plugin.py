@@ -106,11 +106,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the server's log tail to a failed test's report when a launched server is involved."""
+    """Attach the launched server's log tail to the report of a failed test that used it."""
     report = yield
     state = item.config.stash[RUN_STATE]
     _show_server_failure_once(state, call)
-    if report.failed:
+    if report.failed and "inference_server" in getattr(item, "fixturenames", ()):
         for server in state.manager.servers:
             tail = server.log_tail(40)
             if tail:

@@ -451,8 +451,12 @@ def test_stream_timing_follows_ttft_and_itl_schedule() -> None:
     chunk_lags.sort()
     assert chunk_lags[0] >= -20e-6, "a chunk left before its time"
     assert chunk_lags[len(chunk_lags) // 2] < 0.001, chunk_lags
-    for response in responses:
-        assert len(response.chunk_times) == tokens
+    # Client-side cross-check. The reader shares this process (and, in CI, the machine) with
+    # the server thread, so a reader starved of CPU can take several chunks in one read; the
+    # server records above are the ground truth, and most responses must show the spacing too.
+    spaced = [r for r in responses if len(r.chunk_times) == tokens]
+    assert len(spaced) >= len(responses) // 2, [len(r.chunk_times) for r in responses]
+    for response in spaced:
         gaps = sorted(
             b - a for a, b in zip(response.chunk_times, response.chunk_times[1:], strict=False)
         )
