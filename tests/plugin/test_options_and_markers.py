@@ -9,6 +9,12 @@ from types import SimpleNamespace
 import pytest
 from fake_nvml import H100
 
+COLLECTED_TEST = """
+def test_collected(request):
+    assert request.node.name == "test_collected"
+"""
+"""A minimal inner test for runs whose point is how options are handled."""
+
 FLAGS = (
     "--gpu",
     "--endpoint",
@@ -48,8 +54,9 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
         @pytest.mark.load
         @pytest.mark.oom
         @pytest.mark.leak
-        def test_all_markers():
-            assert 1 + 1 == 2
+        def test_all_markers(request):
+            names = {mark.name for mark in request.node.iter_markers()}
+            assert {"compat", "perf", "load", "oom", "leak"} <= names
         """
     )
     result = pytester.runpytest("--strict-markers")
@@ -88,7 +95,7 @@ def busy_port() -> Iterator[int]:
 def test_bad_options_are_one_line_usage_errors(
     pytester: pytest.Pytester, args: list[str], message: str
 ) -> None:
-    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    pytester.makepyfile(COLLECTED_TEST)
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
@@ -97,7 +104,7 @@ def test_bad_options_are_one_line_usage_errors(
 
 
 def test_port_already_taken_is_a_usage_error(pytester: pytest.Pytester, busy_port: int) -> None:
-    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    pytester.makepyfile(COLLECTED_TEST)
     result = pytester.runpytest(f"--server-port={busy_port}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: --server-port {busy_port}: the port is already in use*"])
@@ -105,7 +112,7 @@ def test_port_already_taken_is_a_usage_error(pytester: pytest.Pytester, busy_por
 
 def test_ini_keys_work_and_command_line_wins(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ngpuinfer_engine = nonsense-from-ini\n")
-    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    pytester.makepyfile(COLLECTED_TEST)
     from_ini = pytester.runpytest()
     assert from_ini.ret == pytest.ExitCode.USAGE_ERROR
     from_ini.stderr.fnmatch_lines(["ERROR: --engine 'nonsense-from-ini' is not known*"])
@@ -113,7 +120,7 @@ def test_ini_keys_work_and_command_line_wins(pytester: pytest.Pytester) -> None:
 
 
 def test_header_in_cpu_mode(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    pytester.makepyfile(COLLECTED_TEST)
     result = pytester.runpytest("--engine=sim")
     result.stdout.fnmatch_lines(
         [
@@ -126,7 +133,7 @@ def test_header_in_cpu_mode(pytester: pytest.Pytester) -> None:
 def test_header_lists_fake_gpus_and_selection(
     pytester: pytest.Pytester, fake_gpus: SimpleNamespace
 ) -> None:
-    pytester.makepyfile("def test_x():\n    assert True is not False\n")
+    pytester.makepyfile(COLLECTED_TEST)
     result = pytester.runpytest(f"--gpu={H100['uuid']}")
     result.stdout.fnmatch_lines(
         ["gpuinfer: GPUs: 2 (driver 580.65.06, CUDA 13.0): 0: NVIDIA H100 80GB HBM3*; using --gpu*"]
