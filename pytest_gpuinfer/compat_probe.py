@@ -40,6 +40,16 @@ class ProbeError(RuntimeError):
     """A probe helper could not get the answer it needs (the message says what came back)."""
 
 
+class ServerFault(ProbeError):
+    """A probe helper got a 5xx: the feature exists but is broken, so the check must fail."""
+
+
+def _answer_error(label: str, response: httpx.Response) -> ProbeError:
+    """The error for a non-200 answer: ServerFault for a 5xx, ProbeError otherwise."""
+    kind = ServerFault if response.status_code >= 500 else ProbeError
+    return kind(f"{label} answered {response.status_code}: {error_message(response)}")
+
+
 @dataclass(frozen=True)
 class Feature:
     """What a probe learned: available, absent (skip), or broken (fail), with the evidence."""
@@ -102,6 +112,7 @@ class ServerProbe:
         *,
         headers: dict[str, str] | None = None,
         timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -109,6 +120,7 @@ class ServerProbe:
             base_url=self.base_url,
             headers=headers or {},
             timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
         )
         self._cache: dict[str, Feature] = {}
         self._facts: dict[str, str | None] = {}
@@ -412,9 +424,7 @@ class ServerProbe:
             "/detokenize", json={"model": self.model, "tokens": list(tokens)}
         )
         if response.status_code != 200:
-            raise ProbeError(
-                f"POST /detokenize answered {response.status_code}: {error_message(response)}"
-            )
+            raise _answer_error("POST /detokenize", response)
         body = response.json()
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
             raise ProbeError(f"POST /detokenize answered without a prompt: {_short(str(body))}")
@@ -424,9 +434,7 @@ class ServerProbe:
         """The ``usage.prompt_tokens`` the server reports for ``prompt`` (one-token completion)."""
         response = self._client.post("/v1/completions", json=self._completion({"prompt": prompt}))
         if response.status_code != 200:
-            raise ProbeError(
-                f"POST /v1/completions answered {response.status_code}: {error_message(response)}"
-            )
+            raise _answer_error("POST /v1/completions", response)
         usage = response.json().get("usage") or {}
         if not isinstance(usage.get("prompt_tokens"), int):
             raise ProbeError(f"the completion carried no usage.prompt_tokens: {usage}")
@@ -443,7 +451,7 @@ def _choices(body: Any) -> list[dict[str, Any]]:
 def _token_list(response: httpx.Response, label: str) -> list[int]:
     """The ``tokens`` list of a ``/tokenize`` answer, or ProbeError saying what came back."""
     if response.status_code != 200:
-        raise ProbeError(f"{label} answered {response.status_code}: {error_message(response)}")
+        raise _answer_error(label, response)
     body = response.json()
     tokens = body.get("tokens") if isinstance(body, dict) else None
     if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):

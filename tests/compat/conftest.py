@@ -15,7 +15,13 @@ import pytest
 from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
 
 from pytest_gpuinfer import tinymodel
-from pytest_gpuinfer.compat_probe import ProbeError, ServerProbe, exact_length_prompt, probe_for
+from pytest_gpuinfer.compat_probe import (
+    ProbeError,
+    ServerFault,
+    ServerProbe,
+    exact_length_prompt,
+    probe_for,
+)
 from pytest_gpuinfer.session_state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
 
@@ -170,6 +176,10 @@ def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int
         if n_tokens not in cache:
             try:
                 cache[n_tokens] = exact_length_prompt(counter, n_tokens)
+            except ServerFault as exc:
+                pytest.fail(
+                    f"building a {n_tokens}-token prompt hit a server error: {exc}", pytrace=False
+                )
             except ProbeError as exc:
                 pytest.skip(str(exc))
         return cache[n_tokens]
