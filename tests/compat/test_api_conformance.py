@@ -179,22 +179,8 @@ def _stream_usage(events: list[dict[str, Any]]) -> dict[str, int] | None:
     return usages[-1] if usages else None
 
 
-def test_streamed_completion_equals_non_streamed(
-    completions: None, http_client: httpx.Client, inference_server: InferenceServer
-) -> None:
-    """Streamed completion text, finish reason and usage equal the non-streamed ones."""
-    request = _completion(inference_server, max_tokens=24)
-    whole = post_ok(http_client, "/v1/completions", request)
-    events = stream_events(
-        http_client, "/v1/completions", {**request, "stream_options": {"include_usage": True}}
-    )
-    assert events, "no chunks before [DONE]"
-    bad = [e.get("object") for e in events if e.get("object") != "text_completion"]
-    assert not bad, f"stream chunks with object {bad[:3]} (expected 'text_completion')"
-    pieces = [c.get("text") or "" for e in events for c in e.get("choices", [])]
-    streamed = "".join(pieces)
-    text = whole["choices"][0]["text"]
-    assert streamed == text, _text_diff("streamed text", streamed, "non-streamed", text)
+def _assert_stream_ends_like(events: list[dict[str, Any]], whole: dict[str, Any]) -> None:
+    """The stream has exactly the non-streamed finish reason and the same usage counts."""
     finishes = [
         c.get("finish_reason")
         for e in events
@@ -211,6 +197,25 @@ def test_streamed_completion_equals_non_streamed(
         assert usage.get(key) == whole["usage"][key], (
             f"streamed usage.{key} {usage.get(key)} != non-streamed {whole['usage'][key]}"
         )
+
+
+def test_streamed_completion_equals_non_streamed(
+    completions: None, http_client: httpx.Client, inference_server: InferenceServer
+) -> None:
+    """Streamed completion text, finish reason and usage equal the non-streamed ones."""
+    request = _completion(inference_server, max_tokens=24)
+    whole = post_ok(http_client, "/v1/completions", request)
+    events = stream_events(
+        http_client, "/v1/completions", {**request, "stream_options": {"include_usage": True}}
+    )
+    assert events, "no chunks before [DONE]"
+    bad = [e.get("object") for e in events if e.get("object") != "text_completion"]
+    assert not bad, f"stream chunks with object {bad[:3]} (expected 'text_completion')"
+    pieces = [c.get("text") or "" for e in events for c in e.get("choices", [])]
+    streamed = "".join(pieces)
+    text = whole["choices"][0]["text"]
+    assert streamed == text, _text_diff("streamed text", streamed, "non-streamed", text)
+    _assert_stream_ends_like(events, whole)
 
 
 def test_streamed_chat_equals_non_streamed(
@@ -230,21 +235,7 @@ def test_streamed_chat_equals_non_streamed(
     streamed = "".join(d.get("content") or "" for d in deltas)
     text = whole["choices"][0]["message"]["content"]
     assert streamed == text, _text_diff("streamed text", streamed, "non-streamed", text)
-    finishes = [
-        c.get("finish_reason")
-        for e in events
-        for c in e.get("choices", [])
-        if c.get("finish_reason")
-    ]
-    assert finishes == [whole["choices"][0]["finish_reason"]], (
-        f"stream finish reasons {finishes} != non-streamed {whole['choices'][0]['finish_reason']!r}"
-    )
-    usage = _stream_usage(events)
-    assert usage is not None, "include_usage asked for a usage chunk; none came"
-    for key in ("prompt_tokens", "completion_tokens"):
-        assert usage.get(key) == whole["usage"][key], (
-            f"streamed usage.{key} {usage.get(key)} != non-streamed {whole['usage'][key]}"
-        )
+    _assert_stream_ends_like(events, whole)
 
 
 # -- stop, n, logprobs ---------------------------------------------------------------------------
