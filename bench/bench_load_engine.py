@@ -30,11 +30,11 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pytest_gpuinfer.client import InferenceClient, RequestSpec, SSEDecoder
-from pytest_gpuinfer.load_engine import LoadResult, LoadRunner
-from pytest_gpuinfer.records import RequestRecord
-from pytest_gpuinfer.simulator import run_in_process
-from pytest_gpuinfer.stats import Distribution, distribution
+from pytest_gpuinfer.load.client import InferenceClient, RequestSpec, SSEDecoder
+from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.stats import Distribution, distribution
+from pytest_gpuinfer.sim.server import run_in_process
 
 MODEL = "sim-model"
 PROMPT = "say something"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .process import ManagedProcess
+from pytest_gpuinfer.targets.process import ManagedProcess
 
 
 class TargetError(Exception):

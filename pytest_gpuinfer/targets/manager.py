@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import tinymodel
-from ..gpu import GPUInfo, visible_devices
-from . import vllm
-from .base import InferenceServer, TargetError, wait_until_ready
-from .process import ManagedProcess, free_port
+from pytest_gpuinfer.hardware.gpu import GPUInfo, visible_devices
+from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.targets import vllm
+from pytest_gpuinfer.targets.base import InferenceServer, TargetError, wait_until_ready
+from pytest_gpuinfer.targets.process import ManagedProcess, free_port
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from pytest_gpuinfer.plugin.options import Settings
 
 LOG_TAIL_LINES = 100
 
@@ -129,7 +129,7 @@ class TargetManager:
             argv = [
                 sys.executable,
                 "-m",
-                "pytest_gpuinfer.simulator",
+                "pytest_gpuinfer.sim.server",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_gpuinfer.compat_probe import error_message
+from pytest_gpuinfer.targets.probe import error_message
 
 SCOPES = ("function", "class", "module", "package", "session")
 
 
 def server_scope(fixture_name: str, config: pytest.Config) -> Any:
     """The scope of ``inference_server`` (--server-scope), for fixtures that hold on to it."""
-    from pytest_gpuinfer.session_state import RUN_STATE
+    from pytest_gpuinfer.plugin.state import RUN_STATE
 
     state = config.stash.get(RUN_STATE, None)
     return state.settings.server_scope if state is not None else "session"

@@ -1,7 +1,7 @@
 """Compat suite wiring: the compat marker, shared session fixtures, and the cold-start report line.
 
 Expensive things (tokenizer load, feature probes) are session-scoped. Every feature a target may
-lack is probed through :mod:`pytest_gpuinfer.compat_probe` and skipped with the probe's reason.
+lack is probed through :mod:`pytest_gpuinfer.targets.probe` and skipped with the probe's reason.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import httpx
 import pytest
 from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
 
-from pytest_gpuinfer import tinymodel
-from pytest_gpuinfer.compat_probe import (
+from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import (
     ProbeError,
     ServerFault,
     ServerProbe,
     exact_length_prompt,
     probe_for,
 )
-from pytest_gpuinfer.session_state import RUN_STATE
-from pytest_gpuinfer.targets import InferenceServer
 
 FIRST_MODULES = ("test_cold_start.py",)
 """Modules moved to the front: the cold start must time the server's first completion."""

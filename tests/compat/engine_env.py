@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from compat_helpers import model_flags
 
-from pytest_gpuinfer import gpu as gpu_module
-from pytest_gpuinfer.session_state import RUN_STATE
+from pytest_gpuinfer.hardware import gpu as gpu_module
+from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
 
 DTYPE_IN_LOG = re.compile(r"dtype=torch\.(\w+)")

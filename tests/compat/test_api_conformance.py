@@ -16,8 +16,8 @@ import httpx
 import pytest
 from compat_helpers import TokenCounter, check_finish, finish_retry, post_ok, stream_events
 
-from pytest_gpuinfer.compat_probe import ServerProbe, error_message, first_difference
 from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import ServerProbe, error_message, first_difference
 
 PROMPT = "The inference server streams tokens back to"
 MESSAGES = [

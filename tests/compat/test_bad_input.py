@@ -16,8 +16,8 @@ import httpx
 import pytest
 from compat_helpers import KNOWN_DEVIATIONS, assert_healthy, at_most, xfail_if_known_deviation
 
-from pytest_gpuinfer.compat_probe import ServerProbe, error_message
 from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import ServerProbe, error_message
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed")
 from hypothesis import HealthCheck, given  # noqa: E402

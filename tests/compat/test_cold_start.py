@@ -12,9 +12,9 @@ import httpx
 import pytest
 from compat_helpers import COLD_START_KEY
 
-from pytest_gpuinfer.compat_probe import error_message
-from pytest_gpuinfer.session_state import RUN_STATE
+from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import error_message
 
 
 def test_cold_start_to_first_completion(

@@ -7,13 +7,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_gpuinfer import gpu as gpu_module
-from pytest_gpuinfer.compat_probe import ServerProbe
-from pytest_gpuinfer.gpu import GPUInfo, GPUInventory
-from pytest_gpuinfer.session_state import RUN_STATE
-from pytest_gpuinfer.settings import Settings, parse_version
+from pytest_gpuinfer.hardware import gpu as gpu_module
+from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.plugin.options import Settings, parse_version
+from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets import vllm as vllm_target
+from pytest_gpuinfer.targets.probe import ServerProbe
 
 
 def _settings(request: pytest.FixtureRequest) -> Settings:

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_gpuinfer import model_manifest
-from pytest_gpuinfer.compat_probe import ServerProbe, first_difference
-from pytest_gpuinfer.session_state import RUN_STATE
+from pytest_gpuinfer.models import manifest as model_manifest
+from pytest_gpuinfer.models.tinymodel import MANIFEST_NAME, verify_model
+from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.tinymodel import MANIFEST_NAME, verify_model
+from pytest_gpuinfer.targets.probe import ServerProbe, first_difference
 
 HARD_TEXTS: dict[str, str] = {
     "empty": "",

@@ -6,10 +6,10 @@ import httpx
 import pytest
 from compat_helpers import sse_events
 
-from pytest_gpuinfer.compat_probe import ServerProbe
-from pytest_gpuinfer.engine_metrics import detect_engine, engine_gauges, parse_metrics
-from pytest_gpuinfer.session_state import RUN_STATE
+from pytest_gpuinfer.metrics.engine_gauges import detect_engine, engine_gauges, parse_metrics
+from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import ServerProbe
 
 BUILTIN_MAX_MODEL_LEN = 1024
 """The context the plugin launches the built-in model with."""

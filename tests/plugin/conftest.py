@@ -28,5 +28,5 @@ def fake_server_command() -> Callable[..., str]:
 def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Make the plugin see two GPUs (an H100 and an L4) through a fake NVML."""
     fake = make_fake_nvml([H100, L4])
-    monkeypatch.setattr("pytest_gpuinfer.gpu.load_nvml", lambda: fake)
+    monkeypatch.setattr("pytest_gpuinfer.hardware.gpu.load_nvml", lambda: fake)
     return fake

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuinfer.client import Timeouts
-from pytest_gpuinfer.load_engine import LoadResult, LoadRunner
-from pytest_gpuinfer.simulator import run_in_process
-from pytest_gpuinfer.stats import distribution
+from pytest_gpuinfer.load.client import Timeouts
+from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.metrics.stats import distribution
+from pytest_gpuinfer.sim.server import run_in_process
 
 simulator = run_in_process
 

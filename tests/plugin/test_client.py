@@ -13,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_gpuinfer.client import (
+from pytest_gpuinfer.load.client import (
     InferenceClient,
     RequestSpec,
     SSEDecoder,
     StreamFormatError,
     Timeouts,
 )
-from pytest_gpuinfer.records import RequestRecord
+from pytest_gpuinfer.metrics.records import RequestRecord
 
 # --- SSE decoding -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tests for pytest_gpuinfer.engine_metrics: Prometheus parsing, engine gauges, the sampler."""
+"""Tests for metrics.engine_gauges: Prometheus parsing, engine gauges, the sampler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_gpuinfer.engine_metrics import (
+from pytest_gpuinfer.metrics.engine_gauges import (
     EngineGauges,
     MetricsSampler,
     detect_engine,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_nvml import H100, L4, make_fake_nvml
 
-from pytest_gpuinfer import gpu
+from pytest_gpuinfer.hardware import gpu
 
 
 def test_inventory_reads_every_field() -> None:

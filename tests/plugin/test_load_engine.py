@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuinfer import load_cli
-from pytest_gpuinfer.load_engine import (
+from pytest_gpuinfer.load import cli as load_cli
+from pytest_gpuinfer.load.runner import (
     LoadResult,
     LoadRunner,
     ProbeFigures,
@@ -22,8 +22,8 @@ from pytest_gpuinfer.load_engine import (
     SelfCheck,
     SelfCheckLimits,
 )
-from pytest_gpuinfer.schedule import constant_rate, spike
-from pytest_gpuinfer.simulator import SimConfig, run_in_thread
+from pytest_gpuinfer.load.schedule import constant_rate, spike
+from pytest_gpuinfer.sim.server import SimConfig, run_in_thread
 
 FAST = SimConfig(ttft_s=0.01, itl_s=0.002, output_tokens=8)
 

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from pytest_gpuinfer.schedule import (
+from pytest_gpuinfer.load.schedule import (
     ClosedLoop,
     OpenLoop,
     Stage,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuinfer import simulator
-from pytest_gpuinfer.simulator import CRASH_EXIT_CODE, SimConfig, SimServer, run_in_thread
+from pytest_gpuinfer.sim import server as simulator
+from pytest_gpuinfer.sim.server import CRASH_EXIT_CODE, SimConfig, SimServer, run_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIO_TIMEOUT_S = 10.0
@@ -772,7 +772,7 @@ def test_config_rejects_impossible_settings() -> None:
 def start_process(*options: str) -> tuple[subprocess.Popen[str], str]:
     """Start the simulator CLI and read its announced URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *options],
+        [sys.executable, "-m", "pytest_gpuinfer.sim.server", "--port", "0", *options],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

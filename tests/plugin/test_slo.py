@@ -1,4 +1,4 @@
-"""Tests for pytest_gpuinfer.slo: the SLO expression language and verdicts."""
+"""Tests for pytest_gpuinfer.metrics.slo: the SLO expression language and verdicts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_gpuinfer.records import RequestRecord
-from pytest_gpuinfer.slo import (
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.slo import (
     GRAMMAR,
     SLO,
     SLOSyntaxError,
@@ -20,7 +20,7 @@ from pytest_gpuinfer.slo import (
     parse_slo,
     parse_slos,
 )
-from pytest_gpuinfer.stats import summarize
+from pytest_gpuinfer.metrics.stats import summarize
 
 approx = pytest.approx
 

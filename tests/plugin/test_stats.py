@@ -1,4 +1,4 @@
-"""Tests for pytest_gpuinfer.stats: metric definitions, percentiles, summaries, regressions."""
+"""Tests for metrics.stats: metric definitions, percentiles, summaries, regressions."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_gpuinfer.records import RequestRecord
-from pytest_gpuinfer.slo import parse_slos
-from pytest_gpuinfer.stats import (
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.slo import parse_slos
+from pytest_gpuinfer.metrics.stats import (
     PERCENTILES,
     Distribution,
     Summary,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuinfer import tinymodel
+from pytest_gpuinfer.models import tinymodel
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_gpuinfer import stats
-from pytest_gpuinfer.records import RequestRecord
+from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics.records import RequestRecord
 
 GRAMMAR = """\
 SLO grammar:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from pytest_gpuinfer.records import RequestRecord
+from pytest_gpuinfer.metrics.records import RequestRecord
 
 if TYPE_CHECKING:
-    from pytest_gpuinfer.slo import SLO
+    from pytest_gpuinfer.metrics.slo import SLO
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -505,7 +505,7 @@ def summarize(
     goodput: float | None = None
     per_request: list[SLO] = []
     if slos:
-        from pytest_gpuinfer import slo as slo_mod  # slo imports this module
+        from pytest_gpuinfer.metrics import slo as slo_mod  # slo imports this module
 
         per_request = [s for s in slos if slo_mod.is_per_request(s)]
         if per_request:

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from pytest_gpuinfer.records import RequestRecord
+from pytest_gpuinfer.metrics.records import RequestRecord
 
 try:
     import orjson

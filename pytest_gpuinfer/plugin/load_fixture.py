@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import slo
+from pytest_gpuinfer.metrics import slo
 
 if TYPE_CHECKING:
-    from .load_engine import LoadResult, LoadRunner
-    from .targets import InferenceServer
+    from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+    from pytest_gpuinfer.targets import InferenceServer
 
 
 class ClientBoundWarning(UserWarning):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 
 if TYPE_CHECKING:
-    from .targets import InferenceServer
+    from pytest_gpuinfer.targets import InferenceServer
 
 __all__ = [
     "Feature",

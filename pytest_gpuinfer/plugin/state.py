@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .gpu import GPUInfo, GPUInventory
-from .settings import Settings
-from .targets import InferenceServer, TargetManager
+from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.plugin.options import Settings
+from pytest_gpuinfer.targets import InferenceServer, TargetManager
 
 if TYPE_CHECKING:
-    from .load_runs import TestLoadRunner
+    from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from .slo import SLO, SLOSyntaxError, parse_slos
-from .targets.process import port_in_use
+from pytest_gpuinfer.metrics.slo import SLO, SLOSyntaxError, parse_slos
+from pytest_gpuinfer.targets.process import port_in_use
 
 ENGINES = ("vllm", "sim", "command")
 """Engines the plugin can launch; ``--endpoint`` attaches to any OpenAI-compatible server."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import model_manifest
+from pytest_gpuinfer.models import manifest as model_manifest
 
 BUILTIN_MODEL_NAME = "gpuinfer-tiny-llama"
 """The served model name used for the built-in model."""

@@ -1,8 +1,8 @@
 """The load engine: drive a schedule of requests through the client and judge its own health.
 
 ``LoadRunner.run`` sends requests by a closed-loop or open-loop schedule (see
-:mod:`pytest_gpuinfer.schedule`), collects one :class:`RequestRecord` per request and summarises
-them with :func:`pytest_gpuinfer.stats.summarize`.
+:mod:`pytest_gpuinfer.load.schedule`), collects one :class:`RequestRecord` per request and
+summarises them with :func:`pytest_gpuinfer.metrics.stats.summarize`.
 
 Open-loop arrivals are dispatched at their absolute scheduled offsets; on Linux a ``timerfd``
 wakes the loop with microsecond precision (asyncio's own timers round up to whole milliseconds),
@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
-from pytest_gpuinfer import stats
-from pytest_gpuinfer.client import Endpoint, InferenceClient, RequestSpec, Timeouts, UsageMode
-from pytest_gpuinfer.records import RequestRecord
-from pytest_gpuinfer.schedule import ArrivalKind, ClosedLoop, OpenLoop, Schedule, open_loop
+from pytest_gpuinfer.load.client import Endpoint, InferenceClient, RequestSpec, Timeouts, UsageMode
+from pytest_gpuinfer.load.schedule import ArrivalKind, ClosedLoop, OpenLoop, Schedule, open_loop
+from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics.records import RequestRecord
 
 LoopKind = Literal["auto", "uvloop", "asyncio"]
 ProgressCallback = Callable[["Progress"], None]
@@ -994,7 +994,7 @@ def _as_slos(slos: Sequence[Any]) -> list[Any]:
     """SLO objects from SLO objects or SLO texts."""
     if not slos:
         return []
-    from pytest_gpuinfer import slo
+    from pytest_gpuinfer.metrics import slo
 
     out: list[Any] = []
     for item in slos:

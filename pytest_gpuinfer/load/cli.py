@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_gpuinfer.client import Timeouts
-from pytest_gpuinfer.load_engine import LoadRunner
-from pytest_gpuinfer.schedule import ARRIVAL_KINDS
-from pytest_gpuinfer.slo import SLOSyntaxError, evaluate_all, parse_slos
+from pytest_gpuinfer.load.client import Timeouts
+from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.schedule import ARRIVAL_KINDS
+from pytest_gpuinfer.metrics.slo import SLOSyntaxError, evaluate_all, parse_slos
 
 EXIT_OK = 0
 EXIT_SLO_FAILED = 1

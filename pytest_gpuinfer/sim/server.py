@@ -1440,7 +1440,7 @@ def run_in_process(*cli_args: str, cpu: int | None = None) -> Iterator[str]:
     import subprocess
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest_gpuinfer.simulator", "--port", "0", *cli_args],
+        [sys.executable, "-m", "pytest_gpuinfer.sim.server", "--port", "0", *cli_args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -1469,7 +1469,7 @@ def run_in_thread(
     """Run a simulator on its own event loop in a background thread; yields its base URL.
 
     The thread shares the GIL with the caller, so a busy caller delays the simulator's sends;
-    for benchmark-grade timing run it as a process (``python -m pytest_gpuinfer.simulator``).
+    for benchmark-grade timing run it as a process (``python -m pytest_gpuinfer.sim.server``).
     """
     started = threading.Event()
     state: dict[str, Any] = {}
@@ -1515,7 +1515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; they mirror the fields of SimConfig."""
     defaults = SimConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m pytest_gpuinfer.simulator",
+        prog="python -m pytest_gpuinfer.sim.server",
         description="OpenAI-compatible inference server SIMULATOR (not a real engine).",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -1575,7 +1575,7 @@ async def _serve_until_signalled(config: SimConfig, host: str, port: int) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m pytest_gpuinfer.simulator``."""
+    """Entry point of ``python -m pytest_gpuinfer.sim.server``."""
     args = parse_args(argv)
     try:
         config = config_from_args(args)

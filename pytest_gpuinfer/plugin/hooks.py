@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from . import __version__, gpu, gpu_requirements, load_runs, settings
-from .session_state import RUN_STATE, RunState
-from .targets import TargetManager
+from pytest_gpuinfer import __version__
+from pytest_gpuinfer.hardware import gpu
+from pytest_gpuinfer.plugin import gpu_markers, load_fixture, options
+from pytest_gpuinfer.plugin.state import RUN_STATE, RunState
+from pytest_gpuinfer.targets import TargetManager
 
 MARKERS = (
     "compat: compatibility checks of engine, model, GPU, driver and API",
@@ -32,14 +34,14 @@ _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Declare the plugin's options and ini keys."""
-    settings.add_options(parser)
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register markers, validate options, take the GPU inventory and set up the run state."""
     for line in MARKERS:
         config.addinivalue_line("markers", line)
-    run_settings = settings.load_settings(config)
+    run_settings = options.load_settings(config)
     inventory = gpu.discover()
     try:
         selected = inventory.select(run_settings.gpu)
@@ -86,14 +88,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Reject malformed ``slo`` markers before anything runs."""
-    load_runs.check_slo_markers(items)
+    load_fixture.check_slo_markers(items)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip tests whose GPU requirements are not met; fail fast if the server has died."""
     state = item.config.stash[RUN_STATE]
     for marker in item.iter_markers(name="requires_gpu"):
-        reason = gpu_requirements.unmet(marker, state.gpus_in_use, state.inventory)
+        reason = gpu_markers.unmet(marker, state.gpus_in_use, state.inventory)
         if reason:
             pytest.skip(reason)
     if "inference_server" in getattr(item, "fixturenames", ()):
@@ -137,7 +139,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for runner in state.load_runners:
         for index, result in enumerate(runner.results, start=1):
             terminalreporter.write_line(
-                f"{runner.item.nodeid} [load {index}]: {load_runs.result_line(result)}"
+                f"{runner.item.nodeid} [load {index}]: {load_fixture.result_line(result)}"
             )
     for server in state.servers_seen:
         line = f"target: {server.describe()}"

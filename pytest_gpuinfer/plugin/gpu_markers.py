@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
 
 
 def unmet(marker: pytest.Mark, gpus: tuple[GPUInfo, ...], inventory: GPUInventory) -> str | None:

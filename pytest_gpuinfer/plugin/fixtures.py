@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from .gpu import GPUInfo, GPUInventory
-from .load_runs import TestLoadRunner, slos_for
-from .session_state import RUN_STATE
-from .targets import InferenceServer, TargetError
+from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.targets import InferenceServer, TargetError
 
 
 def _server_scope(fixture_name: str, config: pytest.Config) -> Any:
@@ -84,7 +84,7 @@ def load_runner(
     request: pytest.FixtureRequest, inference_server: InferenceServer
 ) -> TestLoadRunner:
     """Runs load against the server; each run is judged by the test's SLOs and reported."""
-    from .load_engine import LoadRunner
+    from pytest_gpuinfer.load.runner import LoadRunner
 
     state = request.config.stash[RUN_STATE]
     runner = TestLoadRunner(

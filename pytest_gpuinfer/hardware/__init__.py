@@ -1,0 +1,1 @@
+"""What the machine has: GPUs through NVML (inventory, selection, memory readings)."""

@@ -1,0 +1,1 @@
+"""Metrics: request records, distributions and summaries, SLOs, regressions, engine gauges."""
