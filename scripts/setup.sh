@@ -27,4 +27,19 @@ if [[ ",$extras," == *",cpu,"* || ",$extras," == *",gpu,"* ]]; then
 fi
 echo "==> writing the built-in model (offline, reproducible)"
 .venv/bin/gpuinfer-make-model
+
+# Optional parts (llama.cpp, Docker images, Ray, ...): one script each in scripts/setup.d, run in
+# name order with the venv on PATH. GPUINFER_SKIP_PARTS="docker llamacpp" leaves some out.
+export PATH="$PWD/.venv/bin:$PATH"
+for part in scripts/setup.d/*.sh; do
+  [ -e "$part" ] || continue
+  name=$(basename "$part" .sh); name=${name#*-}
+  if [[ " ${GPUINFER_SKIP_PARTS:-} " == *" $name "* ]]; then
+    echo "==> skipping setup part $name (GPUINFER_SKIP_PARTS)"; continue
+  fi
+  started=$SECONDS
+  echo "==> setup part $name"
+  bash "$part"
+  echo "==> setup part $name took $((SECONDS - started)) s"
+done
 echo "==> done: run '.venv/bin/pytest -m compat' (see README)"
