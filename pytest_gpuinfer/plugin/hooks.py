@@ -22,7 +22,8 @@ MARKERS = (
     "perf: latency and throughput measurements",
     "load: burst and sustained load runs",
     "oom: out-of-memory boundary searches",
-    "leak: memory leak checks across batches",
+    "leak(max_growth_mb=None, settle_s=None): memory leak checks across batches",
+    "batch: offline batch inference (vLLM LLM, Ray Data)",
     "requires_gpu(count=1, min_memory_gb=None): skip unless enough GPUs (with enough memory) "
     "are available",
     "slo(*expressions): SLOs every load_runner run in this test must meet, "
@@ -30,6 +31,9 @@ MARKERS = (
 )
 
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+
+FIXTURE_MODULES: tuple[str, ...] = ("pytest_gpuinfer.plugin.fixtures",)
+"""Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers, validate options, take the GPU inventory and set up the run state."""
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    for module in FIXTURE_MODULES:
+        if not config.pluginmanager.has_plugin(module):
+            config.pluginmanager.import_plugin(module)
     run_settings = options.load_settings(config)
     inventory = gpu.discover()
     try:

@@ -62,7 +62,7 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
     result = pytester.runpytest("--strict-markers")
     result.assert_outcomes(passed=1)
     markers = pytester.runpytest("--markers").stdout.str()
-    for name in ("compat:", "perf:", "load:", "oom:", "leak:", "requires_gpu(count=1"):
+    for name in ("compat:", "perf:", "load:", "oom:", "leak(", "batch:", "requires_gpu(count=1"):
         assert f"@pytest.mark.{name}" in markers
 
 
