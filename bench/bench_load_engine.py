@@ -34,7 +34,7 @@ from pytest_gpuinfer.load.client import InferenceClient, RequestSpec, SSEDecoder
 from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.stats import Distribution, distribution
-from pytest_gpuinfer.sim.server import run_in_process
+from pytest_gpuinfer.sim import run_in_process
 
 MODEL = "sim-model"
 PROMPT = "say something"

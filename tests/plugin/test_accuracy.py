@@ -17,7 +17,7 @@ import pytest
 from pytest_gpuinfer.load.client import Timeouts
 from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
 from pytest_gpuinfer.metrics.stats import distribution
-from pytest_gpuinfer.sim.server import run_in_process
+from pytest_gpuinfer.sim import run_in_process
 
 simulator = run_in_process
 

@@ -23,7 +23,7 @@ from pytest_gpuinfer.load.runner import (
     SelfCheckLimits,
 )
 from pytest_gpuinfer.load.schedule import constant_rate, spike
-from pytest_gpuinfer.sim.server import SimConfig, run_in_thread
+from pytest_gpuinfer.sim import SimConfig, run_in_thread
 
 FAST = SimConfig(ttft_s=0.01, itl_s=0.002, output_tokens=8)
 

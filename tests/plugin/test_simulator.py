@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import signal
@@ -15,8 +16,11 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuinfer.sim import server as simulator
-from pytest_gpuinfer.sim.server import CRASH_EXIT_CODE, SimConfig, SimServer, run_in_thread
+import pytest_gpuinfer.sim as simulator
+from pytest_gpuinfer.clock import DeadlineTimers
+from pytest_gpuinfer.sim import CRASH_EXIT_CODE, SimConfig, SimServer, run_in_thread
+from pytest_gpuinfer.sim import server as sim_server
+from pytest_gpuinfer.sim.connection import HttpConnection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIO_TIMEOUT_S = 10.0
@@ -371,13 +375,13 @@ def test_keep_alive_pipelining_and_connection_close() -> None:
 def test_zero_latency_response_is_a_single_write(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no latency, head and the whole stream leave in one write (the fast path)."""
     writes: list[bytes] = []
-    original_write = simulator._HttpConnection.write
+    original_write = HttpConnection.write
 
-    def counting_write(self: simulator._HttpConnection, data: bytes) -> None:
+    def counting_write(self: HttpConnection, data: bytes) -> None:
         writes.append(data)
         original_write(self, data)
 
-    monkeypatch.setattr(simulator._HttpConnection, "write", counting_write)
+    monkeypatch.setattr(HttpConnection, "write", counting_write)
 
     async def scenario() -> None:
         server = SimServer(instant())
@@ -513,11 +517,14 @@ def test_non_streaming_response_arrives_when_the_last_token_is_due() -> None:
 
 def test_portable_loop_timers_keep_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without timerfd (not Linux) the loop's own timers drive chunks, to within a few ms."""
-    monkeypatch.setattr(simulator, "_make_timers", simulator._LoopTimers)
+    monkeypatch.setattr(
+        sim_server, "DeadlineTimers", functools.partial(DeadlineTimers, use_timerfd=False)
+    )
 
     async def scenario() -> dict[str, Any]:
         server = SimServer(SimConfig(ttft_s=0.02, itl_s=0.01))
         await server.start()
+        assert not server.timers.precise
         response = await call(
             server.base_url, "POST", "/v1/chat/completions", chat("x", max_tokens=4, stream=True)
         )
@@ -772,7 +779,7 @@ def test_config_rejects_impossible_settings() -> None:
 def start_process(*options: str) -> tuple[subprocess.Popen[str], str]:
     """Start the simulator CLI and read its announced URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest_gpuinfer.sim.server", "--port", "0", *options],
+        [sys.executable, "-m", "pytest_gpuinfer.sim", "--port", "0", *options],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
