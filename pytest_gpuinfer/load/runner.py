@@ -23,27 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import heapq
 import itertools
 import json
 import math
 import multiprocessing
-import os
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from typing import Any
 
+from pytest_gpuinfer.clock import DeadlineTimers, LoopKind, new_event_loop
 from pytest_gpuinfer.load.client import Endpoint, InferenceClient, RequestSpec, Timeouts, UsageMode
 from pytest_gpuinfer.load.schedule import ArrivalKind, ClosedLoop, OpenLoop, Schedule, open_loop
 from pytest_gpuinfer.metrics import stats
 from pytest_gpuinfer.metrics.records import RequestRecord
 
-LoopKind = Literal["auto", "uvloop", "asyncio"]
 ProgressCallback = Callable[["Progress"], None]
 
 _PROBE_INTERVAL_S = 0.010
@@ -298,105 +295,6 @@ class LoadResult:
         return json.dumps(self.to_dict(include_records=include_records), indent=indent)
 
 
-class _Timespec(ctypes.Structure):
-    """C ``struct timespec``."""
-
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _ITimerspec(ctypes.Structure):
-    """C ``struct itimerspec`` for ``timerfd_settime``."""
-
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
-class _PreciseSleeper:
-    """Wakes the event loop at a ``perf_counter`` deadline to the microsecond (Linux timerfd)."""
-
-    _CLOCK_MONOTONIC = 1
-    _TFD_TIMER_ABSTIME = 1
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._fd = -1
-        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._armed_for = math.inf
-        self._numbers = itertools.count()
-        self._settime: Any = None
-        if sys.platform != "linux" or "CLOCK_MONOTONIC" not in (
-            time.get_clock_info("perf_counter").implementation
-        ):
-            return
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.timerfd_create(self._CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                return
-            self._settime = libc.timerfd_settime
-            loop.add_reader(fd, self._fired)
-        except (OSError, AttributeError, NotImplementedError):
-            return
-        self._fd = fd
-
-    @property
-    def precise(self) -> bool:
-        """True when the timerfd is in use (else asyncio's millisecond timers)."""
-        return self._fd >= 0
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Return at ``deadline`` (a ``perf_counter`` value), or at once when it has passed."""
-        delay = deadline - time.perf_counter()
-        if delay <= 0:
-            return
-        if self._fd < 0:
-            await asyncio.sleep(delay)
-            return
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        heapq.heappush(self._waiters, (deadline, next(self._numbers), waiter))
-        if deadline < self._armed_for and not self._arm(deadline):
-            waiter.cancel()
-            await asyncio.sleep(delay)
-            return
-        await waiter
-
-    def _arm(self, deadline: float) -> bool:
-        """Set the timerfd to fire at ``deadline``; False when the kernel refused."""
-        whole = int(deadline)
-        spec = _ITimerspec()
-        spec.it_value.tv_sec = whole
-        spec.it_value.tv_nsec = max(1, int((deadline - whole) * 1e9))
-        if self._settime(self._fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            return False
-        self._armed_for = deadline
-        return True
-
-    def _fired(self) -> None:
-        """The timerfd became readable: wake every sleeper that is due, re-arm for the next."""
-        try:
-            os.read(self._fd, 8)
-        except BlockingIOError:
-            return
-        self._armed_for = math.inf
-        now = time.perf_counter()
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= now:
-            _, _, waiter = heapq.heappop(waiters)
-            if not waiter.done():
-                waiter.set_result(None)
-        if waiters and not self._arm(waiters[0][0]):
-            for _, _, waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)  # wake late rather than never
-            waiters.clear()
-
-    def close(self) -> None:
-        """Release the timerfd."""
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What one client process runs: its share of the schedule and the request contents."""
@@ -475,7 +373,7 @@ async def _run_plan(
     records: list[RequestRecord] = []
     stop = asyncio.Event()
     probe = loop.create_task(_probe(client, figures, stop))
-    sleeper = _PreciseSleeper(loop)
+    sleeper = DeadlineTimers(loop)
     figures.precise_timer = sleeper.precise
     try:
         if pool_size:
@@ -528,7 +426,7 @@ async def _run_closed(
     specs: list[RequestSpec],
     plan: _Plan,
     start: float,
-    sleeper: _PreciseSleeper,
+    sleeper: DeadlineTimers,
     records: list[RequestRecord],
     counters: _Counters,
     figures: ProbeFigures,
@@ -565,7 +463,7 @@ async def _run_open(
     specs: list[RequestSpec],
     plan: _Plan,
     start: float,
-    sleeper: _PreciseSleeper,
+    sleeper: DeadlineTimers,
     records: list[RequestRecord],
     counters: _Counters,
     figures: ProbeFigures,
@@ -614,19 +512,6 @@ async def _probe(client: InferenceClient, figures: ProbeFigures, stop: asyncio.E
                 figures.backlog_max_bytes = max(figures.backlog_max_bytes, largest)
 
 
-def _new_event_loop(kind: LoopKind) -> asyncio.AbstractEventLoop:
-    """A fresh event loop of the asked kind (uvloop when available for 'auto')."""
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
 def _run_coroutine(kind: LoopKind, coroutine: Awaitable[Any]) -> Any:
     """Run a coroutine to completion on a new loop (in a thread if this one already has a loop)."""
 
@@ -634,7 +519,7 @@ def _run_coroutine(kind: LoopKind, coroutine: Awaitable[Any]) -> Any:
         return await coroutine
 
     def run() -> Any:
-        loop = _new_event_loop(kind)
+        loop = new_event_loop(kind)
         try:
             return loop.run_until_complete(main())
         finally:
