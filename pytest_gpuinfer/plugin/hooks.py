@@ -13,9 +13,11 @@ import pytest
 
 from pytest_gpuinfer import __version__
 from pytest_gpuinfer.hardware import gpu
-from pytest_gpuinfer.plugin import gpu_markers, load_fixture, options
+from pytest_gpuinfer.plugin import gpu_markers, hookspecs, load_fixture, options
 from pytest_gpuinfer.plugin.state import RUN_STATE, RunState
 from pytest_gpuinfer.targets import TargetManager
+from pytest_gpuinfer.targets.base import LaunchContext
+from pytest_gpuinfer.targets.registry import builtin_registry
 
 MARKERS = (
     "compat: compatibility checks of engine, model, GPU, driver and API",
@@ -36,9 +38,25 @@ FIXTURE_MODULES: tuple[str, ...] = ("pytest_gpuinfer.plugin.fixtures",)
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Declare the hooks other plugins implement to extend this one (see hookspecs)."""
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Declare the plugin's options and ini keys."""
-    options.add_options(parser)
+    """Declare the ini keys; the flags follow once the conftests have declared theirs."""
+    options.add_ini_keys(parser)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    """Keep option values out of rootdir discovery; add our flags after the conftests' own."""
+    options.reconsider_rootdir(early_config, args)
+    result = yield
+    early_config.stash[options.YIELDED_FLAGS] = options.add_flags(parser)
+    return result
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,16 +66,28 @@ def pytest_configure(config: pytest.Config) -> None:
     for module in FIXTURE_MODULES:
         if not config.pluginmanager.has_plugin(module):
             config.pluginmanager.import_plugin(module)
-    run_settings = options.load_settings(config)
-    inventory = gpu.discover()
+    registry = builtin_registry()
     try:
-        selected = inventory.select(run_settings.gpu)
-    except gpu.GPUSelectionError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    work_dir = Path(tempfile.mkdtemp(prefix="pytest-gpuinfer-"))
-    manager = TargetManager(
-        settings=run_settings, gpus=selected, has_gpu=inventory.has_gpu, work_dir=work_dir
+        for launchers in config.hook.pytest_gpuinfer_add_targets(config=config):
+            registry.extend(launchers or ())
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest_gpuinfer_add_targets: {exc}") from None
+    run_settings = options.load_settings(config, registry.names())
+    inventory = gpu.discover()
+    selected = config.hook.pytest_gpuinfer_select_gpus(
+        config=config, inventory=inventory, requested=run_settings.gpu
     )
+    if selected is None:
+        try:
+            selected = inventory.select(run_settings.gpu)
+        except gpu.GPUSelectionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    work_dir = Path(tempfile.mkdtemp(prefix="pytest-gpuinfer-"))
+    context = launch_context(run_settings, selected, inventory.has_gpu, work_dir)
+    problem = registry.get(context.engine).check(context)
+    if problem and not run_settings.endpoint:
+        raise pytest.UsageError(problem)
+    manager = TargetManager(context=context, registry=registry, endpoint=run_settings.endpoint)
     config.stash[RUN_STATE] = RunState(
         settings=run_settings,
         inventory=inventory,
@@ -66,6 +96,25 @@ def pytest_configure(config: pytest.Config) -> None:
         manager=manager,
     )
     config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def launch_context(
+    settings: options.Settings, gpus: tuple[gpu.GPUInfo, ...], has_gpu: bool, work_dir: Path
+) -> LaunchContext:
+    """What every launch of this run starts from: the options, the GPUs, a work folder."""
+    return LaunchContext(
+        engine=settings.engine,
+        port=settings.server_port or 0,
+        work_dir=work_dir,
+        model=settings.model,
+        engine_args=settings.engine_args,
+        server_command=settings.server_command,
+        image=settings.image,
+        timeout_s=settings.server_timeout_s,
+        api_key=settings.api_key,
+        gpus=gpus,
+        has_gpu=has_gpu,
+    )
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -152,6 +201,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         line = f"target: {server.describe()}"
         if server.cold_start_s is not None:
             line += f"; cold start {server.cold_start_s:.1f} s"
-        if server.process is not None:
+        if server.process is not None and server.process.log_path is not None:
             line += f"; log {server.process.log_path}"
         terminalreporter.write_line(line)

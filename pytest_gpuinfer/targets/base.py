@@ -8,13 +8,61 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from pytest_gpuinfer.targets.process import ManagedProcess
+from pytest_gpuinfer.hardware.gpu import GPUInfo
 
 
 class TargetError(Exception):
     """A target could not be started, reached or stopped; the message is the whole story."""
+
+
+class ServerHandle(Protocol):
+    """What the plugin needs of a launched server: a process group, a container, ..."""
+
+    @property
+    def pid(self) -> int | None:
+        """The server's main process id on this machine, when there is one."""
+        ...
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the server's log is kept, when it is a file."""
+        ...
+
+    def returncode(self) -> int | None:
+        """Exit status once the server has exited, None while it runs."""
+        ...
+
+    def log_tail(self, lines: int = 100) -> str:
+        """The last lines the server wrote."""
+        ...
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """Stop the server and everything it started; safe to call twice."""
+        ...
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """Everything a launcher needs to start an engine: the run's options and where to put it."""
+
+    engine: str
+    port: int
+    work_dir: Path
+    model: str | None = None
+    """Model path or id; None serves the built-in model."""
+    engine_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the server (on top of this process's)."""
+    server_command: tuple[str, ...] = ()
+    image: str | None = None
+    host: str = "127.0.0.1"
+    timeout_s: float = 600.0
+    api_key: str | None = field(default=None, repr=False)
+    gpus: tuple[GPUInfo, ...] = ()
+    has_gpu: bool = False
 
 
 @dataclass
@@ -38,7 +86,8 @@ class InferenceServer:
     """Seconds from launch to the first successful readiness check (launched targets)."""
     gpu_uuids: tuple[str, ...] = ()
     api_key: str | None = field(default=None, repr=False)
-    process: ManagedProcess | None = field(default=None, repr=False)
+    process: ServerHandle | None = field(default=None, repr=False)
+    """The launched server's handle (process group or container); None when attached."""
     is_simulator: bool = False
 
     def auth_headers(self) -> dict[str, str]:
@@ -86,6 +135,14 @@ class Readiness:
     max_model_len: int | None
     version: str | None
     seconds: float
+    health_route: str | None = "/health"
+    """``/health`` when the server has it; None when readiness came from ``/v1/models``."""
+    model_entries: list[dict[str, Any]] = field(default_factory=list)
+    """The ``/v1/models`` entries as the server sent them."""
+
+
+NOT_THERE = frozenset({404, 405})
+"""Answers meaning "no such route" (a definite answer, not "not ready yet")."""
 
 
 def wait_until_ready(
@@ -97,10 +154,17 @@ def wait_until_ready(
     describe_failure: Callable[[str], str] = lambda reason: reason,
     poll_s: float = 0.5,
 ) -> Readiness:
-    """Poll /health then /v1/models until both answer; fail at once if the server exits."""
+    """Poll until the server serves a model; fail at once if it exits or a route is missing.
+
+    ``/health`` (not an OpenAI route) decides readiness where the server has it: 200 ready, 503
+    and the like "still loading". A 404/405 there means the route does not exist, and
+    ``/v1/models`` listing a model decides instead. A 404/405 on ``/v1/models`` is definite too:
+    the URL is not an OpenAI-compatible server root, and waiting longer will not change it.
+    """
     started = time.monotonic()
     deadline = started + timeout_s
     last_problem = "no answer yet"
+    health_route: str | None = "/health"
     while True:
         code = exited()
         if code is not None:
@@ -117,24 +181,50 @@ def wait_until_ready(
             )
         per_call = max(0.2, min(5.0, remaining))
         try:
-            status, _ = http_get_json(f"{base_url}/health", headers=headers, timeout=per_call)
-            if status != 200:
-                last_problem = f"GET /health answered {status}"
-            else:
+            ready = True
+            if health_route is not None:
+                status, _ = http_get_json(
+                    f"{base_url}{health_route}", headers=headers, timeout=per_call
+                )
+                if status in NOT_THERE:
+                    health_route = None
+                elif status != 200:
+                    last_problem = f"GET /health answered {status}"
+                    ready = False
+            if ready:
                 status, models = http_get_json(
                     f"{base_url}/v1/models", headers=headers, timeout=per_call
                 )
-                if status == 200 and isinstance(models, dict) and models.get("data"):
+                entries = _model_entries(models) if status == 200 else []
+                if entries:
                     return Readiness(
-                        model_ids=[str(m.get("id")) for m in models["data"]],
-                        max_model_len=_max_len(models["data"][0]),
+                        model_ids=[str(m.get("id")) for m in entries],
+                        max_model_len=_max_len(entries[0]),
                         version=_engine_version(base_url, headers, per_call),
                         seconds=time.monotonic() - started,
+                        health_route=health_route,
+                        model_entries=entries,
                     )
                 last_problem = f"GET /v1/models answered {status} with {str(models)[:200]}"
+                if status in NOT_THERE:
+                    raise TargetError(
+                        describe_failure(
+                            f"GET {base_url}/v1/models answered {status}"
+                            + ("" if health_route else " and GET /health answered 404")
+                            + ": this is not the root of an OpenAI-compatible server (give the "
+                            "URL without /v1), or it does not serve /v1/models"
+                        )
+                    )
         except (OSError, ValueError) as exc:
             last_problem = f"{type(exc).__name__}: {exc}"
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _model_entries(models: Any) -> list[dict[str, Any]]:
+    """The entries of a ``/v1/models`` answer (empty when it lists none)."""
+    if not isinstance(models, dict) or not isinstance(models.get("data"), list):
+        return []
+    return [entry for entry in models["data"] if isinstance(entry, dict)]
 
 
 def _max_len(model_entry: dict[str, Any]) -> int | None:

@@ -81,4 +81,4 @@ def test_bad_command_line_slo_is_a_usage_error(pytester: pytest.Pytester) -> Non
     pytester.makepyfile(LOAD_TEST.format(marker=""))
     result = pytester.runpytest(*SIM, "--slo=ttft_p95<fast")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --slo: bad SLO 'ttft_p95<fast'*"])
+    result.stderr.fnmatch_lines(["ERROR: --slo is malformed: bad SLO 'ttft_p95<fast'*"])

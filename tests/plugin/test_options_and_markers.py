@@ -53,10 +53,10 @@ def test_markers_are_registered_for_strict_markers(pytester: pytest.Pytester) ->
         @pytest.mark.perf
         @pytest.mark.load
         @pytest.mark.oom
-        @pytest.mark.leak
+        @pytest.mark.batch
         def test_all_markers(request):
             names = {mark.name for mark in request.node.iter_markers()}
-            assert {"compat", "perf", "load", "oom", "leak"} <= names
+            assert {"compat", "perf", "load", "oom", "batch"} <= names
         """
     )
     result = pytester.runpytest("--strict-markers")
@@ -206,3 +206,68 @@ def test_gpu_selection_limits_requires_gpu(
     )
     result = pytester.runpytest("-rs", "--gpu=1")
     result.assert_outcomes(passed=1, skipped=1)
+
+
+def test_conftest_defining_model_and_gpu_still_runs(pytester: pytest.Pytester) -> None:
+    """A project whose conftest already owns --model and --gpu keeps them; ours answer as
+    --gpuinfer-model / --gpuinfer-gpu."""
+    pytester.makeconftest(
+        """
+        def pytest_addoption(parser):
+            parser.addoption("--model", default="resnet50", help="the project's own model")
+            parser.addoption("--gpu", action="store_true", help="the project's own switch")
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_own_options(request, pytestconfig):
+            assert request.config.getoption("--model") == "bert"
+            assert request.config.getoption("--gpu") is True
+            assert pytestconfig.getoption("gpuinfer_model") is None
+        """
+    )
+    result = pytester.runpytest("--model", "bert", "--gpu", "--engine=sim")
+    result.assert_outcomes(passed=1)
+    bad = pytester.runpytest("--gpuinfer-model=./no/such/model")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --gpuinfer-model './no/such/model': no such file*"])
+
+
+def test_every_option_has_a_gpuinfer_alias(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(COLLECTED_TEST)
+    result = pytester.runpytest("--gpuinfer-engine", "tgi-nonsense")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --engine 'tgi-nonsense' is not known*"])
+    lines = pytester.runpytest("--help").stdout.lines
+    for flag in FLAGS:
+        alias = flag.replace("--", "--gpuinfer-", 1)
+        assert any(
+            line.lstrip().startswith(f"{flag}=") and f", {alias}=" in line for line in lines
+        ), f"{alias} is not listed beside {flag}"
+
+
+def test_option_value_in_space_form_is_not_a_test_path(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``--model /elsewhere/m.gguf`` (space form) keeps the project's rootdir and configuration."""
+    model_dir = tmp_path_factory.mktemp("models")
+    model_file = model_dir / "m.gguf"
+    model_file.write_bytes(b"GGUF")
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    project_mark: ours\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.project_mark
+        def test_configured(request, pytestconfig):
+            assert pytestconfig.inipath is not None and pytestconfig.inipath.name == "tox.ini"
+            assert str(pytestconfig.getoption("gpuinfer_model")).endswith("m.gguf")
+            assert not pytestconfig.pluginmanager.has_plugin("cacheprovider")
+        """
+    )
+    project = pytester.path
+    result = pytester.runpytest_subprocess(
+        "--strict-markers", "--engine=sim", "--model", str(model_file)
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {project}*", "configfile: tox.ini*"])

@@ -314,3 +314,63 @@ def test_server_log_is_attached_only_to_failures_that_used_it(
         < out.index("gpuinfer server log")
         < out.index("_ test_does_not _")
     )
+
+
+REGISTERING_CONFTEST = """
+import shlex
+import sys
+
+from pytest_gpuinfer.targets.registry import CommandLauncher, LaunchPlan
+
+
+class FakeEngine(CommandLauncher):
+    name = "fake"
+    summary = "the fake server, registered by a conftest"
+
+    def plan(self, ctx):
+        argv = [sys.executable, {server!r}, "--port", str(ctx.port), *ctx.engine_args]
+        return LaunchPlan(argv, dict(ctx.env), "9.9", None, "fake-model")
+
+
+def pytest_gpuinfer_add_targets(config):
+    return [FakeEngine()]
+"""
+
+
+def test_engine_added_through_the_hook_is_launched_and_stopped(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A conftest adds an engine with pytest_gpuinfer_add_targets; --engine picks it."""
+    from conftest import FAKE_SERVER
+
+    pidfile = tmp_path / "pids.json"
+    pytester.makeconftest(REGISTERING_CONFTEST.format(server=str(FAKE_SERVER)))
+    pytester.makepyfile(USES_SERVER)
+    result = pytester.runpytest("--engine", "fake", f"--engine-arg=--pidfile {pidfile}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*target: fake*, model fake-model at http://127.0.0.1:*"])
+    assert wait_all_gone(json.loads(pidfile.read_text()), timeout=2) == []
+    unknown = pytester.runpytest("--engine=nonesuch")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["ERROR: --engine 'nonesuch' is not known; choose one of: *fake*"])
+
+
+def test_two_engines_with_one_name_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        from pytest_gpuinfer.targets.registry import CommandLauncher
+
+        class NotVLLM(CommandLauncher):
+            name = "vllm"
+            summary = "a second vllm"
+
+        def pytest_gpuinfer_add_targets(config):
+            return [NotVLLM()]
+        """
+    )
+    pytester.makepyfile(USES_SERVER)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest_gpuinfer_add_targets: engine 'vllm' is registered twice*"]
+    )
