@@ -1,0 +1,344 @@
+"""Multi-batch consistency and model persistence: K sequential batches of M requests.
+
+Per batch: duration, requests per second, output tokens per second, successes, the server's
+resident memory (the whole process tree, via psutil) before, after and at its peak, and the
+server's PID and start time. Verdicts:
+
+* **all succeeded**: every request of every batch completed;
+* **throughput spread**: (max - min) / median of the batches' req/s stays under ``max_spread``
+  (default 10 %), naming the batch furthest from the median when it does not;
+* **no reload**: the first request of each batch is not slower than the steady state (the batch's
+  other requests, p50) by more than ``reload_factor`` (and ``reload_floor_s``), and the server's
+  PID and start time did not change between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_gpuinfer.load.runner import LoadResult
+from pytest_gpuinfer.metrics.records import RequestRecord
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Thresholds of the verdicts."""
+
+    max_spread: float = 0.10
+    reload_factor: float = 3.0
+    reload_floor_s: float = 0.05
+    """The first request must also be this much slower than steady state to count as a reload."""
+
+
+@dataclass
+class ServerIdentity:
+    """Which server process answered: PID and its start time (None for attached endpoints)."""
+
+    pid: int | None
+    started: float | None
+
+
+@dataclass
+class BatchFigures:
+    """What one batch measured."""
+
+    index: int
+    """1-based batch number."""
+    requests: int
+    succeeded: int
+    duration_s: float
+    req_per_s: float
+    tok_per_s: float
+    first_latency_s: float
+    steady_latency_s: float
+    rss_before_mib: float | None
+    rss_after_mib: float | None
+    rss_peak_mib: float | None
+    server: ServerIdentity
+
+
+@dataclass
+class Verdict:
+    """One pass/fail verdict with its message."""
+
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass
+class BatchReport:
+    """Every batch's figures and the verdicts over them."""
+
+    batches: list[BatchFigures]
+    verdicts: list[Verdict]
+    limits: BatchLimits
+    metric: str = "ttft"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every verdict passed."""
+        return all(v.passed for v in self.verdicts)
+
+    def failures(self) -> list[str]:
+        """Messages of the failed verdicts."""
+        return [v.message for v in self.verdicts if not v.passed]
+
+    def table(self) -> str:
+        """One row per batch, then the verdicts."""
+        header = (
+            f"{'batch':>5} {'ok/n':>8} {'dur s':>7} {'req/s':>7} {'tok/s':>7} "
+            f"{'first ' + self.metric:>11} {'steady p50':>10} {'RSS before':>10} "
+            f"{'after':>7} {'peak':>7} {'server pid':>10}"
+        )
+        lines = [header, "-" * len(header)]
+        for b in self.batches:
+            lines.append(
+                f"{b.index:>5} {f'{b.succeeded}/{b.requests}':>8} {b.duration_s:>7.2f} "
+                f"{b.req_per_s:>7.2f} {b.tok_per_s:>7.0f} {_ms(b.first_latency_s):>11} "
+                f"{_ms(b.steady_latency_s):>10} {_mib(b.rss_before_mib):>10} "
+                f"{_mib(b.rss_after_mib):>7} {_mib(b.rss_peak_mib):>7} "
+                f"{b.server.pid if b.server.pid is not None else '-':>10}"
+            )
+        lines.append("(latencies in ms, memory in MiB of the server's whole process tree)")
+        lines += [f"{'PASS' if v.passed else 'FAIL'}  {v.name}: {v.message}" for v in self.verdicts]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {
+            "passed": self.passed,
+            "limits": asdict(self.limits),
+            "metric": self.metric,
+            "batches": [_clean(asdict(b)) for b in self.batches],
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "notes": self.notes,
+        }
+
+    def write_json(self, path: Path) -> None:
+        """Write :meth:`to_dict` to ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+
+
+def _clean(value: Any) -> Any:
+    """NaN as None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _ms(seconds: float) -> str:
+    """Seconds as ms text."""
+    return "-" if not math.isfinite(seconds) else f"{seconds * 1e3:.1f}"
+
+
+def _mib(value: float | None) -> str:
+    """MiB text."""
+    return "-" if value is None else f"{value:.0f}"
+
+
+def identity(pid: int | None) -> ServerIdentity:
+    """The PID and start time of a server process (both None when unknown or gone)."""
+    if pid is None:
+        return ServerIdentity(None, None)
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        return ServerIdentity(pid, psutil.Process(pid).create_time())
+    except psutil.Error:
+        return ServerIdentity(pid, None)
+
+
+def tree_rss_mib(pid: int | None) -> float | None:
+    """Resident memory of a process and all its descendants, in MiB (None when unknown)."""
+    if pid is None:
+        return None
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / MIB
+
+
+class PeakSampler:
+    """Samples a process tree's RSS in a thread; ``peak`` is the largest sample."""
+
+    def __init__(self, pid: int | None, interval_s: float = 0.2) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpuinfer-rss", daemon=True)
+
+    def _run(self) -> None:
+        """Sample until stopped."""
+        while True:
+            value = tree_rss_mib(self.pid)
+            if value is not None:
+                self.peak = value if self.peak is None else max(self.peak, value)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakSampler:
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def _latency(record: RequestRecord, metric: str) -> float:
+    """A request's TTFT or E2E from its scheduled time (NaN when it failed)."""
+    end = record.first_token if metric == "ttft" else record.end
+    if not record.ok or end is None:
+        return math.nan
+    return end - record.scheduled
+
+
+def batch_figures(
+    index: int,
+    result: LoadResult,
+    metric: str,
+    before: float | None,
+    after: float | None,
+    peak: float | None,
+    server: ServerIdentity,
+) -> BatchFigures:
+    """The figures of one batch from its load result."""
+    summary = result.summary
+    records = sorted(result.records, key=lambda r: r.index)
+    first = _latency(records[0], metric) if records else math.nan
+    rest = [v for v in (_latency(r, metric) for r in records[1:]) if math.isfinite(v)]
+    return BatchFigures(
+        index=index,
+        requests=summary.requests,
+        succeeded=summary.completed,
+        duration_s=summary.duration_s,
+        req_per_s=summary.request_throughput,
+        tok_per_s=summary.output_token_throughput,
+        first_latency_s=first,
+        steady_latency_s=statistics.median(rest) if rest else math.nan,
+        rss_before_mib=before,
+        rss_after_mib=after,
+        rss_peak_mib=peak,
+        server=server,
+    )
+
+
+def judge(batches: list[BatchFigures], limits: BatchLimits, metric: str = "ttft") -> BatchReport:
+    """The verdicts over measured batches."""
+    verdicts: list[Verdict] = []
+    failed = [b for b in batches if b.succeeded < b.requests]
+    verdicts.append(
+        Verdict(
+            "all succeeded",
+            not failed,
+            "every request of every batch completed"
+            if not failed
+            else "; ".join(
+                f"batch {b.index}: {b.requests - b.succeeded} of {b.requests} failed"
+                for b in failed
+            ),
+        )
+    )
+    rates = [b.req_per_s for b in batches]
+    if len(rates) >= 2:
+        median = statistics.median(rates)
+        spread = (max(rates) - min(rates)) / median if median > 0 else math.inf
+        worst = max(batches, key=lambda b: abs(b.req_per_s - median))
+        listing = ", ".join(f"{b.index}: {b.req_per_s:.2f}" for b in batches)
+        if spread < limits.max_spread:
+            message = f"spread {spread:.1%} < {limits.max_spread:.0%} (req/s by batch {listing})"
+        else:
+            message = (
+                f"spread {spread:.1%} >= {limits.max_spread:.0%}: batch {worst.index} ran at "
+                f"{worst.req_per_s:.2f} req/s against a median of {median:.2f} "
+                f"({(worst.req_per_s - median) / median:+.0%}); req/s by batch {listing}"
+            )
+        verdicts.append(Verdict("throughput spread", spread < limits.max_spread, message))
+    slow = [
+        b
+        for b in batches
+        if math.isfinite(b.first_latency_s)
+        and math.isfinite(b.steady_latency_s)
+        and b.first_latency_s > limits.reload_factor * b.steady_latency_s
+        and b.first_latency_s - b.steady_latency_s > limits.reload_floor_s
+    ]
+    pids = {(b.server.pid, b.server.started) for b in batches}
+    problems = [
+        f"batch {b.index}: first request {metric} {b.first_latency_s * 1e3:.1f} ms vs steady "
+        f"{b.steady_latency_s * 1e3:.1f} ms (> {limits.reload_factor:g}x)"
+        for b in slow
+    ]
+    if len(pids) > 1:
+        problems.append(
+            "the server process changed between batches: "
+            + ", ".join(f"batch {b.index}: pid {b.server.pid}" for b in batches)
+        )
+    verdicts.append(
+        Verdict(
+            "no reload",
+            not problems,
+            "; ".join(problems)
+            if problems
+            else f"first request of each batch within {limits.reload_factor:g}x of steady state; "
+            "same server process throughout",
+        )
+    )
+    notes = []
+    if all(b.server.pid is None for b in batches):
+        notes.append("attached endpoint: server memory and PID cannot be seen from here")
+    return BatchReport(batches, verdicts, limits, metric, notes)
+
+
+def run_batches(
+    run_batch: Callable[[int], LoadResult],
+    batches: int,
+    *,
+    server_pid: int | None,
+    limits: BatchLimits | None = None,
+    metric: str = "ttft",
+    pause_s: float = 0.0,
+) -> BatchReport:
+    """Run ``batches`` batches (``run_batch(i)`` for i = 1..K) and judge them."""
+    if batches < 1:
+        raise ValueError(f"batches must be >= 1, not {batches}")
+    figures = []
+    for index in range(1, batches + 1):
+        before = tree_rss_mib(server_pid)
+        server = identity(server_pid)
+        with PeakSampler(server_pid) as sampler:
+            result = run_batch(index)
+        after = tree_rss_mib(server_pid)
+        peak = max((v for v in (sampler.peak, before, after) if v is not None), default=None)
+        figures.append(batch_figures(index, result, metric, before, after, peak, server))
+        if pause_s:
+            time.sleep(pause_s)
+    return judge(figures, limits or BatchLimits(), metric)

@@ -1,0 +1,287 @@
+"""Perf-suite fixtures: exact workloads, SLOs in force, CI sizes, extra servers, baselines.
+
+* ``perf_sizes``: request counts and matrix/sweep sizes, short when ``CI=true`` (or scaled by
+  ``--load-scale``).
+* ``perf_workload``: prompts of exactly N target tokens (``/tokenize`` or the model's tokenizer)
+  and whether ``ignore_eos`` holds, built once per server.
+* ``perf_slos``: ``perf_slos("concurrency")`` gives the test's own SLOs (marker, ``--slo``, ini)
+  or the defaults for the target, and makes ``load_runner`` judge by them.
+* ``server_factory``: launches a fresh server of the run's engine with extra engine arguments or
+  environment through the run's own lifecycle code; ``stop`` tears it down; all are stopped at
+  the end of the test.
+* ``perf_baseline``: with pytest-benchmark's ``--benchmark-save``/``--benchmark-autosave`` it
+  stores a result per machine identity; with ``--benchmark-compare[=NUM]`` it compares and fails
+  on a regression (tolerance from ``--benchmark-compare-fail=mean:N%``, default 10 %).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gpuinfer.load import prompts
+from pytest_gpuinfer.load.runner import LoadResult
+from pytest_gpuinfer.perf import baselines
+from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
+from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.targets import InferenceServer
+
+
+def in_ci() -> bool:
+    """True on CI (``CI=true``), where the suite runs its short versions."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class PerfSizes:
+    """How big each perf test runs (short on CI)."""
+
+    requests: int
+    warmup_requests: int
+    matrix_concurrency: tuple[int, ...]
+    matrix_lengths: tuple[tuple[int, int], ...]
+    sweep_requests: int
+    batches: int
+    batch_requests: int
+    parity_requests: int
+    ci: bool
+
+    def scaled(self, count: int) -> int:
+        """A request count, at least 20."""
+        return max(20, count)
+
+
+@pytest.fixture(scope="session")
+def perf_sizes(pytestconfig: pytest.Config) -> PerfSizes:
+    """Request counts for the perf suite: short on CI, fuller otherwise; ``--load-scale`` scales."""
+    state = pytestconfig.stash[RUN_STATE]
+    scale = float(getattr(state.settings, "load_scale", 1.0) or 1.0)
+    ci = in_ci()
+
+    def n(full: int, short: int) -> int:
+        return max(10, round((short if ci else full) * scale))
+
+    return PerfSizes(
+        requests=n(400, 150),
+        warmup_requests=8,
+        matrix_concurrency=(1, 8) if ci else (1, 4, 16, 64),
+        matrix_lengths=((64, 16), (128, 32)) if ci else ((64, 16), (128, 32), (512, 64)),
+        sweep_requests=n(160, 64),
+        batches=3,
+        batch_requests=n(50, 30),
+        parity_requests=n(400, 120),
+        ci=ci,
+    )
+
+
+@dataclass
+class PerfWorkload:
+    """Exact-length prompts for the server under test, and whether ignore_eos is honoured."""
+
+    server: InferenceServer
+    counter: prompts.TokenCounter | None
+    ignore_eos: bool
+    _cache: dict[tuple[int, int, bool], prompts.PromptSet] = field(default_factory=dict)
+
+    def prompts(self, tokens: int, count: int = 64, *, varied: bool = True) -> prompts.PromptSet:
+        """``count`` prompts of exactly ``tokens`` target tokens (cached)."""
+        key = (tokens, count, varied)
+        if key not in self._cache:
+            self._cache[key] = prompts.build_prompts(
+                self.counter, tokens, count=count, varied=varied
+            )
+        return self._cache[key]
+
+    def extra_body(self) -> dict[str, Any] | None:
+        """``{"ignore_eos": true}`` where the server honours it, else None."""
+        return {"ignore_eos": True} if self.ignore_eos else None
+
+    def run_kwargs(self, prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
+        """Keyword arguments for ``load_runner.run``: prompts, max_tokens and extra body."""
+        return {
+            "prompt": self.prompts(prompt_tokens),
+            "max_tokens": output_tokens,
+            "extra_body": self.extra_body(),
+        }
+
+
+_WORKLOADS: dict[str, PerfWorkload] = {}
+
+
+@pytest.fixture
+def perf_workload(inference_server: InferenceServer) -> PerfWorkload:
+    """Exact-length prompts and output lengths for the session's server (built once per server)."""
+    return workload_for(inference_server)
+
+
+def workload_for(server: InferenceServer) -> PerfWorkload:
+    """The (cached) workload helper of ``server``."""
+    key = f"{server.base_url}|{server.model}|{id(server)}"
+    if key not in _WORKLOADS:
+        counter = prompts.token_counter_for(
+            server.base_url,
+            server.model,
+            model_dir=server.model_path,
+            headers=server.auth_headers(),
+        )
+        ignore_eos = prompts.supports_ignore_eos(
+            server.base_url, server.model, headers=server.auth_headers()
+        )
+        _WORKLOADS[key] = PerfWorkload(server, counter, ignore_eos)
+    return _WORKLOADS[key]
+
+
+@pytest.fixture
+def perf_slos(
+    request: pytest.FixtureRequest, inference_server: InferenceServer, load_runner: TestLoadRunner
+) -> Callable[[str], SLOsInForce]:
+    """``perf_slos(scenario)``: the SLOs in force; ``load_runner`` is set to judge by them."""
+    state = request.config.stash[RUN_STATE]
+    own = slos_for(request.node, state.settings.slos)
+
+    def choose(scenario: str) -> SLOsInForce:
+        chosen = slos_in_force(
+            own,
+            engine=inference_server.engine,
+            model=inference_server.model,
+            gpu_uuids=inference_server.gpu_uuids,
+            scenario=scenario,
+        )
+        load_runner.slos = chosen.slos
+        return chosen
+
+    return choose
+
+
+@dataclass
+class ServerFactory:
+    """Launches extra servers of the run's engine and stops them (all of them at test end)."""
+
+    manager: Any
+    launched: list[InferenceServer] = field(default_factory=list)
+
+    def launch(
+        self, engine_args: tuple[str, ...] | list[str] = (), env: Mapping[str, str] | None = None
+    ) -> InferenceServer:
+        """A fresh server with extra engine arguments/environment (TargetError if it fails)."""
+        server: InferenceServer = self.manager.launch(engine_args=tuple(engine_args), env=env)
+        self.launched.append(server)
+        return server
+
+    def stop(self, server: InferenceServer) -> None:
+        """Stop a server this factory launched (its whole process group)."""
+        self.manager.stop(server)
+        if server in self.launched:
+            self.launched.remove(server)
+
+    def stop_all(self) -> None:
+        """Stop every server still running."""
+        for server in list(self.launched):
+            self.stop(server)
+
+
+@pytest.fixture
+def server_factory(pytestconfig: pytest.Config) -> Iterator[ServerFactory]:
+    """Launch servers with other engine arguments (skips against an attached --endpoint)."""
+    state = pytestconfig.stash[RUN_STATE]
+    if getattr(state.manager, "endpoint", None):
+        pytest.skip("needs to launch its own servers; an attached --endpoint cannot be relaunched")
+    if not hasattr(state.manager, "launch"):
+        pytest.skip("this pytest-gpuinfer has no TargetManager.launch")
+    factory = ServerFactory(state.manager)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+def machine_identity(
+    config: pytest.Config, server: InferenceServer, configuration: str
+) -> baselines.MachineIdentity:
+    """The identity a baseline is stored under: GPUs, driver, engine, model, configuration."""
+    state = config.stash[RUN_STATE]
+    gpus = state.gpus_in_use
+    engine_args = " ".join(getattr(state.settings, "engine_args", ()) or ())
+    return baselines.MachineIdentity(
+        gpu_model=gpus[0].name if gpus else "cpu",
+        gpu_count=len(gpus),
+        driver=str(getattr(state.inventory, "driver_version", None) or "none"),
+        engine=server.engine,
+        engine_version=server.engine_version or "unknown",
+        model=server.model,
+        configuration=f"{configuration} {engine_args}".strip(),
+    )
+
+
+@dataclass
+class PerfBaseline:
+    """Saves results as baselines and gates on regressions, per pytest-benchmark's options."""
+
+    config: pytest.Config
+    server: InferenceServer
+    root: Path
+    save_label: str | None
+    compare_with: str | bool | None
+    tolerance: float
+    reports: list[baselines.RegressionReport] = field(default_factory=list)
+
+    def check(self, name: str, result: LoadResult, configuration: str = "") -> str:
+        """Save and/or compare ``result`` under ``name``; fail on a regression; return a note."""
+        __tracebackhide__ = True
+        identity = machine_identity(self.config, self.server, configuration)
+        notes: list[str] = []
+        if self.compare_with is not None:
+            path = baselines.find(self.root, identity, self.compare_with)
+            entry = baselines.load_entry(path, name) if path is not None else None
+            if path is None or entry is None:
+                notes.append(
+                    f"no baseline for {name} under {baselines.storage_dir(self.root, identity)}"
+                )
+            else:
+                report = baselines.compare(
+                    name, result, entry, baseline_path=str(path), tolerance=self.tolerance
+                )
+                self.reports.append(report)
+                notes.append(report.table())
+                if report.regressed:
+                    pytest.fail(report.table(), pytrace=False)
+        if self.save_label is not None:
+            saved = baselines.save(
+                self.root, identity, [baselines.baseline_entry(name, result)], self.save_label
+            )
+            notes.append(f"baseline saved: {saved}")
+        return "\n".join(notes) or "no --benchmark-save/--benchmark-compare: baseline not used"
+
+
+def _tolerance(config: pytest.Config) -> float:
+    """The first percentage in --benchmark-compare-fail (e.g. mean:5%), else 10 %."""
+    checks = config.getoption("benchmark_compare_fail", None) or []
+    for check in checks:
+        threshold = getattr(check, "threshold", None)
+        if type(check).__name__ == "PercentageRegressionCheck" and threshold is not None:
+            return float(threshold) / 100.0
+    return 0.10
+
+
+@pytest.fixture
+def perf_baseline(pytestconfig: pytest.Config, inference_server: InferenceServer) -> PerfBaseline:
+    """Baseline storage and regression gate driven by pytest-benchmark's options."""
+    storage = pytestconfig.getoption("benchmark_storage", None) or "file://./.benchmarks"
+    save = pytestconfig.getoption("benchmark_save", None) or pytestconfig.getoption(
+        "benchmark_autosave", None
+    )
+    compare = pytestconfig.getoption("benchmark_compare", None)
+    return PerfBaseline(
+        config=pytestconfig,
+        server=inference_server,
+        root=baselines.storage_root(storage),
+        save_label=str(save) if save else None,
+        compare_with=compare if compare not in (None, [], False) else None,
+        tolerance=_tolerance(pytestconfig),
+    )

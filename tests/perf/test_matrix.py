@@ -1,0 +1,39 @@
+"""Configuration matrix: concurrency x prompt/output lengths, one run per cell, the best cell.
+
+The best cell is the highest request throughput that meets the SLOs in force (the test's own, else
+the defaults for the target); every other cell is listed with the reason it lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_gpuinfer.perf.matrix import Cell, cells, run_matrix
+from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
+
+
+def test_configuration_matrix(
+    load_runner: Any, perf_slos: Any, perf_workload: PerfWorkload, perf_sizes: PerfSizes
+) -> None:
+    """Every cell runs; the table and the best cell with reasons are printed; one cell wins."""
+    chosen = perf_slos("concurrency")
+    matrix = cells(perf_sizes.matrix_concurrency, perf_sizes.matrix_lengths)
+
+    def measure(cell: Cell) -> Any:
+        return load_runner.run(
+            check_slos=False,
+            concurrency=cell.concurrency,
+            requests=max(20, min(perf_sizes.requests, 10 * cell.concurrency)),
+            warmup_s=0.5,
+            ramp_s=0.2,
+            **perf_workload.run_kwargs(cell.prompt_tokens, cell.output_tokens),
+        )
+
+    ranking = run_matrix(matrix, measure, chosen.slos)
+    print()
+    print(ranking.table(f"configuration matrix ({len(matrix)} cells)"))
+    not_run = [c.label for c in ranking.candidates if c.result is None]
+    assert not not_run, f"cells that did not run: {[ranking.reasons[c] for c in not_run]}"
+    assert ranking.best is not None, "no cell met the SLOs:\n" + ranking.table()
+    losers = [c for c in ranking.candidates if c is not ranking.best]
+    assert all(ranking.reasons[c.label] for c in losers)

@@ -1,0 +1,167 @@
+"""The perf suite's logic on synthetic records: ranking, sweeps, batches, projection, baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pytest_gpuinfer.load.runner import LoadResult, SelfCheck, SelfCheckLimits
+from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.slo import parse_slos
+from pytest_gpuinfer.perf import baselines
+from pytest_gpuinfer.perf.batches import BatchLimits, ServerIdentity, batch_figures, judge
+from pytest_gpuinfer.perf.projection import project
+from pytest_gpuinfer.perf.ranking import Candidate, rank
+from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
+from pytest_gpuinfer.targets import TargetError
+
+
+def fake_result(
+    n: int = 40, *, ttft: float = 0.05, itl: float = 0.01, tokens: int = 8, gap: float = 0.1
+) -> LoadResult:
+    """A load result of ``n`` sequential requests with the given latencies (varied a little)."""
+    records = []
+    for i in range(n):
+        wobble = 1.0 + 0.05 * ((i * 7) % 5 - 2) / 2
+        start = i * gap
+        first = start + ttft * wobble
+        chunks = [first + k * itl * wobble for k in range(tokens)]
+        records.append(
+            RequestRecord(
+                index=i,
+                scheduled=start,
+                sent=start,
+                first_byte=first,
+                first_token=first,
+                end=chunks[-1],
+                chunk_times=chunks,
+                chunk_tokens=[1] * tokens,
+                status=200,
+                prompt_tokens=16,
+                completion_tokens=tokens,
+                finish_reason="length",
+            )
+        )
+    summary = stats.summarize(records)
+    check = SelfCheck.from_figures([], SelfCheckLimits())
+    return LoadResult(records, summary, check, {"max_tokens": tokens})
+
+
+def test_rank_picks_highest_throughput_meeting_slos_and_says_why_others_lost() -> None:
+    slos = parse_slos(["ttft_p95<100ms"])
+    fast_but_slow_ttft = Candidate("c=64", {}, fake_result(gap=0.02, ttft=0.3))
+    best = Candidate("c=16", {}, fake_result(gap=0.05))
+    slower = Candidate("c=1", {}, fake_result(gap=0.2))
+    broken = Candidate("c=128", {}, None, error="TargetError: out of memory")
+    ranking = rank([fast_but_slow_ttft, best, slower, broken], slos)
+    assert ranking.best is best
+    assert ranking.reasons["c=64"].startswith("missed SLOs: ttft_p95")
+    assert "lower than the best's" in ranking.reasons["c=1"]
+    assert ranking.reasons["c=128"] == "did not run: TargetError: out of memory"
+    table = ranking.table()
+    assert "BEST" in table and "best: c=16" in table
+    assert json.dumps(ranking.to_dict())
+
+
+def test_sweep_turns_a_failed_start_into_a_row_and_stops_every_server() -> None:
+    stopped: list[str] = []
+
+    def launch(config: ServerConfig) -> str:
+        if "bad" in config.engine_args:
+            raise TargetError("could not start vllm: the server exited with code 2\nlog tail")
+        return config.label
+
+    results = {"--seqs 1": fake_result(gap=0.2), "--seqs 16": fake_result(gap=0.05)}
+    ranking = run_sweep(
+        [ServerConfig(("--seqs", "1")), ServerConfig(("bad",)), ServerConfig(("--seqs", "16"))],
+        launch=launch,
+        stop=stopped.append,
+        measure=lambda server: results[server],
+        slos=parse_slos(["error_rate<=0%"]),
+    )
+    assert stopped == ["--seqs 1", "--seqs 16"]
+    assert ranking.best is not None and ranking.best.label == "--seqs 16"
+    assert ranking.reasons["bad"].startswith("did not run: failed to start: could not start vllm")
+
+
+def _batches(rates_gap: list[float]) -> list:
+    return [
+        batch_figures(
+            i + 1, fake_result(gap=g), "ttft", 100.0, 101.0, 102.0, ServerIdentity(1, 5.0)
+        )
+        for i, g in enumerate(rates_gap)
+    ]
+
+
+def test_batches_pass_when_steady_and_name_the_slow_batch() -> None:
+    steady = judge(_batches([0.1, 0.1, 0.1]), BatchLimits())
+    assert steady.passed, steady.table()
+    slowed = judge(_batches([0.1, 0.1, 0.2]), BatchLimits())
+    assert not slowed.passed
+    message = " ".join(slowed.failures())
+    assert "batch 3 ran at" in message
+    assert "batch 3" in slowed.table()
+
+
+def test_batches_see_a_reload_and_a_new_server_process() -> None:
+    figures = _batches([0.1, 0.1, 0.1])
+    figures[1].first_latency_s = 2.0
+    figures[2].server = ServerIdentity(2, 9.0)
+    report = judge(figures, BatchLimits())
+    reload = next(v for v in report.verdicts if v.name == "no reload")
+    assert not reload.passed
+    assert "batch 2: first request ttft 2000.0 ms" in reload.message
+    assert "server process changed" in reload.message
+
+
+def test_projection_is_labelled_and_pessimistic() -> None:
+    steady = project([10.0, 10.2, 9.9], requests=100_000, window_s=24 * 3600)
+    assert steady.fits and steady.lower_bound_rps < steady.mean_rps
+    assert steady.text().startswith("PROJECTION")
+    noisy = project([1.0, 3.0], requests=100_000, window_s=24 * 3600)
+    assert noisy.mean_rps == 2.0 and not noisy.fits  # the mean fits (1.16 needed), the bound not
+    assert math.isinf(project([0.0]).pessimistic_s)
+    with pytest.raises(ValueError):
+        project([])
+
+
+IDENTITY = baselines.MachineIdentity("cpu", 0, "none", "sim", "0", "sim-model", "c=4")
+
+
+def test_baseline_saved_per_identity_compares_clean_against_itself(tmp_path: Path) -> None:
+    result = fake_result(n=60)
+    first = baselines.save(tmp_path, IDENTITY, [baselines.baseline_entry("t", result)])
+    second = baselines.save(tmp_path, IDENTITY, [baselines.baseline_entry("t", result)])
+    assert first.name.startswith("0001_") and second.name.startswith("0002_")
+    assert baselines.find(tmp_path, IDENTITY) == second
+    assert baselines.find(tmp_path, IDENTITY, "1") == first
+    other = baselines.MachineIdentity("NVIDIA H100", 1, "580", "vllm", "0.32", "m", "c=4")
+    assert baselines.find(tmp_path, other) is None
+    document = json.loads(second.read_text())
+    assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= set(document)
+    assert document["benchmarks"][0]["stats"]["rounds"] == 60
+    entry = baselines.load_entry(second, "t")
+    assert entry is not None
+    report = baselines.compare("t", result, entry)
+    assert not report.regressed, report.table()
+
+
+def test_regression_needs_tolerance_and_noise(tmp_path: Path) -> None:
+    old = baselines.baseline_entry("t", fake_result(n=60, ttft=0.05))
+    slower = baselines.compare("t", fake_result(n=60, ttft=0.1), old)
+    assert slower.regressed
+    assert "REGRESSED" in slower.table() and "ttft.p95" in slower.table()
+    slightly = baselines.compare("t", fake_result(n=60, ttft=0.052), old)
+    assert not slightly.regressed, slightly.table()
+
+
+def test_noise_test_does_not_flag_a_shuffled_sample() -> None:
+    values = [0.01 * (1 + (i * 37) % 11) for i in range(50)]
+    verdict = baselines.noise_test(values, list(reversed(values)), worse_is_higher=True, q=95)
+    assert not verdict.significant
+    worse = baselines.noise_test(values, [v * 2 for v in values], worse_is_higher=True, q=95)
+    assert worse.significant
