@@ -1,8 +1,17 @@
-"""Every test in the load suite carries the ``load`` marker (select with ``pytest -m load``)."""
+"""Load suite: every test here carries the ``load`` marker; the baseline rate shapes scale from."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from pytest_gpuinfer.load import bursts
+from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.targets import InferenceServer
+
+BASELINE_SHARE = 0.15
+"""Baseline rate as a share of the measured capacity: 5x stays under it, 10x goes over it."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -10,3 +19,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/load/" in item.nodeid.replace("\\", "/"):
             item.add_marker(pytest.mark.load)
+
+
+@pytest.fixture(scope="session")
+def capacity_rps(inference_server: InferenceServer) -> float:
+    """Completed requests per second at concurrency 8 (16-token replies), measured once."""
+    runner = LoadRunner(
+        inference_server.base_url, inference_server.model, api_key=inference_server.api_key
+    )
+    return bursts.measure_capacity(runner, concurrency=8, duration_s=3.0, max_tokens=16)
+
+
+@pytest.fixture(scope="session")
+def baseline_rps(request: pytest.FixtureRequest) -> float:
+    """The rate the shapes scale from: GPUINFER_BASELINE_RPS, else a share of the capacity."""
+    given = os.environ.get("GPUINFER_BASELINE_RPS")
+    if given:
+        return float(given)
+    capacity: float = request.getfixturevalue("capacity_rps")
+    return max(0.5, capacity * BASELINE_SHARE)

@@ -1,0 +1,199 @@
+"""Engine gauges during a load run: the target's own queue depth, running count and KV usage.
+
+:class:`GaugeRecorder` samples the target's ``/metrics`` on a background thread (never on the load
+client's event loop) several times a second for the length of a run, through
+:class:`~pytest_gpuinfer.metrics.engine_gauges.MetricsSampler`. Each scrape keeps only the lines of
+the few gauges read before parsing, so a large ``/metrics`` page (vLLM's histograms) costs the
+client process little CPU.
+
+When the target has no ``/metrics`` (or none of the known gauge names), the series falls back to
+the client's own count of requests in flight, computed from the records after the run, and says
+so: ``source == "client_in_flight"``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pytest_gpuinfer.metrics.engine_gauges import (
+    ENGINE_METRICS,
+    EngineGauges,
+    GaugeReading,
+    MetricsSampler,
+    engine_gauges,
+    fetch_metrics,
+    parse_metrics,
+)
+from pytest_gpuinfer.metrics.records import RequestRecord
+
+GaugeSource = Literal["engine", "client_in_flight"]
+DEFAULT_INTERVAL_S = 0.2
+"""Five readings a second: fine enough for a seconds-long CI burst."""
+
+_WANTED = frozenset(
+    name for table in ENGINE_METRICS.values() for names in table.values() for name in names
+)
+
+
+def _keep_gauge_lines(text: str) -> str:
+    """Only the exposition lines of the gauges we read (and their TYPE/HELP comments)."""
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[2] in _WANTED:
+                kept.append(line)
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _WANTED:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+@dataclass
+class GaugeSeries:
+    """Scheduler gauges over a run: the engine's own, or the client's in-flight count."""
+
+    source: GaugeSource
+    engine: str | None
+    interval_s: float
+    readings: list[GaugeReading] = field(default_factory=list)
+    scrape_errors: int = 0
+    note: str = ""
+
+    def values(self, gauge: str) -> list[tuple[float, float]]:
+        """(time, value) pairs of one gauge ('running', 'waiting', 'kv_cache_usage', ...)."""
+        out = []
+        for reading in self.readings:
+            value = getattr(reading.gauges, gauge)
+            if value is not None:
+                out.append((reading.t, float(value)))
+        return out
+
+    def queue(self) -> list[tuple[float, float]]:
+        """Queue depth over time: the engine's waiting gauge, else the client's in-flight count."""
+        if self.source == "engine":
+            return self.values("waiting")
+        return self.values("running")
+
+    @property
+    def queue_label(self) -> str:
+        """What :meth:`queue` measures, in words."""
+        if self.source == "engine":
+            return f"{self.engine or 'engine'} requests waiting (engine gauge)"
+        return "requests in flight (client-side count; the target exposes no queue gauge)"
+
+    def preemptions_delta(self) -> float | None:
+        """Preemptions counted during the run (last reading minus first); None if not exposed."""
+        series = self.values("preemptions")
+        if len(series) < 2:
+            return None
+        return series[-1][1] - series[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form: source, label and one row per reading."""
+        return {
+            "source": self.source,
+            "engine": self.engine,
+            "interval_s": self.interval_s,
+            "queue_label": self.queue_label,
+            "scrape_errors": self.scrape_errors,
+            "note": self.note,
+            "readings": [
+                {
+                    "t": r.t,
+                    "running": r.gauges.running,
+                    "waiting": r.gauges.waiting,
+                    "kv_cache_usage": r.gauges.kv_cache_usage,
+                    "preemptions": r.gauges.preemptions,
+                }
+                for r in self.readings
+            ],
+        }
+
+
+def in_flight_series(records: Sequence[RequestRecord], interval_s: float) -> list[GaugeReading]:
+    """Requests in flight (sent, not yet ended) every ``interval_s`` across the records' span."""
+    sent = sorted(r.sent for r in records if r.sent is not None)
+    ended = sorted(r.end for r in records if r.sent is not None and r.end is not None)
+    if not sent:
+        return []
+    start, stop = sent[0], max(ended[-1] if ended else sent[-1], sent[-1])
+    readings = []
+    steps = int((stop - start) / interval_s) + 2
+    for step in range(steps):
+        t = start + step * interval_s
+        count = bisect.bisect_right(sent, t) - bisect.bisect_right(ended, t)
+        gauges = EngineGauges(
+            running=float(count), waiting=None, kv_cache_usage=None, preemptions=None
+        )
+        readings.append(GaugeReading(t, gauges))
+    return readings
+
+
+class GaugeRecorder:
+    """Samples a target's engine gauges on a thread for the length of a run."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        timeout_s: float = 1.0,
+    ) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.engine: str | None = None
+        self.note = ""
+        self._sampler: MetricsSampler | None = None
+
+    def _fetch(self) -> str:
+        """One scrape, cut down to the gauges we read."""
+        return _keep_gauge_lines(fetch_metrics(self.base_url, self.timeout_s))
+
+    def start(self) -> GaugeRecorder:
+        """Probe ``/metrics`` once; sample it on a thread if it has known gauges."""
+        try:
+            probe = engine_gauges(parse_metrics(self._fetch()), model=self.model)
+        except (OSError, ValueError) as exc:
+            self.note = f"no engine gauges: /metrics unavailable ({type(exc).__name__}: {exc})"
+            return self
+        if probe.engine is None:
+            self.note = "no engine gauges: /metrics has none of the known scheduler gauge names"
+            return self
+        self.engine = probe.engine
+        self._sampler = MetricsSampler(
+            fetch=self._fetch, interval=self.interval_s, model=self.model
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling (one last reading is taken)."""
+        if self._sampler is not None:
+            self._sampler.stop()
+
+    def series(self, records: Sequence[RequestRecord]) -> GaugeSeries:
+        """The engine's series, or the client-side in-flight fallback built from ``records``."""
+        sampler = self._sampler
+        if sampler is not None and sampler.readings:
+            return GaugeSeries(
+                "engine",
+                self.engine,
+                self.interval_s,
+                sampler.readings,
+                scrape_errors=sampler.errors,
+                note=sampler.last_error or "",
+            )
+        return GaugeSeries(
+            "client_in_flight",
+            None,
+            self.interval_s,
+            in_flight_series(records, self.interval_s),
+            note=self.note or "no engine gauges were read during the run",
+        )

@@ -1,0 +1,146 @@
+"""Burst measurements against the SIMULATOR (known capacity and failure rate), and their logic.
+
+The simulator is an instrument: it checks our own queue-depth, recovery and drop accounting, never
+an engine. Timing bounds here are deliberately loose (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_gpuinfer.load import bursts, shapes
+from pytest_gpuinfer.load.gauges import GaugeRecorder, in_flight_series
+from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.sim import run_in_process
+
+SEQS, TTFT_MS, ITL_MS, TOKENS = 4, 20, 5, 16
+SERVICE_S = (TTFT_MS + (TOKENS - 1) * ITL_MS) / 1000
+CAPACITY_RPS = SEQS / SERVICE_S  # 42 req/s: what the simulator can finish at most
+
+
+@pytest.fixture(scope="module")
+def limited_sim() -> Iterator[str]:
+    """A simulator that runs at most four sequences at once (as its own process)."""
+    with run_in_process(
+        "--max-num-seqs",
+        str(SEQS),
+        "--ttft-ms",
+        str(TTFT_MS),
+        "--itl-ms",
+        str(ITL_MS),
+        "--output-tokens",
+        str(TOKENS),
+    ) as url:
+        yield url
+
+
+def test_10x_spike_on_a_limited_simulator_queues_then_drains(limited_sim: str) -> None:
+    base = CAPACITY_RPS * 0.15
+    shape = shapes.spike(base, 10, before_s=2, spike_s=2, after_s=4, arrival="constant")
+    result = LoadRunner(limited_sim, "sim-model").run(schedule=shape.schedule, max_tokens=TOKENS)
+    report = bursts.analyze(result, shape, bursts.BurstLimits(max_recovery_s=10))
+    print(report.text())
+    assert report.queue_source == "engine"
+    assert report.max_queue is not None and report.max_queue > 0
+    assert report.timeline[-1].queue == 0, "the queue must drain by the end"
+    assert report.dropped == 0
+    # The queue grows by (arrivals - capacity) during the spike and drains at (capacity - base).
+    predicted = (shape.peak_rps - CAPACITY_RPS) * 2 / (CAPACITY_RPS - base)
+    assert report.recovery_s is not None
+    assert 0.3 * predicted - 0.3 <= report.recovery_s <= 2.5 * predicted + 1.0, (
+        f"recovery {report.recovery_s:.2f} s, capacity predicts {predicted:.2f} s"
+    )
+    assert report.phases["during"].ttft.p95 > report.phases["before"].ttft.p95
+    assert report.peak_throughput_rps <= CAPACITY_RPS * 1.3
+    report.check()
+
+
+def test_a_failing_simulator_fails_the_zero_drop_verdict_naming_the_count() -> None:
+    with run_in_process("--error-rate", "0.05", "--ttft-ms", "5", "--itl-ms", "1") as url:
+        shape = shapes.spike(15, 5, before_s=2, spike_s=1, after_s=2, arrival="constant")
+        result = LoadRunner(url, "sim-model").run(schedule=shape.schedule, max_tokens=8)
+    report = bursts.analyze(result, shape)
+    failed = sum(1 for record in result.records if not record.ok)
+    assert failed > 0
+    assert report.dropped == failed
+    with pytest.raises(bursts.BurstViolation) as raised:
+        report.check()
+    message = str(raised.value)
+    assert f"drops: {failed} of {report.sent} requests dropped" in message
+    assert "allowed 0" in message
+    assert "seconds with failures" in message
+    assert bursts.analyze(result, shape, bursts.BurstLimits(allow_drops=failed)).passed
+
+
+def _record(index: int, sent: float, end: float | None, ttft: float = 0.01) -> RequestRecord:
+    """A finished (or failed, with end None) request for the pure-logic tests."""
+    record = RequestRecord(index=index, scheduled=sent, sent=sent)
+    if end is not None:
+        record.first_token, record.end = sent + ttft, end
+    else:
+        record.end, record.error = sent + 0.5, "timeout"
+    return record
+
+
+def test_in_flight_fallback_counts_sent_but_unfinished() -> None:
+    records = [_record(0, 0.0, 1.0), _record(1, 0.5, 2.0), _record(2, 1.5, 1.6)]
+    readings = in_flight_series(records, 0.5)
+    counts = {round(r.t, 2): r.gauges.running for r in readings}
+    assert counts[0.0] == 1 and counts[0.5] == 2 and counts[1.0] == 1 and counts[2.0] == 0
+
+
+def test_without_metrics_the_gauges_fall_back_to_client_counts_and_say_so() -> None:
+    recorder = GaugeRecorder("http://127.0.0.1:9", interval_s=0.1, timeout_s=0.2).start()
+    recorder.stop()
+    series = recorder.series([_record(0, 0.0, 1.0)])
+    assert series.source == "client_in_flight"
+    assert "client-side" in series.queue_label
+    assert "unavailable" in series.note
+
+
+def test_queue_and_recovery_verdicts_print_the_rows_that_broke_them(limited_sim: str) -> None:
+    shape = shapes.spike(CAPACITY_RPS * 0.15, 10, before_s=1, spike_s=1, after_s=2)
+    result = LoadRunner(limited_sim, "sim-model").run(schedule=shape.schedule, max_tokens=TOKENS)
+    limits = bursts.BurstLimits(max_queue=1, max_recovery_s=0, max_preemptions=0)
+    report = bursts.analyze(result, shape, limits)
+    verdicts = {v.name: v for v in report.verdicts}
+    assert not verdicts["queue"].passed
+    assert "seconds over the limit" in verdicts["queue"].message
+    assert verdicts["preemptions"].passed  # the simulator never preempts
+    document = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert document["timeline"][0]["sent"] > 0
+    rows = list(csv.DictReader(io.StringIO(report.timeline_csv())))
+    assert len(rows) == len(report.timeline)
+    assert {"sent", "completed", "in_flight", "queue", "running", "kv_usage", "p95_s"} <= set(
+        rows[0]
+    )
+    if report.recovery_s is None or report.recovery_s > 0:
+        assert not verdicts["recovery"].passed
+        assert "timeline from the burst end" in verdicts["recovery"].message
+
+
+def test_burst_marker_limits_reach_the_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.burst(max_recovery_s=7, max_queue=3)
+        def test_limits(burst_limits):
+            assert burst_limits.max_recovery_s == 7
+            assert burst_limits.max_queue == 3
+            assert burst_limits.allow_drops == 0
+
+        @pytest.mark.burst(max_quue=3)
+        def test_typo(burst_limits):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*unknown burst limits*max_quue*"])
