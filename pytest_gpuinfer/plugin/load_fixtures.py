@@ -55,10 +55,33 @@ def load_scale(pytestconfig: pytest.Config) -> float:
     return resolve_load_scale(float(getattr(settings, "load_scale", 1.0)), os.environ.get("CI"))
 
 
+def parse_limit_texts(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` texts (``--burst max_recovery_s=10``) as typed burst-limit overrides."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or not key:
+            raise ValueError(f"burst limit {text!r} is not KEY=VALUE, e.g. max_recovery_s=10")
+        if key == "latency":
+            out[key] = value
+        elif key == "allow_drops":
+            out[key] = int(value)
+        else:
+            out[key] = None if value.lower() in ("none", "") else float(value)
+    return out
+
+
 @pytest.fixture
 def burst_limits(request: pytest.FixtureRequest) -> bursts.BurstLimits:
-    """This test's burst verdicts: zero drops by default, then its ``burst`` marker's limits."""
+    """This test's burst verdicts: zero drops by default, then the run's ``--burst KEY=VALUE``
+    options (Settings.burst, when declared), then the test's ``burst`` marker."""
     limits = bursts.BurstLimits()
+    settings = request.config.stash[RUN_STATE].settings
+    try:
+        limits = limits.updated(parse_limit_texts(tuple(getattr(settings, "burst", ()) or ())))
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"--burst: {exc}") from None
     for marker in reversed(list(request.node.iter_markers(name="burst"))):
         if marker.args:
             raise pytest.UsageError(

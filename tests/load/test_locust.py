@@ -3,13 +3,20 @@ each bounded in time, with its CSV statistics read back."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from pytest_gpuinfer.load.locust_process import LocustRun
 from pytest_gpuinfer.load.shapes import standard_shape
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None,
+    reason="locust is not installed (pip install -e '.[load]')",
+)  # found, never imported: locust patches the standard library with gevent
 
 
 def _check(run: LocustRun) -> None:

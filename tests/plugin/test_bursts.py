@@ -10,10 +10,11 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from pytest_gpuinfer.load import bursts, shapes
+from pytest_gpuinfer.load import bursts, locust_process, shapes
 from pytest_gpuinfer.load.gauges import GaugeRecorder, in_flight_series
 from pytest_gpuinfer.load.runner import LoadRunner
 from pytest_gpuinfer.metrics.records import RequestRecord
@@ -144,3 +145,55 @@ def test_burst_marker_limits_reach_the_fixture(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*unknown burst limits*max_quue*"])
+
+
+def test_every_load_run_samples_the_engine_gauges_several_times_a_second(
+    limited_sim: str,
+) -> None:
+    result = LoadRunner(limited_sim, "sim-model").run(rate=20, duration_s=1.5, max_tokens=4)
+    assert result.gauges is not None and result.gauges.source == "engine"
+    times = [reading.t for reading in result.gauges.readings]
+    assert len(times) >= 5, f"only {len(times)} readings in 1.5 s"
+    assert result.to_dict(include_records=False)["gauges"]["source"] == "engine"
+    off = LoadRunner(limited_sim, "sim-model", gauge_interval_s=None)
+    assert off.run(rate=20, duration_s=0.3, max_tokens=4).gauges is None
+
+
+def test_burst_limits_from_option_texts() -> None:
+    from pytest_gpuinfer.plugin.load_fixtures import parse_limit_texts, resolve_load_scale
+
+    parsed = parse_limit_texts(["max_recovery_s=10", "allow-drops=2", "latency=e2e"])
+    assert bursts.BurstLimits().updated(parsed) == bursts.BurstLimits(
+        max_recovery_s=10, allow_drops=2, latency="e2e"
+    )
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_limit_texts(["max_recovery_s"])
+    assert resolve_load_scale(1.0, "true") == 0.1
+    assert resolve_load_scale(0.5, "true") == 0.5
+    assert resolve_load_scale(1.0, None) == 1.0
+
+
+def test_locust_stats_csv_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "locust_stats.csv"
+    path.write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,95%,99%,100%\n"
+        "TTFT,/v1/chat,12,0,40,41.5,30,60,0,3.9,0.0,40,55,60,60\n"
+        "POST,/v1/chat,12,1,100,101,90,130,0,3.9,0.3,100,120,130,130\n"
+        ",Aggregated,24,1,60,70,30,130,0,7.8,0.3,60,N/A,130,130\n"
+    )
+    rows = locust_process.read_stats_csv(path)
+    run = locust_process.LocustRun(["locust"], 0, rows, [], tmp_path)
+    ttft = run.row("TTFT")
+    assert ttft is not None and ttft.percentiles["95%"] == 55 and ttft.median_ms == 40
+    assert run.aggregated is not None and run.aggregated.percentiles["95%"] is None
+    assert run.total_failures == 1
+    assert "TTFT p50/p95 40/55 ms" in run.headline()
+
+
+def test_locust_runs_only_against_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        locust_process.run_locust(
+            "tests/load/locustfile.py", "http://10.0.0.1:8000", out_dir=tmp_path, run_time_s=1
+        )
