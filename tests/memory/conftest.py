@@ -1,0 +1,67 @@
+"""The memory suite: leak tests carry ``leak``, boundary and startup-OOM tests carry ``oom``.
+
+``small_kv_server`` launches one extra vLLM with a small KV cache and a small context, shared by
+the boundary tests of a module, so limits are reached in seconds: 30 KV blocks (3,840 tokens on
+CPU, where a block holds 128) and ``--max-model-len 512``. ``VLLM_CPU_KVCACHE_SPACE`` counts whole
+GiB (1 GiB is about two million tokens of the built-in model), so the block count is capped with
+``--num-gpu-blocks-override``, which vLLM applies on CPU as on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.targets import InferenceServer, TargetError
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+"""CI runs the short versions (fewer batches, smaller search ranges)."""
+
+SMALL_MAX_MODEL_LEN = 512
+SMALL_KV_BLOCKS = 30
+SMALL_KV_ARGS = (
+    "--max-model-len",
+    str(SMALL_MAX_MODEL_LEN),
+    "--num-gpu-blocks-override",
+    str(SMALL_KV_BLOCKS),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark leak tests ``leak`` and boundary/startup tests ``oom``."""
+    for item in items:
+        path = item.nodeid.replace("\\", "/")
+        if "tests/memory/" not in path:
+            continue
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(("test_oom", "test_startup")):
+            item.add_marker(pytest.mark.oom)
+        if name.startswith(("test_leak", "test_gpu_memory")):
+            item.add_marker(pytest.mark.leak)
+
+
+def require_launchable_vllm(config: pytest.Config) -> None:
+    """Skip unless this run launches vLLM itself (an attached endpoint cannot be relaunched)."""
+    settings = config.stash[RUN_STATE].settings
+    if settings.endpoint:
+        pytest.skip(f"needs a launched vLLM; --endpoint {settings.endpoint} is attached")
+    if settings.engine != "vllm":
+        pytest.skip(f"needs --engine vllm to relaunch with other arguments (got {settings.engine})")
+
+
+@pytest.fixture(scope="module")
+def small_kv_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
+    """vLLM with a small KV cache and context, for one module's boundary searches."""
+    require_launchable_vllm(pytestconfig)
+    manager = pytestconfig.stash[RUN_STATE].manager
+    try:
+        server = manager.launch(engine_args=SMALL_KV_ARGS)
+    except TargetError as exc:
+        pytest.fail(f"the small-KV vLLM did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        manager.stop(server)

@@ -1,0 +1,103 @@
+"""The ``leak`` marker and ``vram_tracker`` fixture through pytester: a leaking hog fails, a steady
+one passes; startup-failure reasons are read from engine logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuinfer.memory.startup import explain_startup_failure, startup_failure_reason
+
+LEAK_TESTS = """
+import pytest
+from pytest_gpuinfer.memory.hog import MemoryHog
+
+
+@pytest.fixture
+def hog(request):
+    # a fixture, like a server: it lives until after the leak verdict
+    with MemoryHog(mb=30, leak=request.param) as process:
+        yield process
+
+
+@pytest.mark.leak(max_growth_mb=50, settle_s=0.3, release_timeout_s=2)
+@pytest.mark.parametrize("hog", [True, False], ids=["leaking", "steady"], indirect=True)
+def test_hog(hog, vram_tracker):
+    vram_tracker.start(hog.pid, interval_s=0.05, settle_s=0.3)
+    for _ in range(4):
+        hog.batch()
+
+
+@pytest.mark.leak(max_growth_mb=50)
+def test_nothing_to_track():
+    pass
+
+
+def test_tracker_without_marker(vram_tracker):
+    with MemoryHog(mb=10, leak=True) as process:
+        tracker = vram_tracker.start(process.pid, interval_s=0.05, settle_s=0.2)
+        process.batch()
+        assert tracker.sample_once().total_bytes > tracker.baseline_bytes + 5_000_000
+"""
+
+
+def test_leak_marker_fails_a_leaking_process_and_passes_a_steady_one(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(LEAK_TESTS)
+    result = pytester.runpytest("-p", "no:randomly", "-v")
+    result.assert_outcomes(passed=2, failed=2)
+    text = result.stdout.str()
+    assert "test_hog[leaking] FAILED" in text
+    assert "test_hog[steady] PASSED" in text
+    assert "test_tracker_without_marker PASSED" in text
+    assert "memory leak check FAILED" in text and "timeline:" in text and "slope" in text
+    assert "the leak marker has nothing to track" in text
+
+
+def test_leak_marker_rejects_positional_arguments(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.leak(100)
+        def test_bad(vram_tracker):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret != 0
+    assert "leak marker takes keywords" in result.stdout.str() + result.stderr.str()
+
+
+VLLM_KV_TOO_BIG = """\
+(EngineCore pid=9496) INFO 12-02 05:59:05 [utils.py:347] Using LBHNC KV cache layout.
+(Worker pid=9888) ERROR 12-02 05:59:43 [multiproc_executor.py:953] Traceback (most recent \
+call last):
+(Worker pid=9888) ERROR 12-02 05:59:43 [multiproc_executor.py:953] ValueError: Available memory \
+on node 0 (18.8/23.4 GiB) on kv cache allocation is less than requested memory for kv (1000.0 \
+GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by \
+other processes.
+(EngineCore pid=9496) ERROR 12-02 05:59:44 [core.py:1510] Exception: WorkerProc initialization \
+failed due to an exception in a background process. See stack trace for root cause.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_startup_failure_reason_finds_the_root_cause_in_a_vllm_log() -> None:
+    reason = startup_failure_reason(VLLM_KV_TOO_BIG)
+    assert reason is not None and reason.startswith("ValueError: Available memory on node 0")
+    assert explain_startup_failure(VLLM_KV_TOO_BIG).startswith(
+        "engine failed to start: ValueError: Available memory"
+    )
+    assert startup_failure_reason("all fine\nINFO started") is None
+    assert explain_startup_failure("") == "engine failed to start: no error line in the log"
+
+
+def test_startup_failure_reason_prefers_a_memory_error() -> None:
+    log = (
+        "RuntimeError: something generic happened\n"
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    )
+    assert startup_failure_reason(log) == (
+        "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
