@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 import threading
@@ -200,3 +201,22 @@ def test_nvml_missing_gives_a_reason() -> None:
     )
     assert tracker.sample_once() is None
     assert tracker.last_error is not None and "Driver Not Loaded" in tracker.last_error
+
+
+def test_source_choice_follows_the_target_and_the_gpus() -> None:
+    from pytest_gpuinfer.hardware.gpu import GPUInfo
+    from pytest_gpuinfer.plugin.memory_fixtures import source_for
+    from pytest_gpuinfer.targets import InferenceServer
+
+    h100 = GPUInfo(0, H100["uuid"], "H100", H100["total"], 0, (9, 0), False)
+    pinned = InferenceServer("http://127.0.0.1:1", "m", "vllm", gpu_uuids=(L4["uuid"],))
+    source = source_for(pinned, (h100,))
+    assert isinstance(source, NVMLMemory) and source.uuids == (L4["uuid"],)
+    assert "whole GPU" in source.describe()  # attached: no process tree to narrow it down
+    attached = InferenceServer("http://127.0.0.1:1", "m", "endpoint")
+    with pytest.raises(pytest.UsageError, match="attached endpoint"):
+        source_for(attached, ())
+    own = os.getpid()
+    assert isinstance(source_for(own, ()), ProcessTreeRSS)
+    by_pid = source_for(own, (h100,))
+    assert isinstance(by_pid, NVMLMemory) and "processes of the target" in by_pid.describe()
