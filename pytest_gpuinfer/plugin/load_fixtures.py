@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -118,8 +117,7 @@ class BurstRunner:
         """Run ``shape`` as given (scale it first with ``shape.scaled(runner.scale)``)."""
         __tracebackhide__ = True
         run_kwargs.setdefault("requests", int(shape.expected_requests * 2) + 50)
-        if "allow_errors" in inspect.signature(self.load_runner.run).parameters:
-            run_kwargs.setdefault("allow_errors", True)  # drops are judged by the burst verdict
+        # check_slos=False: the burst's own verdicts (drops first) judge this run.
         result = self.load_runner.run(
             schedule=shape.schedule, check_slos=False, max_tokens=max_tokens, **run_kwargs
         )
