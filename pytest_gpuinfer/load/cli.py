@@ -1,9 +1,10 @@
 """``gpuinfer-load``: run a load test against an OpenAI-compatible server from the command line.
 
 Prints the summary table, the load engine's self-check and SLO verdicts. Exit status: 0 when every
-SLO holds, 1 when one fails, 2 on a usage error. The API key is read from an environment variable
-(``--api-key-env``, default ``OPENAI_API_KEY``), never from the command line, where other users of
-the machine could read it.
+SLO holds and no request failed, 1 when an SLO fails or any request failed (unless an error_rate
+SLO or --allow-errors allows failures), 2 on a usage error. The API key is read from an
+environment variable (``--api-key-env``, default ``OPENAI_API_KEY``), never from the command
+line, where other users of the machine could read it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.client import Timeouts
 from pytest_gpuinfer.load.runner import LoadRunner
 from pytest_gpuinfer.load.schedule import ARRIVAL_KINDS
-from pytest_gpuinfer.metrics.slo import SLOSyntaxError, evaluate_all, parse_slos
+from pytest_gpuinfer.metrics.slo import SLOSyntaxError, parse_slos
 
 EXIT_OK = 0
 EXIT_SLO_FAILED = 1
@@ -35,6 +37,30 @@ _PROMPT_WORDS = (
 def synthetic_prompt(words: int) -> str:
     """A prompt of ``words`` common words (about one token each with most tokenizers)."""
     return " ".join(_PROMPT_WORDS[i % len(_PROMPT_WORDS)] for i in range(max(1, words)))
+
+
+def _exact_prompts(args: argparse.Namespace) -> prompts.PromptSet:
+    """Prompts of exactly --prompt-tokens target tokens; says on stderr how they were counted."""
+    key = os.environ.get(args.api_key_env)
+    counter = prompts.token_counter_for(
+        args.endpoint,
+        args.model,
+        model_dir=args.tokenizer,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
+    )
+    try:
+        prompt_set = prompts.build_prompts(
+            counter,
+            args.prompt_tokens,
+            count=max(1, min(args.requests or 256, 256)),
+            varied=not args.same_prompt,
+            seed=args.seed,
+            endpoint=args.api,
+        )
+    except prompts.PromptLengthError as exc:
+        raise ValueError(str(exc)) from None
+    print(f"gpuinfer-load: {prompt_set.describe()}", file=sys.stderr)
+    return prompt_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=64)
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="prompt text")
-    prompt.add_argument("--prompt-tokens", type=int, default=32, help="synthetic prompt length")
+    prompt.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=32,
+        help="prompt length in tokens of the target's tokenizer, before the chat template",
+    )
+    parser.add_argument(
+        "--tokenizer", metavar="DIR", help="model directory to count tokens with if no /tokenize"
+    )
+    parser.add_argument(
+        "--same-prompt", action="store_true", help="repeat one prompt instead of varied ones"
+    )
     parser.add_argument("--no-stream", action="store_true", help="ask for whole responses")
     parser.add_argument(
         "--ignore-eos", action="store_true", help="send ignore_eos (vLLM, SGLang) for fixed lengths"
@@ -80,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--total-timeout", type=float, default=600.0)
     parser.add_argument(
         "--slo", action="append", default=[], metavar="EXPR", help="e.g. 'ttft_p95<500ms'"
+    )
+    parser.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="exit 0 even when requests failed (default: any failed request exits 1)",
     )
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON here")
     parser.add_argument("--progress", type=float, default=5.0, help="progress line every S s")
@@ -120,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             requests=args.requests,
             duration_s=args.duration,
-            prompt=args.prompt if args.prompt is not None else synthetic_prompt(args.prompt_tokens),
+            prompt=args.prompt if args.prompt is not None else _exact_prompts(args),
             max_tokens=args.max_tokens,
             stream=not args.no_stream,
             warmup_s=args.warmup,
@@ -134,23 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpuinfer-load: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(result.summary_text())
-    verdicts = evaluate_all(slos, result.summary)
+    verdicts = result.judge(slos, allow_errors=args.allow_errors)
     for verdict in verdicts:
         print(f"{'PASS' if verdict.passed else 'FAIL'}  {verdict.message}")
     if args.json:
-        data = result.to_dict()
-        data["slos"] = [
-            {
-                "slo": v.slo.text,
-                "passed": v.passed,
-                "measured": v.measured if math.isfinite(v.measured) else None,
-                "count": v.count,
-                "message": v.message,
-            }
-            for v in verdicts
-        ]
         with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
+            json.dump(result.to_dict(), out, indent=1)
     return EXIT_SLO_FAILED if any(not v.passed for v in verdicts) else EXIT_OK
 
 

@@ -37,8 +37,10 @@ from typing import Any
 
 from pytest_gpuinfer.clock import DeadlineTimers, LoopKind, new_event_loop
 from pytest_gpuinfer.load.client import Endpoint, InferenceClient, RequestSpec, Timeouts, UsageMode
+from pytest_gpuinfer.load.gauges import DEFAULT_INTERVAL_S, GaugeRecorder, GaugeSeries
+from pytest_gpuinfer.load.prompts import PromptSet, length_line, lengths_dict
 from pytest_gpuinfer.load.schedule import ArrivalKind, ClosedLoop, OpenLoop, Schedule, open_loop
-from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics import slo, stats, units
 from pytest_gpuinfer.metrics.records import RequestRecord
 
 ProgressCallback = Callable[["Progress"], None]
@@ -65,6 +67,10 @@ class SelfCheckLimits:
     cpu_wait_per_wakeup_s: float = 0.0001
     """...and the mean wait per wake-up must pass this too: a virtual CPU waking from idle costs
     some tens of microseconds per wake-up even on an idle machine, which is not contention."""
+    min_window_s: float = 1.0
+    """CPU shares (use, wait) are judged only over runs at least this long: over a fraction of
+    a second, start-up work and the clock's granularity make them meaningless (a 0.2 s run
+    once read 413% of a core)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,7 @@ class SelfCheck:
         for fig in figures:
             fraction = fig.cpu_s / fig.wall_s if fig.wall_s > 0 else 0.0
             cpu_fraction = max(cpu_fraction, fraction)
-            if fraction >= limits.cpu_fraction:
+            if fraction >= limits.cpu_fraction and fig.wall_s >= limits.min_window_s:
                 reasons.append(
                     f"worker {fig.worker} used {fraction:.0%} of a CPU core "
                     f"(limit {limits.cpu_fraction:.0%})"
@@ -149,7 +155,7 @@ class SelfCheck:
         waits = [fig.cpu_wait_s for fig in figures if fig.cpu_wait_s is not None]
         cpu_wait = sum(waits) if waits else None
         for fig in figures:
-            if fig.cpu_wait_s is None or fig.wall_s <= 0:
+            if fig.cpu_wait_s is None or fig.wall_s < limits.min_window_s:
                 continue
             waited = fig.cpu_wait_s / fig.wall_s
             per_wakeup = fig.cpu_wait_s / max(1, fig.wakeups)
@@ -212,9 +218,10 @@ class SelfCheck:
             f"self-check: {verdict}",
             f"  client cpu {self.cpu_fraction:.0%} of a core ({self.workers} process(es), "
             f"{self.event_loop}), loop lag p50/p99/max "
-            f"{_ms(self.loop_lag.p50)}/{_ms(self.loop_lag.p99)}/{_ms(self.loop_lag.max)} ms, "
-            f"dispatch slip p50/p99/max {_ms(self.dispatch_slip.p50)}/"
-            f"{_ms(self.dispatch_slip.p99)}/{_ms(self.dispatch_slip.max)} ms, "
+            f"{units.ms(self.loop_lag.p50)}/{units.ms(self.loop_lag.p99)}/"
+            f"{units.ms(self.loop_lag.max)} ms, "
+            f"dispatch slip p50/p99/max {units.ms(self.dispatch_slip.p50)}/"
+            f"{units.ms(self.dispatch_slip.p99)}/{units.ms(self.dispatch_slip.max)} ms, "
             f"unread-bytes samples {self.read_backlog_fraction:.0%}"
             + (
                 f", waited for a CPU {self.cpu_wait_s * 1e3:.0f} ms"
@@ -226,11 +233,6 @@ class SelfCheck:
         return "\n".join(lines)
 
 
-def _ms(seconds: float) -> str:
-    """Seconds as milliseconds for the self-check line, '-' for no value."""
-    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.2f}"
-
-
 @dataclass
 class LoadResult:
     """The records of a load run, their summary and the engine's self-check."""
@@ -239,6 +241,15 @@ class LoadResult:
     summary: stats.Summary
     self_check: SelfCheck
     config: dict[str, Any]
+    gauges: GaugeSeries | None = None
+    """Engine gauges sampled during the run (or the client's in-flight count; see ``source``)."""
+    verdicts: list[slo.SLOVerdict] | None = None
+    """The run's verdicts once :meth:`judge` has been called."""
+
+    def judge(self, slos: Sequence[slo.SLO], *, allow_errors: bool = False) -> list[slo.SLOVerdict]:
+        """Judge the run by its SLOs and (unless allowed) its failed requests; keep the verdicts."""
+        self.verdicts = slo.judge_run(slos, self.summary, allow_errors=allow_errors)
+        return self.verdicts
 
     @property
     def client_bound(self) -> bool:
@@ -276,8 +287,9 @@ class LoadResult:
         return self.summary.queue
 
     def summary_text(self) -> str:
-        """The summary table followed by the self-check."""
-        return f"{self.summary.table()}\n{self.self_check.text()}"
+        """The summary table, achieved prompt/output lengths, then the self-check."""
+        lengths = length_line(self.records, self.config.get("max_tokens"))
+        return f"{self.summary.table()}\n{lengths}\n{self.self_check.text()}"
 
     def to_dict(self, *, include_records: bool = True) -> dict[str, Any]:
         """Plain-JSON form: config, summary, self-check and (optionally) every record."""
@@ -285,7 +297,12 @@ class LoadResult:
             "config": self.config,
             "summary": self.summary.to_dict(),
             "self_check": self.self_check.to_dict(),
+            "lengths": lengths_dict(self.records),
         }
+        if self.gauges is not None:
+            out["gauges"] = self.gauges.to_dict()
+        if self.verdicts is not None:
+            out["verdicts"] = [slo.verdict_dict(v) for v in self.verdicts]
         if include_records:
             out["records"] = [record.to_dict() for record in self.records]
         return out
@@ -417,7 +434,7 @@ def _cpu_wait() -> tuple[float, int] | None:
 def _count(record: RequestRecord, counters: _Counters) -> None:
     """Add a finished request to the progress counters."""
     counters.done += 1
-    if record.error is not None:
+    if not record.ok:
         counters.failed += 1
 
 
@@ -600,6 +617,7 @@ class LoadRunner:
         loop: LoopKind = "auto",
         limits: SelfCheckLimits | None = None,
         preflight: bool = True,
+        gauge_interval_s: float | None = DEFAULT_INTERVAL_S,
     ) -> None:
         InferenceClient(base_url, model, endpoint=endpoint)  # validate the URL and endpoint now
         self._settings = _ClientSettings(
@@ -614,6 +632,8 @@ class LoadRunner:
         self.tokenizer = tokenizer
         self.limits = limits or SelfCheckLimits()
         self.preflight = preflight
+        self.gauge_interval_s = gauge_interval_s
+        """How often the target's /metrics is sampled during a run (None: never)."""
 
     def __repr__(self) -> str:
         return f"LoadRunner({self._settings.base_url!r}, model={self._settings.model!r})"
@@ -742,10 +762,20 @@ class LoadRunner:
         )
         planned = len(arrivals) if isinstance(resolved, OpenLoop) else requests
         reporter = _ProgressReporter(progress, progress_interval_s, planned)
-        if processes == 1:
-            records, figures = await self._run_single(plans[0], reporter)
-        else:
-            records, figures = await asyncio.to_thread(self._run_processes, plans, reporter)
+        recorder = None
+        if self.gauge_interval_s is not None:  # sampled on a thread, off the client's loop
+            recorder = GaugeRecorder(
+                self._settings.base_url, self._settings.model, interval_s=self.gauge_interval_s
+            )
+            await asyncio.to_thread(recorder.start)
+        try:
+            if processes == 1:
+                records, figures = await self._run_single(plans[0], reporter)
+            else:
+                records, figures = await asyncio.to_thread(self._run_processes, plans, reporter)
+        finally:
+            if recorder is not None:
+                await asyncio.to_thread(recorder.stop)
         records.sort(key=lambda r: r.index)
         summary = stats.summarize(records, warmup_s=warmup_s, slos=slo_list)
         self_check = SelfCheck.from_figures(figures, self.limits)
@@ -764,8 +794,10 @@ class LoadRunner:
             "processes": processes,
             "usage_mode": self._settings.usage_mode,
             "timeouts": asdict(self._settings.timeouts),
+            "workload": prompt.to_dict() if isinstance(prompt, PromptSet) else None,
         }
-        return LoadResult(records, summary, self_check, config)
+        gauges = recorder.series(records) if recorder is not None else None
+        return LoadResult(records, summary, self_check, config, gauges)
 
     async def _preflight(
         self, prompt: str, stream: bool, extra_body: dict[str, Any] | None
@@ -875,13 +907,9 @@ def _replace_usage(settings: _ClientSettings, usage_mode: UsageMode) -> _ClientS
     )
 
 
-def _as_slos(slos: Sequence[Any]) -> list[Any]:
+def _as_slos(slos: Sequence[Any]) -> list[slo.SLO]:
     """SLO objects from SLO objects or SLO texts."""
-    if not slos:
-        return []
-    from pytest_gpuinfer.metrics import slo
-
-    out: list[Any] = []
+    out: list[slo.SLO] = []
     for item in slos:
         out.extend(slo.parse_slos(item) if isinstance(item, str) else [item])
     return out

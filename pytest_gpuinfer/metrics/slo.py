@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics import stats, units
 from pytest_gpuinfer.metrics.records import RequestRecord
 
 GRAMMAR = """\
@@ -30,10 +30,10 @@ SLO grammar:
 examples: ttft_p95<500ms  itl_p99<=50ms  e2e_p99.9<2s  error_rate<0.1%  throughput>=20rps
           token_throughput>=100tok/s  goodput>=5rps"""
 
-_LATENCY = "latency"
-_FRACTION = "fraction"
-_REQ_RATE = "request rate"
-_TOK_RATE = "token rate"
+_LATENCY = units.LATENCY
+_FRACTION = units.FRACTION
+_REQ_RATE = units.REQUEST_RATE
+_TOK_RATE = units.TOKEN_RATE
 
 _FAMILY = {
     **{name: _LATENCY for name in stats.DISTRIBUTION_METRICS},
@@ -85,6 +85,15 @@ class SLO:
         """The left-hand side: 'ttft_p95', 'error_rate'."""
         return self.metric if self.stat is None else f"{self.metric}_{self.stat}"
 
+    @property
+    def per_request(self) -> bool:
+        """True for latency SLOs, which each request can meet or miss on its own (goodput)."""
+        return _FAMILY[self.metric] == _LATENCY
+
+    def accepts(self, record: RequestRecord) -> bool:
+        """Whether one request meets this (per-request) SLO; see :func:`meets`."""
+        return meets(self, record)
+
     def canonical(self) -> str:
         """The SLO in base units (seconds, fraction, per second); parses back to an equal SLO."""
         return f"{self.name}{self.op}{self.limit!r}{_BASE_UNIT[_FAMILY[self.metric]]}"
@@ -127,7 +136,7 @@ def _split_lhs(text: str, lhs: str) -> tuple[str, str | None]:
 
 
 def _parse_limit(text: str, metric: str, rhs: str) -> float:
-    """Read the number and unit and return the limit in base units."""
+    """Read the number and unit and return the limit in base known_units."""
     m = _NUMBER_RE.match(rhs)
     if m is None:
         raise SLOSyntaxError(text, f"bad number {rhs!r}" if rhs else "no limit after the operator")
@@ -140,7 +149,7 @@ def _parse_limit(text: str, metric: str, rhs: str) -> float:
     if value < 0:
         raise SLOSyntaxError(text, f"limit {m.group(0)!r} is negative")
     family = _FAMILY[metric]
-    units = _UNITS[family]
+    known_units = _UNITS[family]
     if not unit:
         if family == _FRACTION:
             if value > 1:
@@ -150,19 +159,19 @@ def _parse_limit(text: str, metric: str, rhs: str) -> float:
                 )
             return value
         raise SLOSyntaxError(
-            text, f"missing unit after {m.group(0)!r} ({family}: {', '.join(units)})"
+            text, f"missing unit after {m.group(0)!r} ({family}: {', '.join(known_units)})"
         )
     lowered = unit if unit.startswith("µ") else unit.lower()
-    if lowered not in units:
+    if lowered not in known_units:
         other = next((f for f, u in _UNITS.items() if lowered in u), None)
         if other is not None:
             raise SLOSyntaxError(
                 text,
                 f"wrong unit {unit!r} for {metric}: {unit!r} is a {other} unit; "
-                f"{metric} is a {family} ({', '.join(units)})",
+                f"{metric} is a {family} ({', '.join(known_units)})",
             )
-        raise SLOSyntaxError(text, f"unknown unit {unit!r} for {metric} ({', '.join(units)})")
-    limit = value / units[lowered]
+        raise SLOSyntaxError(text, f"unknown unit {unit!r} for {metric} ({', '.join(known_units)})")
+    limit = value / known_units[lowered]
     if family == _FRACTION and limit > 1:
         raise SLOSyntaxError(text, f"error_rate limit {rhs!r} is over 100%")
     return limit
@@ -217,20 +226,7 @@ class SLOVerdict:
 
 def _fmt(metric: str, value: float) -> str:
     """A value in the unit people read for its metric: ms, %, req/s or tok/s."""
-    family = _FAMILY[metric]
-    if family == _LATENCY:
-        return f"{_num(value * 1000.0)} ms"
-    if family == _FRACTION:
-        return f"{_num(value * 100.0)}%"
-    return f"{_num(value)} {'req/s' if family == _REQ_RATE else 'tok/s'}"
-
-
-def _num(x: float) -> str:
-    """A number with one decimal when large, four significant digits when small."""
-    if x == 0 or abs(x) >= 100:
-        text = f"{x:.1f}"
-        return text[:-2] if text.endswith(".0") else text
-    return f"{x:.4g}"
+    return units.with_unit(_FAMILY[metric], value)
 
 
 def _few_samples_note(stat: str | None, count: int) -> str | None:
@@ -275,7 +271,7 @@ def evaluate_all(slos: Sequence[SLO], summary: stats.Summary) -> list[SLOVerdict
 
 def is_per_request(slo: SLO) -> bool:
     """True for latency SLOs, which each request can meet or miss on its own (used for goodput)."""
-    return _FAMILY[slo.metric] == _LATENCY
+    return slo.per_request
 
 
 def meets(slo: SLO, record: RequestRecord) -> bool:
@@ -287,7 +283,50 @@ def meets(slo: SLO, record: RequestRecord) -> bool:
     """
     if not is_per_request(slo):
         raise ValueError(f"{slo.text!r} is not a per-request SLO")
-    if record.error is not None or record.end is None:
+    if not record.ok:
         return False
     value = stats.request_value(record, slo.metric, slo.stat)
     return value is None or _OPS[slo.op](value, slo.limit)
+
+
+NO_FAILED_REQUESTS = SLO(
+    "error_rate", None, "<=", 0.0, "error_rate<=0 (default: no failed request)"
+)
+"""The verdict every run gets unless an ``error_rate`` SLO or ``allow_errors`` says otherwise."""
+
+
+def judge_run(
+    slos: Sequence[SLO], summary: stats.Summary, *, allow_errors: bool = False
+) -> list[SLOVerdict]:
+    """Judge a load run: its SLOs, and by default that no request failed.
+
+    A load test in CI must fail when requests fail, whatever its latency SLOs say; an explicit
+    ``error_rate`` SLO replaces that default, and ``allow_errors`` turns it off.
+    """
+    verdicts = evaluate_all(slos, summary)
+    if allow_errors or any(s.metric == "error_rate" for s in slos):
+        return verdicts
+    failed = summary.failed
+    if failed == 0:
+        message = f"no failed requests (n={summary.requests})"
+    else:
+        classes = ", ".join(f"{k}={v}" for k, v in sorted(summary.errors.items()))
+        message = (
+            f"{failed} of {summary.requests} requests failed ({classes}); any failed request "
+            "fails a load run unless an error_rate SLO or allow_errors (--allow-errors) allows it"
+        )
+    verdicts.append(
+        SLOVerdict(NO_FAILED_REQUESTS, failed == 0, summary.error_rate, summary.requests, message)
+    )
+    return verdicts
+
+
+def verdict_dict(verdict: SLOVerdict) -> dict[str, object]:
+    """Plain-JSON form of a verdict (NaN becomes None)."""
+    return {
+        "slo": verdict.slo.text,
+        "passed": verdict.passed,
+        "measured": verdict.measured if math.isfinite(verdict.measured) else None,
+        "count": verdict.count,
+        "message": verdict.message,
+    }

@@ -12,15 +12,32 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from pytest_gpuinfer.metrics import units
 from pytest_gpuinfer.metrics.records import RequestRecord
 
-if TYPE_CHECKING:
-    from pytest_gpuinfer.metrics.slo import SLO
+
+class RequestCheck(Protocol):
+    """A check each request meets or misses on its own (an SLO); goodput counts the ones met."""
+
+    @property
+    def text(self) -> str:
+        """How the check was written, e.g. 'ttft_p95<500ms'."""
+        ...
+
+    @property
+    def per_request(self) -> bool:
+        """False for checks of the whole run (error rate, throughput), which goodput skips."""
+        ...
+
+    def accepts(self, record: RequestRecord) -> bool:
+        """Whether this request met the check."""
+        ...
+
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -281,23 +298,47 @@ def _py_percentile(ordered: Sequence[float], q: float) -> float:
     return b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
 
 
+class RequestLatencies(NamedTuple):
+    """One completed request's single-valued latencies (seconds; None where it has none)."""
+
+    ttft: float | None
+    tpot: float | None
+    e2e: float
+    queue: float | None
+    output_tokens: int
+
+
+def request_latencies(record: RequestRecord) -> RequestLatencies | None:
+    """TTFT, TPOT, E2E and queue time of a completed request, from its scheduled start."""
+    end = record.end
+    if end is None or record.error is not None:  # not record.ok, without a property call
+        return None
+    s = record.scheduled
+    n = record.completion_tokens
+    if n is None:
+        n = sum(record.chunk_tokens)
+    first = record.first_token
+    sent = record.sent
+    return RequestLatencies(
+        None if first is None else first - s,
+        None if first is None or n < 2 else (end - first) / (n - 1),
+        end - s,
+        None if sent is None else sent - s,
+        n,
+    )
+
+
+_SCALAR_LATENCIES = ("ttft", "tpot", "e2e", "queue")
+
+
 def request_samples(record: RequestRecord, metric: str) -> list[float]:
     """One request's own samples of a latency metric (seconds); empty when it has none."""
-    end = record.end
-    if record.error is not None or end is None:
+    if metric in _SCALAR_LATENCIES:
+        latencies = request_latencies(record)
+        value = None if latencies is None else getattr(latencies, metric)
+        return [] if value is None else [value]
+    if not record.ok:
         return []
-    s = record.scheduled
-    if metric == "ttft":
-        return [] if record.first_token is None else [record.first_token - s]
-    if metric == "e2e":
-        return [end - s]
-    if metric == "queue":
-        return [] if record.sent is None else [record.sent - s]
-    if metric == "tpot":
-        n = completion_tokens(record)
-        if record.first_token is None or n < 2:
-            return []
-        return [(end - record.first_token) / (n - 1)]
     if metric not in ("itl", "itl_chunk", "itl_token"):
         raise ValueError(f"{metric!r} is not a per-request latency metric")
     times = record.chunk_times
@@ -394,12 +435,12 @@ class Summary:
         for name in ("ttft", "tpot", "itl_chunk", "itl_token", "e2e", "queue"):
             d: Distribution = getattr(self, name)
             stats = (d.mean, d.p50, d.p90, d.p95, d.p99, d.p999)
-            cells = "".join(f"{_ms_cell(v):>10}" for v in stats)
+            cells = "".join(f"{units.ms(v):>10}" for v in stats)
             lines.append(f"{name:<12}{d.count:>9}{cells}")
         errors = ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items()))
         lines.append(
             f"requests {self.requests}  completed {self.completed}  failed {self.failed}"
-            f"  error rate {_pct_cell(self.error_rate)}" + (f" ({errors})" if errors else "")
+            f"  error rate {units.percent(self.error_rate)}" + (f" ({errors})" if errors else "")
         )
         goodput = "-" if self.goodput is None else f"{self.goodput:.2f} req/s"
         lines.append(
@@ -409,16 +450,6 @@ class Summary:
         if self.warmup_excluded:
             lines.append(f"warm-up: {self.warmup_excluded} requests excluded")
         return "\n".join(lines)
-
-
-def _ms_cell(seconds: float) -> str:
-    """A table cell: seconds shown in milliseconds, '-' when there is no value."""
-    return "-" if math.isnan(seconds) else f"{seconds * 1000.0:.2f}"
-
-
-def _pct_cell(fraction: float) -> str:
-    """A fraction shown as a percentage, '-' when there is no value."""
-    return "-" if math.isnan(fraction) else f"{fraction * 100.0:.2f}%"
 
 
 def _measured(records: Sequence[RequestRecord], warmup_s: float) -> list[RequestRecord]:
@@ -448,7 +479,10 @@ def _itl_arrays(
 
 
 def summarize(
-    records: Sequence[RequestRecord], *, warmup_s: float = 0.0, slos: Sequence[SLO] = ()
+    records: Sequence[RequestRecord],
+    *,
+    warmup_s: float = 0.0,
+    slos: Sequence[RequestCheck] = (),
 ) -> Summary:
     """Summarise a run: drop the warm-up, count failures, and build each latency distribution."""
     measured = _measured(records, warmup_s)
@@ -467,24 +501,20 @@ def summarize(
         end = r.end
         if end is not None and end > last_end:
             last_end = end
-        if r.error is not None or end is None:
+        latencies = request_latencies(r)
+        if latencies is None:
             errors[r.error or "incomplete"] += 1
             continue
         completed.append(r)
-        s = r.scheduled
-        e2e.append(end - s)
-        if r.sent is not None:
-            queue.append(r.sent - s)
-        n_out = r.completion_tokens
-        if n_out is None:
-            n_out = sum(r.chunk_tokens)
-        completion_total += n_out
+        e2e.append(latencies.e2e)
+        if latencies.queue is not None:
+            queue.append(latencies.queue)
+        completion_total += latencies.output_tokens
         prompt_total += r.prompt_tokens or 0
-        first = r.first_token
-        if first is not None:
-            ttft.append(first - s)
-            if n_out >= 2:
-                tpot.append((end - first) / (n_out - 1))
+        if latencies.ttft is not None:
+            ttft.append(latencies.ttft)
+        if latencies.tpot is not None:
+            tpot.append(latencies.tpot)
         n_chunks = len(r.chunk_times)
         if n_chunks >= 2:
             times.extend(r.chunk_times)
@@ -503,14 +533,10 @@ def summarize(
         return count / duration if duration > 0 else _NAN
 
     goodput: float | None = None
-    per_request: list[SLO] = []
-    if slos:
-        from pytest_gpuinfer.metrics import slo as slo_mod  # slo imports this module
-
-        per_request = [s for s in slos if slo_mod.is_per_request(s)]
-        if per_request:
-            good = sum(1 for r in completed if all(slo_mod.meets(s, r) for s in per_request))
-            goodput = rate(good)
+    per_request = [check for check in slos if check.per_request]
+    if per_request:
+        good = sum(1 for r in completed if all(check.accepts(r) for check in per_request))
+        goodput = rate(good)
 
     return Summary(
         requests=n_req,
@@ -605,15 +631,13 @@ def _baseline_number(value: Any) -> float:
 
 def _format_value(name: str, value: float) -> str:
     """A metric value for a message: latencies in ms, rates per second, fractions in %."""
-    if math.isnan(value):
-        return "n/a"
     if name in _DIST_FIELD:
-        return f"{value * 1000.0:.1f} ms"
+        return units.with_unit(units.LATENCY, value)
     if name == "error_rate":
-        return f"{value * 100.0:.2f}%"
+        return units.with_unit(units.FRACTION, value)
     if name == "token_throughput":
-        return f"{value:.1f} tok/s"
-    return f"{value:.2f} req/s"
+        return units.with_unit(units.TOKEN_RATE, value)
+    return units.with_unit(units.REQUEST_RATE, value)
 
 
 def compare(

@@ -95,6 +95,7 @@ def load_runner(
         slos=slos_for(request.node, state.settings.slos),
         item=request.node,
         report_dir=state.settings.report_dir,
+        allow_errors=state.settings.allow_errors,
     )
     state.load_runners.append(runner)
     return runner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.metrics import slo
+from pytest_gpuinfer.metrics import slo, units
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
@@ -54,9 +55,7 @@ def result_line(result: LoadResult) -> str:
     """One line for the terminal summary: counts, key percentiles, throughput, self-check."""
     summary = result.summary
     ttft = summary.ttft
-
-    def ms(value: float) -> str:
-        return "-" if value != value else f"{value * 1e3:.1f}"
+    ms = functools.partial(units.ms, digits=1)
 
     bound = (
         "CLIENT-BOUND (latencies include the client's own delay)" if result.client_bound else "ok"
@@ -81,13 +80,19 @@ class TestLoadRunner:
     slos: tuple[slo.SLO, ...]
     item: pytest.Item
     report_dir: Path | None
+    allow_errors: bool = False
     results: list[LoadResult] = field(default_factory=list)
 
     def run(self, *, check_slos: bool = True, **kwargs: Any) -> LoadResult:
-        """Run load (arguments as LoadRunner.run); fail the test when an SLO is missed."""
+        """Run load (arguments as LoadRunner.run); fail the test when a verdict fails.
+
+        The verdicts are the test's SLOs plus, unless an ``error_rate`` SLO or ``allow_errors``
+        (``--allow-errors``) says otherwise, "no request failed".
+        """
         __tracebackhide__ = True
         kwargs.setdefault("slos", self.slos)
         result = self.runner.run(**kwargs)
+        result.judge(self.slos, allow_errors=self.allow_errors)
         self.results.append(result)
         self._record(result)
         if result.client_bound:
@@ -98,14 +103,16 @@ class TestLoadRunner:
                 ),
                 stacklevel=2,
             )
-        if check_slos and self.slos:
+        if check_slos:
             self.check(result)
         return result
 
     def check(self, result: LoadResult) -> list[slo.SLOVerdict]:
-        """Judge ``result`` against this test's SLOs; raise SLOViolation listing what failed."""
+        """Raise SLOViolation listing the verdicts ``result`` failed (judging it if needed)."""
         __tracebackhide__ = True
-        verdicts = slo.evaluate_all(self.slos, result.summary)
+        verdicts = result.verdicts
+        if verdicts is None:
+            verdicts = result.judge(self.slos, allow_errors=self.allow_errors)
         failed = [v for v in verdicts if not v.passed]
         if failed:
             lines = [f"missed {len(failed)} of {len(verdicts)} SLOs:"]
@@ -142,7 +149,6 @@ class TestLoadRunner:
             document = result.to_dict()
             document["test"] = self.item.nodeid
             document["target"] = self.server.describe()
-            document["slos"] = [s.text for s in self.slos]
             path.write_text(_json(document))
 
 

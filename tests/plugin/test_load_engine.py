@@ -147,10 +147,13 @@ def test_progress_callback_and_line(sim_url: str, capsys: pytest.CaptureFixture[
 
 
 def test_result_json_round_trip_and_text(sim_url: str) -> None:
-    """to_json carries config, summary, self-check and records; the text has both parts."""
+    """to_json carries config, summary, self-check, lengths, gauges and records (and verdicts
+    once judged); the text has both parts."""
     result = LoadRunner(sim_url, "sim-model").run(concurrency=2, requests=6, max_tokens=2)
     data = json.loads(result.to_json())
-    assert set(data) == {"config", "summary", "self_check", "records"}
+    assert set(data) == {"config", "summary", "self_check", "lengths", "gauges", "records"}
+    result.judge([])
+    assert json.loads(result.to_json())["verdicts"][0]["passed"] is True
     assert len(data["records"]) == 6 and data["summary"]["requests"] == 6
     assert data["self_check"]["client_bound"] is result.client_bound
     text = result.summary_text()
@@ -277,7 +280,7 @@ def test_cli_exit_status_follows_the_slos(
     out = tmp_path / "run.json"
     assert load_cli.main([*base, "--slo", "ttft_p50<1us", "--json", str(out)]) == 1
     data = json.loads(out.read_text())
-    assert data["slos"][0]["passed"] is False and len(data["records"]) == 8
+    assert data["verdicts"][0]["passed"] is False and len(data["records"]) == 8
     text = capsys.readouterr().out
     assert "PASS  ttft_p50" in text and "FAIL  ttft_p50" in text and "self-check:" in text
 
@@ -304,3 +307,25 @@ def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
 def test_synthetic_prompt_has_the_asked_word_count() -> None:
     """--prompt-tokens N makes a prompt of N words."""
     assert len(load_cli.synthetic_prompt(37).split()) == 37
+
+
+def test_cli_fails_when_requests_fail_and_names_the_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every request answered 500: exit 1 naming http=N, unless --allow-errors; and a short run
+    against a failing server is not called client-bound for its CPU share."""
+    base = ["--model", "sim-model", "--requests", "6", "--quiet", "--concurrency", "2"]
+    base += ["--max-tokens", "4", "--prompt", "hello"]
+    with run_in_thread(SimConfig(ttft_s=0.001, itl_s=0.001, error_rate=1.0)) as url:
+        out = tmp_path / "failed.json"
+        assert load_cli.main(["--endpoint", url, *base, "--json", str(out)]) == 1
+        text = capsys.readouterr().out
+        assert "FAIL  6 of 6 requests failed (http=6)" in text
+        assert "used" not in text.split("self-check:")[1].split("FAIL")[0]
+        data = json.loads(out.read_text())
+        assert [v["passed"] for v in data["verdicts"]] == [False]
+        assert load_cli.main(["--endpoint", url, *base, "--allow-errors"]) == 0
+        assert load_cli.main(["--endpoint", url, *base, "--slo", "error_rate<=100%"]) == 0
+    with run_in_thread(FAST) as url:
+        assert load_cli.main(["--endpoint", url, *base]) == 0
+        assert "PASS  no failed requests (n=6)" in capsys.readouterr().out

@@ -33,7 +33,8 @@ def test_passing_slos_pass_and_are_reported(pytester: pytest.Pytester, tmp_path:
     reports = list((tmp_path / "loads").glob("*.json"))
     assert len(reports) == 1
     document = json.loads(reports[0].read_text())
-    assert document["slos"] == ["ttft_p50<2s", "error_rate<1%"]
+    assert [v["slo"] for v in document["verdicts"]] == ["ttft_p50<2s", "error_rate<1%"]
+    assert all(v["passed"] for v in document["verdicts"])
     assert document["summary"]["completed"] == 40 and len(document["records"]) == 40
     assert "simulator" in document["target"]
     junit = (pytester.path / "out.xml").read_text()
@@ -46,7 +47,7 @@ def test_missed_slo_fails_with_measured_vs_limit(pytester: pytest.Pytester) -> N
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*SLOViolation: missed 1 of 1 SLOs:*",
+            "*SLOViolation: missed 1 of 2 SLOs:*",
             "*ttft_p50 = * ms > limit 1 ms (n=40)*",
         ]
     )
@@ -82,3 +83,19 @@ def test_bad_command_line_slo_is_a_usage_error(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest(*SIM, "--slo=ttft_p95<fast")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --slo is malformed: bad SLO 'ttft_p95<fast'*"])
+
+
+def test_failed_requests_fail_the_test_unless_allowed(pytester: pytest.Pytester) -> None:
+    """No SLO at all: a run whose requests failed still fails, naming the count and class."""
+    pytester.makepyfile(
+        """
+        def test_load(load_runner):
+            load_runner.run(concurrency=2, requests=10, max_tokens=4)
+        """
+    )
+    failing = (*SIM, "--engine-arg=--error-rate=1.0")
+    result = pytester.runpytest(*failing)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*10 of 10 requests failed (http=10); any failed request*"])
+    pytester.runpytest(*failing, "--allow-errors").assert_outcomes(passed=1)
+    pytester.runpytest(*SIM).assert_outcomes(passed=1)
