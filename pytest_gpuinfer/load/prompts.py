@@ -402,7 +402,9 @@ def build_prompts(
         except PromptLengthError:
             if not opening:
                 raise
-            notes.append(f"{tokens} tokens is too short for a varied opening")
+            note = f"some prompts could not take a varied opening at {tokens} tokens"
+            if note not in notes:
+                notes.append(note)
             prompts.append(exact_length_prompt(counted, tokens))
     if not varied:
         prompts = prompts * count

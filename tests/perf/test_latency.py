@@ -17,7 +17,7 @@ PROMPT_TOKENS = 128
 OUTPUT_TOKENS = 32
 CONCURRENCY = 4
 RATE_RPS = 4.0
-WARMUP_S = 1.0
+WARMUP_S = 0.5
 
 
 def _report(result: Any, chosen: Any, workload: PerfWorkload) -> None:

@@ -1,0 +1,56 @@
+"""Exact-length prompts with the built-in model's own tokenizer, and the achieved-length report."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuinfer.load import prompts
+from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.targets.probe import ProbeError, exact_length_prompt
+
+
+@pytest.fixture(scope="module")
+def counter() -> prompts.LocalTokenizer:
+    """The built-in model's tokenizer (tokenizer.json and chat template)."""
+    return prompts.LocalTokenizer(tinymodel.ensure_model())
+
+
+@pytest.mark.parametrize("tokens", [16, 128, 700])
+def test_prompts_are_exactly_n_tokens_and_varied(
+    counter: prompts.LocalTokenizer, tokens: int
+) -> None:
+    prompt_set = prompts.build_prompts(counter, tokens, count=16)
+    assert prompt_set.exact and prompt_set.measured == [tokens] * 16
+    assert [counter.count(p) for p in prompt_set] == [tokens] * 16
+    assert len(set(prompt_set)) == 16, "varied prompts repeat"
+    assert prompt_set.template_overhead_tokens is not None
+    assert counter.count_chat(prompt_set[0]) == tokens + prompt_set.template_overhead_tokens
+    assert f"16 x {tokens} tokens (exact" in prompt_set.describe()
+
+
+def test_same_prompt_and_completions_overhead(counter: prompts.LocalTokenizer) -> None:
+    same = prompts.build_prompts(counter, 32, count=4, varied=False, endpoint="completions")
+    assert len(set(same)) == 1 and len(same) == 4
+    assert same.template_overhead_tokens == counter.count_completion(same[0]) - 32
+
+
+def test_without_a_tokenizer_the_prompts_say_they_are_approximate() -> None:
+    prompt_set = prompts.build_prompts(None, 20, count=3)
+    assert not prompt_set.exact and "APPROXIMATE" in prompt_set.describe()
+    assert len(prompt_set[0].split()) == 20
+
+
+def test_probe_reexport_keeps_probe_error() -> None:
+    with pytest.raises(ProbeError, match="could not build a prompt of exactly 5 tokens"):
+        exact_length_prompt(lambda text: 2 * len(text.split()), 5)
+
+
+def test_length_line_reports_achieved_lengths() -> None:
+    records = [
+        RequestRecord(index=i, scheduled=0.0, end=1.0, prompt_tokens=134, completion_tokens=n)
+        for i, n in enumerate([32, 32, 20])
+    ]
+    line = prompts.length_line(records, 32)
+    assert line.startswith("lengths: output tokens min/p50/max 20/32/32 (asked 32; 1 ended short)")
+    assert "prompt tokens sent min/p50/max 134/134/134" in line
