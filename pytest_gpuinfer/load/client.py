@@ -51,15 +51,11 @@ from typing import Any, Literal, Self, cast
 from urllib.parse import urlsplit
 
 import httptools
+import orjson
 
 from pytest_gpuinfer.metrics.records import RequestRecord
 
-try:
-    import orjson
-
-    _json_loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - orjson is a declared dependency; json is the fallback
-    _json_loads = json.loads
+_json_loads: Callable[[bytes], Any] = orjson.loads
 
 Endpoint = Literal["chat", "completions"]
 UsageMode = Literal["continuous", "final", "none"]
