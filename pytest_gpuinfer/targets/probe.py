@@ -20,13 +20,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 
+from pytest_gpuinfer.load import prompts
+
 if TYPE_CHECKING:
     from pytest_gpuinfer.targets import InferenceServer
 
 __all__ = [
+    "TOKENIZE_DIALECTS",
     "Feature",
     "ProbeError",
     "ServerProbe",
+    "TokenizeDialect",
     "exact_length_prompt",
     "first_difference",
     "probe_for",
@@ -34,6 +38,45 @@ __all__ = [
 
 ABSENT_STATUSES = frozenset({400, 404, 405, 415, 422, 501})
 """Answers meaning "this server does not offer that": unknown route, unsupported parameter."""
+
+
+CONTEXT_LENGTH_FIELDS = ("max_model_len", "context_length", "max_context_length")
+"""Fields of a /v1/models entry that carry the served context length (vLLM: max_model_len)."""
+
+
+@dataclass(frozen=True)
+class TokenizeDialect:
+    """How one engine family spells its (non-OpenAI) tokenize and detokenize routes."""
+
+    name: str
+    tokenize_path: str
+    text_key: str
+    """The request field carrying the text."""
+    special_key: str | None
+    """The request field switching special tokens (BOS) on or off; None: always added."""
+    detokenize_path: str
+    detokenized_key: str
+    """The response field carrying the detokenized text."""
+    chat: bool = False
+    """The tokenize route also takes chat ``messages``."""
+
+    def body(self, text: str, model: str) -> dict[str, Any]:
+        """A tokenize request body for ``text``."""
+        return {"model": model, self.text_key: text}
+
+
+TOKENIZE_DIALECTS = (
+    TokenizeDialect(
+        "vLLM", "/tokenize", "prompt", "add_special_tokens", "/detokenize", "prompt", True
+    ),
+    TokenizeDialect(
+        "llama.cpp server", "/tokenize", "content", "add_special", "/detokenize", "content"
+    ),
+    TokenizeDialect(
+        "llama-cpp-python", "/extras/tokenize", "input", None, "/extras/detokenize", "text"
+    ),
+)
+"""Tried in order; the first that returns token ids for "Hello" is the server's."""
 
 
 class ProbeError(RuntimeError):
@@ -124,6 +167,7 @@ class ServerProbe:
         )
         self._cache: dict[str, Feature] = {}
         self._facts: dict[str, str | None] = {}
+        self._dialect: TokenizeDialect | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -224,60 +268,148 @@ class ServerProbe:
         )
 
     def tokenize_route(self) -> Feature:
-        """vLLM-style ``POST /tokenize`` returns token ids for a prompt."""
+        """A tokenize route under any of the names engines use (see TOKENIZE_DIALECTS)."""
+        return self._cached("tokenize route", self._find_tokenize_dialect)
 
-        def ok(body: Any) -> str | None:
-            if isinstance(body, dict) and isinstance(body.get("tokens"), list):
-                return None
-            return f"without a 'tokens' list: {_short(str(body), 200)}"
+    def _find_tokenize_dialect(self) -> Feature:
+        """Try each known tokenize dialect; the first that turns "Hello" into token ids wins."""
+        answers: list[str] = []
+        broken = False
+        for dialect in TOKENIZE_DIALECTS:
+            label = f"POST {dialect.tokenize_path} ({dialect.name})"
+            try:
+                response = self._client.post(
+                    dialect.tokenize_path, json=dialect.body("Hello", self.model)
+                )
+            except httpx.HTTPError as exc:
+                answers.append(f"{label} failed: {type(exc).__name__}: {exc}")
+                broken = True
+                continue
+            if response.status_code != 200:
+                broken = broken or response.status_code >= 500
+                answers.append(
+                    f"{label} answered {response.status_code}: {error_message(response)}"
+                )
+                continue
+            tokens = _tokens_of(response)
+            if not tokens:
+                answers.append(
+                    f"{label} answered 200 without token ids: {_short(response.text, 200)}"
+                )
+                continue
+            with self._lock:
+                self._dialect = dialect
+            return Feature("tokenize route", True, f"{label} answered 200 with token ids")
+        return Feature("tokenize route", False, "; ".join(answers), broken=broken)
 
-        return self._cached(
-            "/tokenize",
-            lambda: self._request(
-                "/tokenize", "POST", "/tokenize", {"model": self.model, "prompt": "Hello"}, ok
-            ),
-        )
+    def tokenize_dialect(self) -> TokenizeDialect | None:
+        """The tokenize dialect this server speaks (probing once), or None without one."""
+        self.tokenize_route()
+        return self._dialect
 
     def tokenize_chat_route(self) -> Feature:
-        """``POST /tokenize`` also accepts chat ``messages`` (applies the chat template)."""
+        """The tokenize route also accepts chat ``messages`` (applies the chat template)."""
 
         def ok(body: Any) -> str | None:
             if isinstance(body, dict) and isinstance(body.get("tokens"), list):
                 return None
             return f"without a 'tokens' list: {_short(str(body), 200)}"
 
-        body = {"model": self.model, "messages": [{"role": "user", "content": "Hello"}]}
-        return self._cached(
-            "/tokenize with messages",
-            lambda: self._request("/tokenize with messages", "POST", "/tokenize", body, ok),
-        )
+        def run() -> Feature:
+            route = self.tokenize_route()
+            dialect = self._dialect
+            if dialect is None or not dialect.chat:
+                where = f"{dialect.tokenize_path} ({dialect.name})" if dialect else route.reason
+                return Feature(
+                    "tokenize with messages",
+                    False,
+                    f"the tokenize route takes no chat messages: {where}",
+                    broken=route.broken,
+                )
+            body = {"model": self.model, "messages": [{"role": "user", "content": "Hello"}]}
+            return self._request("tokenize with messages", "POST", dialect.tokenize_path, body, ok)
+
+        return self._cached("tokenize with messages", run)
 
     def detokenize_route(self) -> Feature:
-        """vLLM-style ``POST /detokenize`` turns token ids back into text."""
+        """The detokenize route matching the tokenize dialect turns token ids back into text."""
 
         def run() -> Feature:
             first = self.tokenize_route()
-            if not first.available:
+            dialect = self._dialect
+            if dialect is None:
                 return Feature(
-                    "/detokenize",
+                    "detokenize route",
                     False,
-                    f"needs /tokenize first: {first.reason}",
+                    f"needs a tokenize route first: {first.reason}",
                     broken=first.broken,
                 )
-            ids = self.tokenize("Hello", add_special_tokens=False)
+            ids = self.tokenize("Hello", add_special_tokens=dialect.special_key is None)
+            key = dialect.detokenized_key
             return self._request(
-                "/detokenize",
+                "detokenize route",
                 "POST",
-                "/detokenize",
+                dialect.detokenize_path,
                 {"model": self.model, "tokens": ids},
                 lambda b: (
                     None
-                    if isinstance(b, dict) and isinstance(b.get("prompt"), str)
-                    else f"without a 'prompt' string: {_short(str(b), 200)}"
+                    if isinstance(b, dict) and isinstance(b.get(key), str)
+                    else f"without a {key!r} string: {_short(str(b), 200)}"
                 ),
             )
 
-        return self._cached("/detokenize", run)
+        return self._cached("detokenize route", run)
+
+    def health_route(self) -> Feature:
+        """``GET /health`` answers 200 (not an OpenAI route: many servers lack it)."""
+
+        def run() -> Feature:
+            try:
+                response = self._client.get("/health")
+            except httpx.HTTPError as exc:
+                return Feature("/health", False, f"GET /health failed: {exc}", broken=True)
+            if response.status_code == 200:
+                return Feature("/health", True, "GET /health answered 200")
+            return Feature(
+                "/health",
+                False,
+                f"GET /health answered {response.status_code}",
+                broken=response.status_code >= 500,
+            )
+
+        return self._cached("/health", run)
+
+    def liveness_path(self) -> str:
+        """The route that says the server is up: /health where it exists, else /v1/models."""
+        return "/health" if self.health_route().available else "/v1/models"
+
+    def context_length(self) -> Feature:
+        """``/v1/models`` reports the served context length (a field such as max_model_len)."""
+
+        def run() -> Feature:
+            try:
+                response = self._client.get("/v1/models")
+                entries = response.json().get("data") or []
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                return Feature(
+                    "context length", False, f"GET /v1/models failed: {exc}", broken=True
+                )
+            for entry in entries:
+                if isinstance(entry, dict) and entry.get("id") == self.model:
+                    for key in CONTEXT_LENGTH_FIELDS:
+                        if isinstance(entry.get(key), int):
+                            return Feature(
+                                "context length", True, f"/v1/models {key} = {entry[key]}"
+                            )
+                    return Feature(
+                        "context length",
+                        False,
+                        f"the /v1/models entry has no {'/'.join(CONTEXT_LENGTH_FIELDS)} field "
+                        f"(fields: {', '.join(sorted(entry))})",
+                    )
+            return Feature("context length", False, f"/v1/models does not list {self.model!r}")
+
+        return self._cached("context length", run)
 
     def metrics_route(self) -> Feature:
         """``GET /metrics`` serves Prometheus text."""
@@ -336,6 +468,24 @@ class ServerProbe:
             self._facts["owned_by"] = owner
         return owner
 
+    def openapi_info(self) -> tuple[str | None, str | None]:
+        """(title, version) of the server's ``/openapi.json`` info block, when it publishes one."""
+        with self._lock:
+            if "openapi title" in self._facts:
+                return self._facts["openapi title"], self._facts["openapi version"]
+        title = version = None
+        try:
+            response = self._client.get("/openapi.json")
+            info = response.json().get("info") if response.status_code == 200 else None
+            if isinstance(info, dict):
+                title = info.get("title") if isinstance(info.get("title"), str) else None
+                version = info.get("version") if isinstance(info.get("version"), str) else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        with self._lock:
+            self._facts["openapi title"], self._facts["openapi version"] = title, version
+        return title, version
+
     # -- request features ----------------------------------------------------------------------
 
     def completion_logprobs(self) -> Feature:
@@ -380,6 +530,62 @@ class ServerProbe:
             ),
         )
 
+    def stream_usage(self) -> Feature:
+        """A stream with ``stream_options.include_usage`` ends with a chunk carrying usage."""
+
+        def run() -> Feature:
+            body = self._completion({"stream": True, "stream_options": {"include_usage": True}})
+            label = "POST /v1/completions (stream, include_usage)"
+            try:
+                with self._client.stream("POST", "/v1/completions", json=body) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        return Feature(
+                            "usage in streams",
+                            False,
+                            f"{label} answered {response.status_code}: {error_message(response)}",
+                            broken=response.status_code >= 500,
+                        )
+                    chunks = [
+                        line[5:].strip()
+                        for line in response.iter_lines()
+                        if line.startswith("data:") and line[5:].strip() != "[DONE]"
+                    ]
+            except httpx.HTTPError as exc:
+                return Feature("usage in streams", False, f"{label} failed: {exc}", broken=True)
+            for chunk in chunks:
+                try:
+                    event = json.loads(chunk)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+                    return Feature("usage in streams", True, f"{label} sent a usage chunk")
+            return Feature(
+                "usage in streams",
+                False,
+                f"{label} answered {len(chunks)} chunks, none with usage (include_usage ignored)",
+            )
+
+        return self._cached("usage in streams", run)
+
+    def n_choices(self) -> Feature:
+        """Completions honour ``n`` (two choices for n=2)."""
+
+        def ok(body: Any) -> str | None:
+            count = len(_choices(body))
+            return None if count == 2 else f"with {count} choice(s) for n=2 (n was ignored)"
+
+        return self._cached(
+            "n",
+            lambda: self._request(
+                "n",
+                "POST",
+                "/v1/completions",
+                self._completion({"n": 2, "temperature": 1.0, "seed": 1}),
+                ok,
+            ),
+        )
+
     def return_token_ids(self) -> Feature:
         """vLLM's ``return_token_ids`` extension puts generated token ids in each choice."""
 
@@ -402,33 +608,52 @@ class ServerProbe:
 
     # -- helpers built on probes ---------------------------------------------------------------
 
+    def _require_dialect(self) -> TokenizeDialect:
+        """The tokenize dialect, or ServerFault/ProbeError saying why there is none."""
+        dialect = self.tokenize_dialect()
+        if dialect is None:
+            feature = self.tokenize_route()
+            kind = ServerFault if feature.broken else ProbeError
+            raise kind(f"no tokenize route: {feature.reason}")
+        return dialect
+
     def tokenize(self, prompt: str, *, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``prompt`` from ``/tokenize`` (raises ProbeError when it fails)."""
-        response = self._client.post(
-            "/tokenize",
-            json={"model": self.model, "prompt": prompt, "add_special_tokens": add_special_tokens},
-        )
-        return _token_list(response, "POST /tokenize")
+        """Token ids of ``prompt`` from the tokenize route (raises ProbeError when it fails)."""
+        dialect = self._require_dialect()
+        if dialect.special_key is None and not add_special_tokens:
+            raise ProbeError(
+                f"{dialect.tokenize_path} ({dialect.name}) always adds special tokens; it cannot "
+                "tokenize without them"
+            )
+        body = dialect.body(prompt, self.model)
+        if dialect.special_key is not None:
+            body[dialect.special_key] = add_special_tokens
+        response = self._client.post(dialect.tokenize_path, json=body)
+        return _token_list(response, f"POST {dialect.tokenize_path}")
 
     def tokenize_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         """Token ids of chat ``messages`` after the chat template, with the generation prompt."""
+        dialect = self._require_dialect()
         response = self._client.post(
-            "/tokenize",
+            dialect.tokenize_path,
             json={"model": self.model, "messages": list(messages), "add_generation_prompt": True},
         )
-        return _token_list(response, "POST /tokenize (messages)")
+        return _token_list(response, f"POST {dialect.tokenize_path} (messages)")
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        """Text of ``tokens`` from ``/detokenize`` (raises ProbeError when it fails)."""
+        """Text of ``tokens`` from the detokenize route (raises ProbeError when it fails)."""
+        dialect = self._require_dialect()
+        label = f"POST {dialect.detokenize_path}"
         response = self._client.post(
-            "/detokenize", json={"model": self.model, "tokens": list(tokens)}
+            dialect.detokenize_path, json={"model": self.model, "tokens": list(tokens)}
         )
         if response.status_code != 200:
-            raise _answer_error("POST /detokenize", response)
+            raise _answer_error(label, response)
         body = response.json()
-        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-            raise ProbeError(f"POST /detokenize answered without a prompt: {_short(str(body))}")
-        return str(body["prompt"])
+        key = dialect.detokenized_key
+        if not isinstance(body, dict) or not isinstance(body.get(key), str):
+            raise ProbeError(f"{label} answered without a {key!r} string: {_short(str(body))}")
+        return str(body[key])
 
     def usage_prompt_tokens(self, prompt: str) -> int:
         """The ``usage.prompt_tokens`` the server reports for ``prompt`` (one-token completion)."""
@@ -445,6 +670,18 @@ def _choices(body: Any) -> list[dict[str, Any]]:
     """The ``choices`` list of an OpenAI response body, or an empty list."""
     if isinstance(body, dict) and isinstance(body.get("choices"), list):
         return [c for c in body["choices"] if isinstance(c, dict)]
+    return []
+
+
+def _tokens_of(response: httpx.Response) -> list[int]:
+    """The non-empty ``tokens`` id list of a tokenize answer, or an empty list."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
+        return [int(t) for t in tokens]
     return []
 
 
@@ -479,29 +716,13 @@ def exact_length_prompt(
     count: Callable[[str], int],
     target: int,
     *,
-    words: Sequence[str] = (" the", " a", " and", " of", " is", " x", " 1"),
+    words: Sequence[str] = prompts.FILLER_WORDS,
 ) -> str:
-    """A prompt ``count`` says is exactly ``target`` tokens long: one one-token word repeated."""
-    # ``count`` gives the token count as the server sees it (special tokens included); a word
-    # qualifies when each repetition adds exactly one token, and the final prompt is re-counted.
-    tried: list[str] = []
-    for word in words:
-        head = word.strip()
-        base = count(head)
-        if count(head + word * 3) - base != 3:
-            tried.append(f"{word!r} is not one token per repetition")
-            continue
-        repeats = target - base
-        if repeats < 0:
-            raise ProbeError(f"a {target}-token prompt is shorter than the word {head!r} alone")
-        for _ in range(3):
-            text = head + word * repeats
-            got = count(text)
-            if got == target:
-                return text
-            repeats += target - got
-        tried.append(f"{word!r} repeated gives {got} tokens, not {target}")
-    raise ProbeError(f"could not build a prompt of exactly {target} tokens: {'; '.join(tried)}")
+    """A prompt ``count`` counts as exactly ``target`` tokens (load.prompts), or ProbeError."""
+    try:
+        return prompts.exact_length_prompt(count, target, words=words)
+    except prompts.PromptLengthError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 def first_difference(left: str, right: str) -> int:

@@ -16,7 +16,7 @@ def probe_answering(status: int, body: object) -> ServerProbe:
 
 def test_tokenize_5xx_is_a_server_fault() -> None:
     probe = probe_answering(500, {"error": {"message": "boom"}})
-    with pytest.raises(ServerFault, match="POST /tokenize answered 500: boom"):
+    with pytest.raises(ServerFault, match=r"POST /tokenize \(vLLM\) answered 500: boom"):
         probe.tokenize("hello")
 
 

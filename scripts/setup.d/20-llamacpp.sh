@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# llama.cpp's server (PyPI llama-cpp-python[server]) as a second real engine, and the built-in
+# model converted to GGUF for it. PyPI has no prebuilt Linux wheel of 0.3.36, so this builds
+# llama.cpp from the sdist, as little of it as the server loads: CPU only, only the `llama`
+# target and its ggml libraries (build.targets; llama.cpp's `common` library, 40% of the objects,
+# is configured but nothing here loads it), no multimodal library (imported lazily), every core. The sdist is kept under .gpuinfer/llamacpp because
+# its vendored convert_hf_to_gguf.py and gguf-py do the GGUF conversion
+# (pytest_gpuinfer/models/gguf.py).
+#   GPUINFER_LLAMACPP_VERSION  llama-cpp-python version (default 0.3.36)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+version=${GPUINFER_LLAMACPP_VERSION:-0.3.36}
+cache=.gpuinfer/llamacpp
+mkdir -p "$cache"
+sdist="$cache/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$sdist" ]; then
+  echo "==> llamacpp: downloading the llama-cpp-python $version sdist"
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary=:all: \
+    "llama-cpp-python==$version" -d "$cache" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+fi
+src="$cache/llama_cpp_python-$version"
+if [ ! -f "$src/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
+  rm -rf "$src"
+  tar -xzf "$sdist" -C "$cache"
+fi
+
+if .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$version')" 2>/dev/null; then
+  echo "==> llamacpp: llama-cpp-python $version already installed"
+else
+  echo "==> llamacpp: building llama-cpp-python[server] $version from source (a few minutes)"
+  started=$SECONDS
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_OPENMP=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+    .venv/bin/python -m pip install --quiet --progress-bar off \
+      --config-settings=build.targets=llama "$src[server]" 2>&1 \
+    | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+  echo "==> llamacpp: build and install took $((SECONDS - started)) s"
+fi
+.venv/bin/python -c "import llama_cpp, llama_cpp.server.app; print('llama_cpp', llama_cpp.__version__)"
+
+echo "==> llamacpp: converting the built-in model to GGUF"
+.venv/bin/python -m pytest_gpuinfer.models.gguf --llamacpp-source "$src"
