@@ -47,6 +47,8 @@ class OpenAIBoundaryProbes:
         alive: Callable[[], bool] = lambda: True,
         storm_threshold: int | None = None,
         extra_body: dict[str, Any] | None = None,
+        preemptions: Callable[[], float | None] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``alive``: does a launched process still run; ``extra_body``: added to each request."""
         self.base_url = base_url.rstrip("/")
@@ -57,6 +59,8 @@ class OpenAIBoundaryProbes:
         self.storm_threshold = storm_threshold
         self.extra_body = dict(extra_body or {})
         self.requests_sent = 0
+        self._read_preemptions = preemptions or self._scrape_preemptions
+        self._transport = transport
 
     # -- single requests -----------------------------------------------------------------------
 
@@ -88,7 +92,8 @@ class OpenAIBoundaryProbes:
         if not self.alive():
             return False
         try:
-            response = httpx.get(f"{self.base_url}/health", headers=self.headers, timeout=timeout_s)
+            with self._client(1) as client:
+                response = client.get("/health", timeout=timeout_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -113,10 +118,11 @@ class OpenAIBoundaryProbes:
             headers=self.headers,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+            transport=self._transport,
         )
 
-    def _preemptions(self) -> float | None:
-        """The engine's cumulative preemption counter, or None when not exposed."""
+    def _scrape_preemptions(self) -> float | None:
+        """The engine's cumulative preemption counter from /metrics, or None when not exposed."""
         try:
             return scrape_gauges(self.base_url, timeout=5.0, model=None).preemptions
         except (OSError, ValueError):
@@ -127,7 +133,7 @@ class OpenAIBoundaryProbes:
     def run(self, value: int, concurrency: int, prompt: str, max_tokens: int) -> ProbeResult:
         """Send ``concurrency`` identical requests at once and classify the worst outcome."""
         began = time.monotonic()
-        before = self._preemptions()
+        before = self._read_preemptions()
         deadline = self.timeout_s
         with self._client(concurrency) as client, ThreadPoolExecutor(concurrency) as pool:
             futures = [
@@ -137,14 +143,14 @@ class OpenAIBoundaryProbes:
             results = [f.result() for f in futures]
         outcomes = [o for o, _ in results]
         details = [d for o, d in results if d]
-        after = self._preemptions()
+        after = self._read_preemptions()
         preempted = None if before is None or after is None else after - before
-        if Outcome.CRASH in outcomes or (Outcome.OK not in outcomes and not self.healthy()):
-            if not self.healthy():
-                outcomes.append(Outcome.CRASH)
-                details.insert(0, "/health lost")
-            else:
-                outcomes = [Outcome.SERVER_ERROR if o is Outcome.CRASH else o for o in outcomes]
+        suspect = Outcome.CRASH in outcomes or Outcome.OK not in outcomes
+        if suspect and not self.healthy():
+            outcomes.append(Outcome.CRASH)
+            details.insert(0, "/health lost")
+        else:  # a dropped connection while the server stays healthy is a server error
+            outcomes = [Outcome.SERVER_ERROR if o is Outcome.CRASH else o for o in outcomes]
         threshold = self.storm_threshold if self.storm_threshold is not None else concurrency
         if preempted is not None and preempted >= max(1, threshold):
             outcomes.append(Outcome.PREEMPTION_STORM)

@@ -1,0 +1,145 @@
+"""The OOM boundary search and its probe classification, against scripted targets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+
+from pytest_gpuinfer.memory.boundary import (
+    Outcome,
+    ProbeResult,
+    format_table,
+    recommend_batch,
+    search_boundary,
+    worst,
+)
+from pytest_gpuinfer.memory.http_probes import OpenAIBoundaryProbes
+
+
+def threshold_probe(limit: int, outcome: Outcome = Outcome.CLIENT_ERROR):
+    """A target that handles values up to ``limit`` and fails above with ``outcome``."""
+    tried: list[int] = []
+
+    def probe(value: int) -> ProbeResult:
+        tried.append(value)
+        return ProbeResult(value, Outcome.OK if value <= limit else outcome)
+
+    probe.tried = tried  # type: ignore[attr-defined]
+    return probe
+
+
+@pytest.mark.parametrize("limit", [1, 2, 37, 511, 512, 1000])
+def test_search_finds_the_exact_limit_in_logarithmic_probes(limit: int) -> None:
+    probe = threshold_probe(limit)
+    canaries: list[bool] = []
+    result = search_boundary(
+        "x", probe, start=1, max_value=1024, canary=lambda: canaries.append(True) or True
+    )
+    assert result.safe_value == limit
+    failure = result.first_failure
+    assert failure is not None and failure.value == limit + 1
+    assert failure.outcome is Outcome.CLIENT_ERROR and result.exact
+    assert result.probe_count <= math.log2(1024) + 1 + math.log2(1024)
+    assert result.probe_count == len(probe.tried)  # type: ignore[attr-defined]
+    assert len(canaries) == sum(1 for p in result.probes if p.outcome.failed)
+
+
+def test_nothing_fails_up_to_max_and_start_failing() -> None:
+    clear = search_boundary("x", threshold_probe(10_000), start=4, max_value=100)
+    assert clear.first_failure is None and clear.safe_value == 100 and clear.exact
+    assert [p.value for p in clear.probes] == [4, 8, 16, 32, 64, 100]
+    assert "none up to 100" in clear.row()
+    low = search_boundary("x", threshold_probe(2, Outcome.TIMEOUT), start=8, max_value=64)
+    assert low.safe_value == 2 and low.first_failure and low.first_failure.value == 3
+    assert low.first_failure.outcome is Outcome.TIMEOUT
+
+
+def test_not_recoverable_stops_with_the_log_tail() -> None:
+    probe = threshold_probe(20, Outcome.CRASH)
+    result = search_boundary(
+        "batch size", probe, start=1, max_value=64, canary=lambda: False,
+        log_tail=lambda: "EngineCore died: out of memory",
+    )  # fmt: skip
+    assert not result.recoverable
+    assert result.probe_count == 6  # 1..32, stopped at the first failure
+    text = result.describe()
+    assert "not recoverable" in text and "EngineCore died: out of memory" in text
+    assert "NOT RECOVERABLE" in format_table([result])
+
+
+def test_probe_budget_is_respected() -> None:
+    result = search_boundary("x", threshold_probe(700), start=1, max_value=1024, max_probes=5)
+    assert result.probe_count == 5 and result.stopped_reason == "probe budget of 5 spent"
+
+
+def test_worst_outcome_and_recommendation() -> None:
+    assert worst([Outcome.OK, Outcome.PREEMPTION_STORM, Outcome.CLIENT_ERROR]) is (
+        Outcome.CLIENT_ERROR
+    )
+    assert worst([Outcome.SERVER_ERROR, Outcome.CRASH]) is Outcome.CRASH
+    assert worst([]) is Outcome.OK
+    result = search_boundary(
+        "batch size", threshold_probe(30, Outcome.PREEMPTION_STORM), start=1, max_value=64
+    )
+    text = recommend_batch(result)
+    assert "largest safe batch size: 30" in text and "Recommended: 24" in text
+    assert "preemption storm" in text
+
+
+def scripted_server(statuses: dict[int, int], *, health: int = 200) -> httpx.MockTransport:
+    """A transport answering completions by max_tokens (status), and /health."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(health)
+        body = json.loads(request.content)
+        tokens = int(body["max_tokens"])
+        if tokens == 999:
+            raise httpx.ReadTimeout("scripted timeout", request=request)
+        if tokens == 998:
+            raise httpx.ConnectError("scripted refusal", request=request)
+        status = statuses.get(tokens, 200)
+        if status == 200:
+            return httpx.Response(200, json={"choices": [{"text": "x"}]})
+        return httpx.Response(status, json={"error": {"message": f"scripted {status}"}})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "health", "expected"),
+    [
+        (1, 200, Outcome.OK),
+        (2, 200, Outcome.CLIENT_ERROR),
+        (3, 200, Outcome.SERVER_ERROR),
+        (999, 200, Outcome.TIMEOUT),
+        (998, 200, Outcome.SERVER_ERROR),  # connection dropped, server still healthy
+        (998, 503, Outcome.CRASH),
+        (3, 503, Outcome.CRASH),
+    ],
+)
+def test_http_probe_classification(max_tokens: int, health: int, expected: Outcome) -> None:
+    probes = OpenAIBoundaryProbes(
+        "http://scripted", "m", transport=scripted_server({2: 400, 3: 500}, health=health),
+        preemptions=lambda: 0.0,
+    )  # fmt: skip
+    result = probes.max_tokens_probe("hi")(max_tokens)
+    assert result.outcome is expected, result
+    if expected is Outcome.CLIENT_ERROR:
+        assert "scripted 400" in result.detail
+
+
+def test_preemption_jump_is_a_storm() -> None:
+    counter = iter([10.0, 14.0, 14.0, 15.0])
+    probes = OpenAIBoundaryProbes(
+        "http://scripted", "m", transport=scripted_server({}), preemptions=lambda: next(counter)
+    )
+    probe = probes.batch_probe("hi", 1)
+    storm = probe(4)  # 4 preemptions for 4 requests
+    assert storm.outcome is Outcome.PREEMPTION_STORM and "4 preemptions" in storm.detail
+    calm = probe(4)  # 1 preemption for 4 requests
+    assert calm.outcome is Outcome.OK
+    assert probes.requests_sent == 8
