@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -102,7 +104,12 @@ class ManagedProcess:
         return True
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL what is left after ``grace_s``."""
+        """SIGTERM the whole process group, then SIGKILL what is left after ``grace_s``.
+
+        Descendants that left the group (a worker that called setsid) are found beforehand with
+        psutil and killed too, so nothing the server started outlives it.
+        """
+        escaped = self._escaped_descendants()
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
@@ -118,7 +125,23 @@ class ManagedProcess:
                 time.sleep(0.05)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=1.0)
+        for child in escaped:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         self._log.close()
+
+    def _escaped_descendants(self) -> list[psutil.Process]:
+        """Processes the server started that are no longer in its process group."""
+        try:
+            children = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        escaped = []
+        for child in children:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(child.pid) != self.pgid:
+                    escaped.append(child)
+        return escaped
 
     def _signal_group(self, signum: int) -> None:
         """Send ``signum`` to every process of the group, ignoring a group already gone."""

@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--die-after-requests", type=int, default=None)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--pidfile", default=None)
+    parser.add_argument(
+        "--escaped-children", type=int, default=0, help="children in a session of their own"
+    )
     args = parser.parse_args()
 
     print(f"fake server starting on port {args.port}", flush=True)
@@ -38,6 +41,11 @@ def main() -> None:
     children = [
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         for _ in range(args.children)
+    ] + [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
+        )
+        for _ in range(args.escaped_children)
     ]
     if args.pidfile:
         with open(args.pidfile, "w") as handle:

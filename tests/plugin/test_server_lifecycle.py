@@ -374,3 +374,16 @@ def test_two_engines_with_one_name_is_a_usage_error(pytester: pytest.Pytester) -
     result.stderr.fnmatch_lines(
         ["ERROR: pytest_gpuinfer_add_targets: engine 'vllm' is registered twice*"]
     )
+
+
+def test_children_that_left_the_process_group_are_stopped_too(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str], tmp_path: Path
+) -> None:
+    """A server child that called setsid escapes the group signal; teardown still ends it."""
+    pidfile = tmp_path / "pids.json"
+    pytester.makepyfile(USES_SERVER)
+    command = fake_server_command("--escaped-children", "1", "--pidfile", str(pidfile))
+    pytester.runpytest("--engine=command", f"--server-command={command}").assert_outcomes(passed=1)
+    pids = json.loads(pidfile.read_text())
+    assert len(pids) == 2
+    assert wait_all_gone(pids, timeout=5) == [], "a child outside the group outlived the run"
