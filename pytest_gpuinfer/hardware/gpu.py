@@ -66,6 +66,13 @@ class GPUInventory:
         versions = f"driver {self.driver_version}, CUDA {self.cuda_version}"
         return f"GPUs: {len(self.gpus)} ({versions}): {names}"
 
+    def for_worker(self, spec: str | None, worker: int) -> tuple[GPUInfo, ...]:
+        """The one GPU a parallel worker pins: the ``worker``-th of the selection (or of all)."""
+        candidates = self.select(spec) or self.gpus
+        if not candidates:
+            return ()
+        return (candidates[worker % len(candidates)],)
+
     def select(self, spec: str | None) -> tuple[GPUInfo, ...]:
         """Resolve a ``--gpu`` value (indexes and/or UUIDs, comma-separated) to GPUs."""
         if spec is None or not spec.strip():

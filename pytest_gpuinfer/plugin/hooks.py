@@ -15,7 +15,7 @@ from pytest_gpuinfer import __version__
 from pytest_gpuinfer.hardware import gpu
 from pytest_gpuinfer.plugin import gpu_markers, hookspecs, load_fixture, options
 from pytest_gpuinfer.plugin.state import RUN_STATE, RunState
-from pytest_gpuinfer.targets import TargetManager
+from pytest_gpuinfer.targets import TargetManager, capabilities
 from pytest_gpuinfer.targets.base import LaunchContext
 from pytest_gpuinfer.targets.registry import builtin_registry
 
@@ -23,6 +23,8 @@ MARKERS = (
     "compat: compatibility checks of engine, model, GPU, driver and API",
     "perf: latency and throughput measurements",
     "load: burst and sustained load runs",
+    "burst(allow_drops=0, max_recovery_s=None, max_queue=None, max_preemptions=None, "
+    "p95_tolerance=0.5, p95_slack_s=0.05, latency='ttft'): verdicts for burst_runner runs",
     "oom: out-of-memory boundary searches",
     "leak(max_growth_mb=None, settle_s=None): memory leak checks across batches",
     "batch: offline batch inference (vLLM LLM, Ray Data)",
@@ -34,7 +36,12 @@ MARKERS = (
 
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 
-FIXTURE_MODULES: tuple[str, ...] = ("pytest_gpuinfer.plugin.fixtures",)
+FIXTURE_MODULES: tuple[str, ...] = (
+    "pytest_gpuinfer.plugin.fixtures",
+    "pytest_gpuinfer.plugin.memory_fixtures",
+    "pytest_gpuinfer.plugin.load_fixtures",
+    "pytest_gpuinfer.plugin.perf_fixtures",
+)
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
 
@@ -74,14 +81,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest_gpuinfer_add_targets: {exc}") from None
     run_settings = options.load_settings(config, registry.names())
     inventory = gpu.discover()
-    selected = config.hook.pytest_gpuinfer_select_gpus(
-        config=config, inventory=inventory, requested=run_settings.gpu
-    )
-    if selected is None:
-        try:
+    try:
+        selected = config.hook.pytest_gpuinfer_select_gpus(
+            config=config, inventory=inventory, requested=run_settings.gpu
+        )
+        if selected is None:
             selected = inventory.select(run_settings.gpu)
-        except gpu.GPUSelectionError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    except gpu.GPUSelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
     work_dir = Path(tempfile.mkdtemp(prefix="pytest-gpuinfer-"))
     context = launch_context(run_settings, selected, inventory.has_gpu, work_dir)
     problem = registry.get(context.engine).check(context)
@@ -96,6 +103,26 @@ def pytest_configure(config: pytest.Config) -> None:
         manager=manager,
     )
     config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_gpuinfer_select_gpus(
+    config: pytest.Config, inventory: gpu.GPUInventory, requested: str | None
+) -> tuple[gpu.GPUInfo, ...] | None:
+    """Under pytest-xdist, give each worker one GPU of its own (round robin), so each runs its
+    own server pinned by UUID; a single process uses the --gpu selection as is."""
+    worker = xdist_worker_index(config)
+    if worker is None:
+        return None
+    return inventory.for_worker(requested, worker)
+
+
+def xdist_worker_index(config: pytest.Config) -> int | None:
+    """This process's pytest-xdist worker number (gw3 -> 3), or None outside xdist workers."""
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput:
+        return None
+    return int(str(workerinput.get("workerid", "gw0")).removeprefix("gw") or 0)
 
 
 def launch_context(
@@ -204,3 +231,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         if server.process is not None and server.process.log_path is not None:
             line += f"; log {server.process.log_path}"
         terminalreporter.write_line(line)
+        found = capabilities.recorded(server)
+        if found is not None:
+            terminalreporter.write_line(found.line())

@@ -8,7 +8,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
-    from pytest_gpuinfer.targets.registry import Launcher
+    from pytest_gpuinfer.targets.launcher import Launcher
 
 
 @pytest.hookspec

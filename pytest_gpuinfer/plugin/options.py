@@ -286,6 +286,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=False,
     ),
     OptionSpec(
+        "burst",
+        "Limit for every burst_runner run (repeatable), KEY=VALUE: allow_drops, max_recovery_s, "
+        "max_queue, max_preemptions, p95_tolerance; a @pytest.mark.burst marker wins.",
+        parse=lambda values: tuple(str(v) for v in values or ()),
+        default=(),
+        metavar="KEY=VALUE",
+        repeatable=True,
+    ),
+    OptionSpec(
         "load-scale",
         "Multiply every load-shape duration by this factor (e.g. 0.1 in CI). Default 1.",
         parse=_positive_float,
@@ -359,6 +368,7 @@ class Settings:
     slos: tuple[SLO, ...] = ()
     allow_errors: bool = False
     load_scale: float = 1.0
+    burst: tuple[str, ...] = ()
     report_dir: Path | None = None
     min_driver_version: str | None = None
     min_cuda_version: str | None = None
@@ -505,6 +515,7 @@ def load_settings(config: pytest.Config, engines: Iterable[str]) -> Settings:
         slos=values["gpuinfer_slo"],
         allow_errors=values["gpuinfer_allow_errors"],
         load_scale=values["gpuinfer_load_scale"],
+        burst=values["gpuinfer_burst"],
         report_dir=values["gpuinfer_report"],
         min_driver_version=values["gpuinfer_min_driver_version"],
         min_cuda_version=values["gpuinfer_min_cuda_version"],

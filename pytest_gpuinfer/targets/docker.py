@@ -30,7 +30,7 @@ from pytest_gpuinfer.targets.base import (
     wait_until_ready,
 )
 from pytest_gpuinfer.targets.process import read_log_tail
-from pytest_gpuinfer.targets.registry import LOG_TAIL_LINES, Launcher
+from pytest_gpuinfer.targets.launcher import LOG_TAIL_LINES, Launcher
 
 if TYPE_CHECKING:
     from docker import DockerClient

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pytest_gpuinfer.models import gguf, tinymodel
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, TargetError
-from pytest_gpuinfer.targets.registry import CommandLauncher, LaunchPlan, pinned_env
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, pinned_env
 from pytest_gpuinfer.targets.vllm import has_flag
 
 DISTRIBUTION = "llama_cpp_python"

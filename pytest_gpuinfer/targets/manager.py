@@ -11,8 +11,9 @@ from pytest_gpuinfer.targets.base import (
     TargetError,
     wait_until_ready,
 )
+from pytest_gpuinfer.targets.launcher import Launcher
 from pytest_gpuinfer.targets.process import free_port
-from pytest_gpuinfer.targets.registry import EngineRegistry, Launcher, with_overrides
+from pytest_gpuinfer.targets.registry import EngineRegistry, with_overrides
 
 LOG_TAIL_LINES = 100
 

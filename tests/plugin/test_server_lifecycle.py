@@ -320,7 +320,7 @@ REGISTERING_CONFTEST = """
 import shlex
 import sys
 
-from pytest_gpuinfer.targets.registry import CommandLauncher, LaunchPlan
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan
 
 
 class FakeEngine(CommandLauncher):
@@ -358,7 +358,7 @@ def test_engine_added_through_the_hook_is_launched_and_stopped(
 def test_two_engines_with_one_name_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
-        from pytest_gpuinfer.targets.registry import CommandLauncher
+        from pytest_gpuinfer.targets.launcher import CommandLauncher
 
         class NotVLLM(CommandLauncher):
             name = "vllm"
