@@ -94,3 +94,41 @@ def test_real_nvml_when_a_gpu_is_present() -> None:
         assert 0 <= info.memory_used_bytes <= info.memory_total_bytes
     assert inventory.driver_version and inventory.cuda_version
     assert gpu.memory_used_bytes(inventory.gpus[0].uuid) > 0
+
+
+def test_each_xdist_worker_pins_its_own_gpu() -> None:
+    """Round robin over the selection (or every GPU): gw0 -> first, gw1 -> second, gw2 -> first."""
+    inventory = gpu.discover(make_fake_nvml([H100, L4]))
+    pinned = [inventory.for_worker(None, w)[0].uuid for w in range(3)]
+    assert pinned == [H100["uuid"], L4["uuid"], H100["uuid"]]
+    assert [g.uuid for g in inventory.for_worker("1", 0)] == [L4["uuid"]]
+    assert gpu.discover(make_fake_nvml([])).for_worker(None, 1) == ()
+
+
+def test_worker_index_comes_from_xdist_workerinput() -> None:
+    from types import SimpleNamespace
+
+    from pytest_gpuinfer.plugin.hooks import xdist_worker_index
+
+    assert xdist_worker_index(SimpleNamespace()) is None  # type: ignore[arg-type]
+    worker = SimpleNamespace(workerinput={"workerid": "gw3"})
+    assert xdist_worker_index(worker) == 3  # type: ignore[arg-type]
+
+
+def test_xdist_workers_each_run_their_own_server(pytester: pytest.Pytester) -> None:
+    """With -n 2 and no GPU, each worker launches (and stops) a server of its own."""
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_server(inference_server, n):
+            assert inference_server.launched
+            print(os.environ.get("PYTEST_XDIST_WORKER"), inference_server.base_url)
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--engine=sim", "-p", "xdist", "-rA")
+    result.assert_outcomes(passed=4)
+    urls = {line.split()[-1] for line in result.stdout.lines if "gw" in line and "http" in line}
+    assert len(urls) == 2, result.stdout.str()
