@@ -9,6 +9,7 @@ import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
 from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer, TargetError
 
@@ -17,6 +18,17 @@ def _server_scope(fixture_name: str, config: pytest.Config) -> Any:
     """Scope of ``inference_server``, from --server-scope (session by default)."""
     state = config.stash.get(RUN_STATE, None)
     return state.settings.server_scope if state is not None else "session"
+
+
+def gpuinfer_settings_of(config: pytest.Config) -> Settings:
+    """The run's validated options, for conftest hooks that have a config but no fixtures."""
+    return config.stash[RUN_STATE].settings
+
+
+@pytest.fixture(scope="session")
+def gpuinfer_settings(pytestconfig: pytest.Config) -> Settings:
+    """The run's validated options (engine, model, endpoint, SLOs, report dir, ...)."""
+    return gpuinfer_settings_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
