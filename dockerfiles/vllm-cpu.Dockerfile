@@ -6,7 +6,9 @@ FROM ${BASE}
 LABEL io.gpuinfer.image="vllm-cpu"
 ENV VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 EXPOSE 8000
-# --enforce-eager: no C++ compiler in this image, and torch.compile on CPU (inductor) needs g++
-# ("InvalidCxxCompiler: No working C++ compiler found"); eager also starts faster, with no
-# compile cache to warm in a fresh container.
+# No C++ compiler in this image, and torch.compile on CPU (inductor) needs g++ ("InvalidCxxCompiler:
+# No working C++ compiler found"): --enforce-eager turns off vLLM's model compilation, and
+# TORCHDYNAMO_DISABLE=1 the torch.compile calls vLLM makes elsewhere (the sampler's logprobs).
+# Eager also starts faster: a fresh container has no compile cache to warm.
+ENV TORCHDYNAMO_DISABLE=1
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server", "--enforce-eager"]

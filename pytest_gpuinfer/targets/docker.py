@@ -18,6 +18,7 @@ import shlex
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,8 @@ from pytest_gpuinfer.targets.base import (
     TargetError,
     wait_until_ready,
 )
-from pytest_gpuinfer.targets.process import read_log_tail
 from pytest_gpuinfer.targets.launcher import LOG_TAIL_LINES, Launcher
+from pytest_gpuinfer.targets.process import read_log_tail
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -115,6 +116,19 @@ def sweep_stale_containers(client: DockerClient) -> list[str]:
             container.remove(force=True)
             removed.append(str(container.name))
     return removed
+
+
+@dataclass(frozen=True)
+class ModelMount:
+    """The model as the container sees it, and the mounts that put it there."""
+
+    inside: str
+    """``--model`` inside the container (a mounted path, or a hub id)."""
+    served: str
+    """The name the server is asked to serve it under."""
+    volumes: dict[str, dict[str, str]]
+    host_path: str | None
+    """The model's path on this machine (None for a hub id)."""
 
 
 class DockerContainer:
@@ -285,25 +299,27 @@ class DockerLauncher(Launcher):
         swept = f"; removed stale containers: {', '.join(self._swept)}" if self._swept else ""
         return f"docker image {self.image(ctx)}, model {model}, GPUs {gpus}{swept}"
 
-    def model_setup(self, ctx: LaunchContext) -> tuple[str, str, dict[str, dict[str, str]]]:
-        """(--model inside the container, the served name, volumes to mount)."""
+    def model_setup(self, ctx: LaunchContext) -> ModelMount:
+        """Where the model is inside the container, its served name, and what to mount."""
         if ctx.model is None:
             host_dir = tinymodel.ensure_model()
             inside = f"{MODEL_MOUNT_ROOT}/{host_dir.name}"
-            return inside, tinymodel.BUILTIN_MODEL_NAME, {str(host_dir): ro(inside)}
+            return ModelMount(
+                inside, tinymodel.BUILTIN_MODEL_NAME, {str(host_dir): ro(inside)}, str(host_dir)
+            )
         local = Path(ctx.model).expanduser()
         if local.exists():
             local = local.resolve()
             host_dir = local if local.is_dir() else local.parent
             inside_dir = f"{MODEL_MOUNT_ROOT}/{host_dir.name}"
             inside = inside_dir if local.is_dir() else f"{inside_dir}/{local.name}"
-            return inside, ctx.model, {str(host_dir): ro(inside_dir)}
+            return ModelMount(inside, ctx.model, {str(host_dir): ro(inside_dir)}, str(local))
         # A hub id: the host's Hugging Face cache, writable (the hub client takes locks in it).
         hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
         volumes = {}
         if hf_home.is_dir():
             volumes[str(hf_home)] = {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"}
-        return ctx.model, ctx.model, volumes
+        return ModelMount(ctx.model, ctx.model, volumes, None)
 
     def server_args(self, ctx: LaunchContext, model: str, served: str) -> list[str]:
         """vLLM's arguments: model, served name, listen on all interfaces in the container."""
@@ -348,8 +364,8 @@ class DockerLauncher(Launcher):
         client = docker_client()
         self.sweep_once(client)
         image = self.image(ctx)
-        model, served, volumes = self.model_setup(ctx)
-        args = self.server_args(ctx, model, served)
+        model = self.model_setup(ctx)
+        args = self.server_args(ctx, model.inside, model.served)
         uuids, wants_gpu = self.gpu_request(ctx)
         devices = (
             [DeviceRequest(driver="nvidia", device_ids=uuids, capabilities=[["gpu"]])]
@@ -369,7 +385,7 @@ class DockerLauncher(Launcher):
                 labels=self.labels(ctx),
                 environment=self.environment(ctx, wants_gpu),
                 ports={f"{CONTAINER_PORT}/tcp": (ctx.host, self._fixed_port)},
-                volumes=volumes,
+                volumes=model.volumes,
                 device_requests=devices,
                 ipc_mode="host",
                 auto_remove=False,
@@ -384,7 +400,7 @@ class DockerLauncher(Launcher):
             ) from None
         handle = DockerContainer(container, ctx.work_dir / f"{name}.log")
         try:
-            return self._start_and_wait(ctx, client, handle, image, served, command_line, uuids)
+            return self._start_and_wait(ctx, handle, model, command_line, uuids)
         except BaseException:
             handle.stop(grace_s=2)
             raise
@@ -394,10 +410,8 @@ class DockerLauncher(Launcher):
     def _start_and_wait(
         self,
         ctx: LaunchContext,
-        client: DockerClient,
         handle: DockerContainer,
-        image: str,
-        served: str,
+        model: ModelMount,
         command_line: str,
         uuids: Sequence[str] | None,
     ) -> InferenceServer:
@@ -419,10 +433,14 @@ class DockerLauncher(Launcher):
                 f"{CONTAINER_PORT}/tcp (it exited at once?): {handle.log_tail(20).strip()}"
             )
         host_port = int(bindings[0]["HostPort"])
+        simulator = handle.container.labels.get("io.gpuinfer.simulator") == "true"
         server = InferenceServer(
             base_url=f"http://{ctx.host}:{host_port}",
-            model=served,
-            engine=self.name,
+            model=model.served,
+            # The engine inside: vLLM (this target passes vLLM's arguments), or the simulator.
+            engine=self.name if simulator else "vllm",
+            model_path=model.host_path,
+            is_simulator=simulator,
             launched=True,
             gpu_uuids=tuple(uuids or ()),
             api_key=ctx.api_key,
@@ -451,8 +469,6 @@ class DockerLauncher(Launcher):
         server.engine_version = ready.version
         if server.model not in ready.model_ids:
             server.model = ready.model_ids[0]
-        labels = handle.container.labels
-        server.is_simulator = labels.get("io.gpuinfer.simulator") == "true"
         return server
 
 
