@@ -338,6 +338,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         flag_only=True,
         default=False,
     ),
+    OptionSpec(
+        "ray-address",
+        "Run the batch suite's Ray Data pipelines on an existing Ray cluster "
+        "(e.g. ray://host:10001); default: a local Ray instance started per run.",
+        metavar="ADDRESS",
+    ),
 )
 
 VALUE_FLAGS: frozenset[str] = frozenset(
@@ -375,6 +381,7 @@ class Settings:
     max_cold_start_s: float | None = None
     model_manifest: str | None = None
     write_model_manifest: bool = False
+    ray_address: str | None = None
 
     @property
     def uses_builtin_model(self) -> bool:
@@ -522,6 +529,7 @@ def load_settings(config: pytest.Config, engines: Iterable[str]) -> Settings:
         max_cold_start_s=values["gpuinfer_max_cold_start"],
         model_manifest=values["gpuinfer_model_manifest"],
         write_model_manifest=values["gpuinfer_write_model_manifest"],
+        ray_address=values["gpuinfer_ray_address"] or None,
     )
 
 
