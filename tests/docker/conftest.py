@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from docker_helpers import labelled_containers
 
 from pytest_gpuinfer.targets import docker as docker_target
 
@@ -39,14 +40,6 @@ def sim_image(docker_client: Any) -> str:
     except docker.errors.ImageNotFound:
         pytest.skip(f"image {SIM_IMAGE} not built: run `bash dockerfiles/build-images.sh`")
     return SIM_IMAGE
-
-
-def labelled_containers(client: Any, **labels: str) -> list[Any]:
-    """Containers (running or not) carrying the plugin's label and the given label values."""
-    wanted = [docker_target.LABEL_MANAGED] + [
-        f"{getattr(docker_target, name)}={value}" for name, value in labels.items()
-    ]
-    return list(client.containers.list(all=True, filters={"label": wanted}))
 
 
 @pytest.fixture

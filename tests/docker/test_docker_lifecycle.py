@@ -19,8 +19,8 @@ from typing import Any
 
 import docker.errors
 import pytest
+from docker_helpers import labelled_containers
 
-from conftest import labelled_containers
 from pytest_gpuinfer.targets import docker as docker_target
 
 pytestmark = pytest.mark.usefixtures("no_new_containers")
