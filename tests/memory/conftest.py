@@ -1,7 +1,7 @@
 """The memory suite: leak tests carry ``leak``, boundary and startup-OOM tests carry ``oom``.
 
 ``small_kv_server`` launches one extra vLLM with a small KV cache and a small context, shared by
-the boundary tests of a module, so limits are reached in seconds: 30 KV blocks (3,840 tokens on
+the boundary tests of a module, so limits are reached in seconds: 20 KV blocks (2,560 tokens on
 CPU, where a block holds 128) and ``--max-model-len 512``. ``VLLM_CPU_KVCACHE_SPACE`` counts whole
 GiB (1 GiB is about two million tokens of the built-in model), so the block count is capped with
 ``--num-gpu-blocks-override``, which vLLM applies on CPU as on GPU.
@@ -21,7 +21,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 """CI runs the short versions (fewer batches, smaller search ranges)."""
 
 SMALL_MAX_MODEL_LEN = 512
-SMALL_KV_BLOCKS = 30
+SMALL_KV_BLOCKS = 20
 SMALL_KV_ARGS = (
     "--max-model-len",
     str(SMALL_MAX_MODEL_LEN),

@@ -27,7 +27,7 @@ from pytest_gpuinfer.targets.probe import ProbeError, ServerProbe, exact_length_
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROBE_TIMEOUT_S = 60.0
-BATCH_MAX = 32 if IN_CI else 128
+BATCH_MAX = 64 if IN_CI else 128
 BATCH_PROMPT_TOKENS = 200
 BATCH_MAX_TOKENS = 256
 
@@ -157,7 +157,7 @@ def test_batch_limit_with_its_class(
     check_search(result, small_kv_server)
     failure = result.first_failure
     assert failure is not None, (
-        f"no batch size up to {BATCH_MAX} failed against a 30-block KV cache:\n" + result.describe()
+        f"no batch size up to {BATCH_MAX} failed against a 20-block KV cache:\n" + result.describe()
     )
     assert failure.outcome.failed and result.exact, result.describe()
     assert result.safe_value is not None and result.safe_value >= 1, result.describe()
