@@ -41,6 +41,7 @@ FIXTURE_MODULES: tuple[str, ...] = (
     "pytest_gpuinfer.plugin.memory_fixtures",
     "pytest_gpuinfer.plugin.load_fixtures",
     "pytest_gpuinfer.plugin.perf_fixtures",
+    "pytest_gpuinfer.plugin.batch_fixtures",
 )
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
