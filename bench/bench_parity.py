@@ -123,6 +123,7 @@ def main() -> int:
                 ours[variant].append(row)
                 rows.append(row)
             print(f"pair {pair + 1} done in {time.monotonic() - started:.0f} s", flush=True)
+            print(parity.side_by_side(rows[-1 - len(variants) :]), flush=True)
         print(parity.side_by_side(rows))
         for variant in variants:
             mean = statistics.mean(r.request_throughput for r in ours[variant])

@@ -65,6 +65,8 @@ class BatchFigures:
     rss_after_mib: float | None
     rss_peak_mib: float | None
     server: ServerIdentity
+    client_bound: bool = False
+    """The load engine's self-check found the client (or the machine) limiting this batch."""
 
 
 @dataclass
@@ -249,6 +251,7 @@ def batch_figures(
         rss_after_mib=after,
         rss_peak_mib=peak,
         server=server,
+        client_bound=result.client_bound,
     )
 
 
@@ -313,6 +316,12 @@ def judge(batches: list[BatchFigures], limits: BatchLimits, metric: str = "ttft"
         )
     )
     notes = []
+    bound = [b.index for b in batches if b.client_bound]
+    if bound:
+        notes.append(
+            f"batches {bound} were client-bound or ran on a busy machine (see each run's "
+            "self-check): their throughput includes the client's or other processes' delay"
+        )
     if all(b.server.pid is None for b in batches):
         notes.append("attached endpoint: server memory and PID cannot be seen from here")
     return BatchReport(batches, verdicts, limits, metric, notes)

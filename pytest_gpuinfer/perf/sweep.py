@@ -41,12 +41,15 @@ def run_sweep(
     launch: Callable[[ServerConfig], ServerT],
     stop: Callable[[ServerT], None],
     measure: Callable[[ServerT], LoadResult],
-    slos: Sequence[slo.SLO],
+    slos: Sequence[slo.SLO] | Callable[[], Sequence[slo.SLO]],
     objective: str | Objective = "throughput",
     *,
     describe: Callable[[ServerT], Mapping[str, Any]] | None = None,
 ) -> Ranking:
-    """Launch, measure and stop each configuration in turn; rank the ones that ran."""
+    """Launch, measure and stop each configuration in turn; rank the ones that ran.
+
+    ``slos`` may be a callable, asked after the runs (when the SLOs depend on the servers).
+    """
     candidates: list[Candidate] = []
     for config in configs:
         cand = Candidate(
@@ -69,7 +72,7 @@ def run_sweep(
         finally:
             stop(server)
         candidates.append(cand)
-    return rank(candidates, slos, objective)
+    return rank(candidates, slos() if callable(slos) else slos, objective)
 
 
 def _first_lines(text: str, lines: int = 2) -> str:

@@ -43,7 +43,7 @@ class PerfSizes:
     """How big each perf test runs (short on CI)."""
 
     requests: int
-    warmup_requests: int
+    rate_requests: int
     matrix_concurrency: tuple[int, ...]
     matrix_lengths: tuple[tuple[int, int], ...]
     sweep_requests: int
@@ -68,14 +68,14 @@ def perf_sizes(pytestconfig: pytest.Config) -> PerfSizes:
         return max(10, round((short if ci else full) * scale))
 
     return PerfSizes(
-        requests=n(400, 150),
-        warmup_requests=8,
+        requests=n(400, 100),
+        rate_requests=n(200, 80),
         matrix_concurrency=(1, 8) if ci else (1, 4, 16, 64),
         matrix_lengths=((64, 16), (128, 32)) if ci else ((64, 16), (128, 32), (512, 64)),
         sweep_requests=n(160, 64),
         batches=3,
-        batch_requests=n(50, 30),
-        parity_requests=n(400, 120),
+        batch_requests=n(300, 150),
+        parity_requests=n(400, 64),
         ci=ci,
     )
 
@@ -87,14 +87,17 @@ class PerfWorkload:
     server: InferenceServer
     counter: prompts.TokenCounter | None
     ignore_eos: bool
-    _cache: dict[tuple[int, int, bool], prompts.PromptSet] = field(default_factory=dict)
+    _cache: dict[tuple[int, int, bool, int], prompts.PromptSet] = field(default_factory=dict)
+    _runs: int = 0
 
-    def prompts(self, tokens: int, count: int = 64, *, varied: bool = True) -> prompts.PromptSet:
-        """``count`` prompts of exactly ``tokens`` target tokens (cached)."""
-        key = (tokens, count, varied)
+    def prompts(
+        self, tokens: int, count: int = 64, *, varied: bool = True, seed: int = 0
+    ) -> prompts.PromptSet:
+        """``count`` prompts of exactly ``tokens`` target tokens (cached per seed)."""
+        key = (tokens, count, varied, seed)
         if key not in self._cache:
             self._cache[key] = prompts.build_prompts(
-                self.counter, tokens, count=count, varied=varied
+                self.counter, tokens, count=count, varied=varied, seed=seed
             )
         return self._cache[key]
 
@@ -103,9 +106,14 @@ class PerfWorkload:
         return {"ignore_eos": True} if self.ignore_eos else None
 
     def run_kwargs(self, prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
-        """Keyword arguments for ``load_runner.run``: prompts, max_tokens and extra body."""
+        """Keyword arguments for ``load_runner.run``: prompts, max_tokens and extra body.
+
+        Each call gets prompts with new openings (a new seed), so a run does not find the
+        previous run's prompts in the engine's prefix cache.
+        """
+        self._runs += 1
         return {
-            "prompt": self.prompts(prompt_tokens),
+            "prompt": self.prompts(prompt_tokens, seed=self._runs),
             "max_tokens": output_tokens,
             "extra_body": self.extra_body(),
         }
@@ -135,6 +143,12 @@ def workload_for(server: InferenceServer) -> PerfWorkload:
         )
         _WORKLOADS[key] = PerfWorkload(server, counter, ignore_eos)
     return _WORKLOADS[key]
+
+
+@pytest.fixture
+def perf_own_slos(request: pytest.FixtureRequest) -> tuple[Any, ...]:
+    """The test's own SLOs (marker, --slo, ini), without starting the session's server."""
+    return slos_for(request.node, request.config.stash[RUN_STATE].settings.slos)
 
 
 @pytest.fixture

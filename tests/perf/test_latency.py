@@ -20,10 +20,10 @@ RATE_RPS = 4.0
 WARMUP_S = 0.5
 
 
-def _report(result: Any, chosen: Any, workload: PerfWorkload) -> None:
+def _report(result: Any, chosen: Any, workload: PerfWorkload, kwargs: dict[str, Any]) -> None:
     """Print what was sent, the percentile table and the SLOs in force."""
     print()
-    print(workload.prompts(PROMPT_TOKENS).describe())
+    print(kwargs["prompt"].describe())
     print(f"ignore_eos honoured: {workload.ignore_eos}")
     print(result.summary_text())
     print(chosen.text())
@@ -34,14 +34,15 @@ def test_latency_at_fixed_concurrency(
 ) -> None:
     """Closed loop at a fixed concurrency: percentiles printed, SLOs met, lengths exact."""
     chosen = perf_slos("concurrency")
+    kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
     result = load_runner.run(
         concurrency=CONCURRENCY,
         requests=perf_sizes.requests,
         warmup_s=WARMUP_S,
         ramp_s=0.5,
-        **perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS),
+        **kwargs,
     )
-    _report(result, chosen, perf_workload)
+    _report(result, chosen, perf_workload, kwargs)
     summary = result.summary
     assert summary.warmup_excluded > 0, "the warm-up requests were not left out"
     assert summary.ttft.count == summary.completed
@@ -55,14 +56,15 @@ def test_latency_at_fixed_rate(
 ) -> None:
     """Open loop (Poisson) at a fixed rate: latency from the scheduled time, SLOs met."""
     chosen = perf_slos("rate")
+    kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
     result = load_runner.run(
         rate=RATE_RPS,
-        requests=perf_sizes.requests,
+        requests=perf_sizes.rate_requests,
         warmup_s=WARMUP_S,
         seed=1,
-        **perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS),
+        **kwargs,
     )
-    _report(result, chosen, perf_workload)
+    _report(result, chosen, perf_workload, kwargs)
     summary = result.summary
     assert summary.warmup_excluded > 0, "the warm-up requests were not left out"
     assert summary.ttft.count == summary.completed

@@ -20,11 +20,12 @@ def test_configuration_matrix(
     matrix = cells(perf_sizes.matrix_concurrency, perf_sizes.matrix_lengths)
 
     def measure(cell: Cell) -> Any:
-        return load_runner.run(
+        kwargs = perf_workload.run_kwargs(cell.prompt_tokens, cell.output_tokens)
+        load_runner.runner.run(concurrency=cell.concurrency, requests=cell.concurrency, **kwargs)
+        return load_runner.run(  # after an unrecorded warm-up of one request per slot
             check_slos=False,
             concurrency=cell.concurrency,
             requests=max(20, min(perf_sizes.requests, 10 * cell.concurrency)),
-            warmup_s=0.5,
             ramp_s=0.2,
             **perf_workload.run_kwargs(cell.prompt_tokens, cell.output_tokens),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, ServerFactory, workload_for
 from pytest_gpuinfer.targets import InferenceServer
@@ -21,10 +22,10 @@ OUTPUT_TOKENS = 32
 
 
 def test_max_num_seqs_sweep(
-    server_factory: ServerFactory, perf_slos: Any, perf_sizes: PerfSizes
+    server_factory: ServerFactory, perf_own_slos: tuple[Any, ...], perf_sizes: PerfSizes
 ) -> None:
     """--max-num-seqs 1 vs 16 at concurrency 16: the table, the best, and 16 winning."""
-    chosen = perf_slos("concurrency")
+    chosen: list[SLOsInForce] = []
     configs = [
         ServerConfig(("--max-num-seqs", "1")),
         ServerConfig(("--max-num-seqs", "16")),
@@ -33,6 +34,16 @@ def test_max_num_seqs_sweep(
         configs.append(ServerConfig(("--max-num-seqs", "0"), name="--max-num-seqs 0 (invalid)"))
 
     def measure(server: InferenceServer) -> Any:
+        if not chosen:  # the defaults depend on the engine and model the servers turn out to be
+            chosen.append(
+                slos_in_force(
+                    perf_own_slos,
+                    engine=server.engine,
+                    model=server.model,
+                    gpu_uuids=server.gpu_uuids,
+                    scenario="concurrency",
+                )
+            )
         workload = workload_for(server)
         runner = LoadRunner(server.base_url, server.model, api_key=server.api_key)
         return runner.run(
@@ -47,10 +58,11 @@ def test_max_num_seqs_sweep(
         launch=lambda config: server_factory.launch(config.engine_args, dict(config.env)),
         stop=server_factory.stop,
         measure=measure,
-        slos=chosen.slos,
+        slos=lambda: chosen[0].slos if chosen else (),
     )
     print()
     print(ranking.table(f"server-argument sweep at concurrency {CONCURRENCY}"))
+    print(chosen[0].text() if chosen else "no server started")
     assert not server_factory.launched, "a sweep server was left running"
     by_label = {c.label: c for c in ranking.candidates}
     one, sixteen = by_label["--max-num-seqs 1"], by_label["--max-num-seqs 16"]
