@@ -40,13 +40,16 @@ def test_slo_on_the_command_line_fails_with_measured_vs_limit(pytester: pytest.P
     result.stdout.fnmatch_lines(["*missed 1 of * SLOs:*", "*ttft_p50 = * > limit * (n=*)*"])
 
 
+MARKED = "import pytest\n\n\n@pytest.mark.slo('e2e_p50<0.001ms')\n"
+
+
 def test_slo_marker_overrides_the_defaults(pytester: pytest.Pytester) -> None:
     source = (
         (PERF / "test_latency.py")
         .read_text()
         .replace(
             "def test_latency_at_fixed_rate(",
-            "import pytest\n\n\n@pytest.mark.slo('e2e_p50<0.001ms')\ndef test_latency_at_fixed_rate(",
+            MARKED + "def test_latency_at_fixed_rate(",
         )
     )
     pytester.makepyfile(test_latency=source)
