@@ -16,17 +16,18 @@ from pytest_gpuinfer.metrics.slo import SLO, parse_slos
 from pytest_gpuinfer.models import tinymodel
 
 BUILTIN_VLLM_CPU: dict[str, tuple[str, ...]] = {
-    # Closed loop, concurrency 4, 128 prompt tokens, 32 output tokens with ignore_eos.
-    # Measured here: TTFT p95 ~60-190 ms, TPOT p95 ~10-25 ms, E2E p95 ~0.4-0.8 s, ~6-12 req/s.
+    # Closed loop, concurrency 4, 128 prompt tokens, 32 output tokens with ignore_eos. Measured
+    # here on a 2-core machine that others loaded heavily (2026-12-02): TTFT p95 223 ms, TPOT p95
+    # 9 ms, E2E p95 343 ms, 23.7 req/s. Limits 4-10x looser; throughput 4.7x lower.
     "concurrency": (
         "ttft_p95<1000ms",
         "tpot_p95<100ms",
         "e2e_p95<3s",
-        "throughput>=1.5rps",
+        "throughput>=5rps",
         "error_rate<=0%",
     ),
-    # Open loop, Poisson at 4 req/s, same lengths (well under the ~6-12 req/s capacity).
-    # Measured here: TTFT p95 ~50-200 ms, TPOT p95 ~8-20 ms, E2E p95 ~0.3-0.7 s.
+    # Open loop, Poisson at 4 req/s, same lengths. Measured in the same run: TTFT p95 246 ms,
+    # TPOT p95 19.5 ms, E2E p95 696 ms. Limits 4-5x looser.
     "rate": (
         "ttft_p95<1000ms",
         "tpot_p95<100ms",
