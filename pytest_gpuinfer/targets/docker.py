@@ -375,7 +375,8 @@ class DockerLauncher(Launcher):
             else []
         )
         name = f"gpuinfer-{ctx.work_dir.name.removeprefix('pytest-gpuinfer-')}-{next(self._names)}"
-        command_line = f"docker image {image} {shlex.join(args)}"
+        environment = self.environment(ctx, wants_gpu)
+        command_line = docker_run_line(image, args, model.volumes, environment, uuids, wants_gpu)
         try:
             container = client.containers.create(
                 image,
@@ -383,7 +384,7 @@ class DockerLauncher(Launcher):
                 name=name,
                 detach=True,
                 labels=self.labels(ctx),
-                environment=self.environment(ctx, wants_gpu),
+                environment=environment,
                 ports={f"{CONTAINER_PORT}/tcp": (ctx.host, self._fixed_port)},
                 volumes=model.volumes,
                 device_requests=devices,
@@ -453,7 +454,7 @@ class DockerLauncher(Launcher):
             status = f"exit code {code}" if code is not None else "still running"
             return (
                 f"pytest-gpuinfer could not start container {handle.name} ({status}): {reason}.\n"
-                f"{command_line}\n"
+                f"command: {command_line}\n"
                 f"--- last {LOG_TAIL_LINES} lines of the container log ---\n{tail}"
             )
 
@@ -470,6 +471,25 @@ class DockerLauncher(Launcher):
         if server.model not in ready.model_ids:
             server.model = ready.model_ids[0]
         return server
+
+
+def docker_run_line(
+    image: str,
+    args: Sequence[str],
+    volumes: dict[str, dict[str, str]],
+    environment: dict[str, str],
+    uuids: Sequence[str] | None,
+    wants_gpu: bool,
+) -> str:
+    """The ``docker run`` command that starts the same container by hand (secrets not shown)."""
+    words = ["docker", "run", "--ipc=host", "-p", f"127.0.0.1::{CONTAINER_PORT}"]
+    if wants_gpu:
+        words.append("--gpus=" + (f'"device={",".join(uuids)}"' if uuids else "all"))
+    for host, mount in volumes.items():
+        words += ["-v", f"{host}:{mount['bind']}:{mount['mode']}"]
+    for key in sorted(environment):
+        words += ["-e", key if "KEY" in key or "TOKEN" in key else f"{key}={environment[key]}"]
+    return shlex.join([*words, image, *args])
 
 
 def ro(bind: str) -> dict[str, str]:

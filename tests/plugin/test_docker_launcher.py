@@ -199,3 +199,18 @@ def test_sim_image_takes_vllm_arguments() -> None:
     ) == ["--model", "tiny", "--port", "8000", "--ttft-ms=5"]
     assert translate(["--model=/models/dir/"]) == ["--model", "dir"]
     assert translate(["--bogus"]) == ["--bogus"]
+
+
+def test_failure_shows_a_docker_run_line_without_secrets() -> None:
+    line = docker_target.docker_run_line(
+        "img:1",
+        ["--model", "/models/m"],
+        {"/host/m": {"bind": "/models/m", "mode": "ro"}},
+        {"VLLM_API_KEY": "sekrit", "HF_TOKEN": "hf_x", "HF_HUB_OFFLINE": "1"},
+        ["GPU-1", "GPU-2"],
+        True,
+    )
+    assert "sekrit" not in line and "hf_x" not in line
+    assert "-e VLLM_API_KEY " in line and "-e HF_HUB_OFFLINE=1" in line
+    assert "-v /host/m:/models/m:ro" in line and "'--gpus=\"device=GPU-1,GPU-2\"'" in line
+    assert line.endswith("img:1 --model /models/m")
