@@ -153,6 +153,13 @@ def batch_probe(
             return ProbeResult(
                 value, Outcome.SERVER_ERROR, result.check.describe(), time.monotonic() - began
             )
+        if result.preemptions:
+            return ProbeResult(
+                value,
+                Outcome.PREEMPTION_STORM,
+                f"{result.preemptions} preemptions: the KV cache ran out ({result.line()})",
+                time.monotonic() - began,
+            )
         return ProbeResult(value, Outcome.OK, result.line(), time.monotonic() - began)
 
     return probe
@@ -196,8 +203,6 @@ def batch_boundary(
     )
 
 
-def sla_projection(
-    runs: Sequence[BatchResult], *, rows: int, window_s: float
-) -> Projection:
+def sla_projection(runs: Sequence[BatchResult], *, rows: int, window_s: float) -> Projection:
     """Whether ``rows`` fit in ``window_s`` at the pessimistic bound of the measured rows/s."""
     return project([r.rows_per_s for r in runs], requests=rows, window_s=window_s)

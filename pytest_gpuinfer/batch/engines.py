@@ -263,9 +263,15 @@ class BatchEngine:
         env = self._env()
         env[EVENT_FD_ENV] = str(write_fd)
         began = time.monotonic()
+        self._watch = ProcessWatch([], marker=self._ray_dir)  # lists /dev/shm before the start
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pytest_gpuinfer.batch.worker", json.dumps(self._worker_spec())],
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest_gpuinfer.batch.worker",
+                    json.dumps(self._worker_spec()),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -275,7 +281,8 @@ class BatchEngine:
             )
         os.close(write_fd)
         self._events_fd = read_fd
-        self._watch = ProcessWatch([self.process.pid], marker=self._ray_dir).start()
+        self._watch.add_root(self.process.pid)
+        self._watch.start()
         self.memory = MemoryTracker(self._memory_source(), interval_s=0.5).start()
         try:
             ready = self._next_event(began + self.spec.start_timeout_s, "the engine to start")
@@ -446,6 +453,7 @@ class BatchEngine:
             peak_memory_bytes=peak,
             baseline_memory_bytes=before[-1].total_bytes if before else None,
             memory_source=self.memory.source.describe(),
+            preemptions=event.get("preemptions"),
         )
         if init:
             result.notes.append(

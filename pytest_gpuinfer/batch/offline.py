@@ -43,6 +43,7 @@ class OfflineRunner:
         rows: list[dict[str, Any]] = job["rows"]
         batch_size = max(1, int(job["batch_size"]))
         started = time.monotonic()
+        preempted_before = self.preemptions()
         out: list[dict[str, Any]] = []
         engine_s = 0.0
         for first in range(0, len(rows), batch_size):
@@ -81,7 +82,24 @@ class OfflineRunner:
                                 "offline",
                             )
                         )
-        return {"rows": out, "engine_s": engine_s, "stages": {}}
+        preempted_after = self.preemptions()
+        preemptions = (
+            None
+            if preempted_before is None or preempted_after is None
+            else preempted_after - preempted_before
+        )
+        return {"rows": out, "engine_s": engine_s, "stages": {}, "preemptions": preemptions}
+
+    def preemptions(self) -> int | None:
+        """The engine's preemption counter (None when its stats are off or unreadable)."""
+        try:
+            metrics = self.llm.get_metrics()
+        except Exception:  # stats disabled or an older vLLM: the count is unknown, not zero
+            return None
+        for metric in metrics:
+            if metric.name == "vllm:num_preemptions":
+                return int(getattr(metric, "value", 0))
+        return None
 
     def _drain(self) -> None:
         """Step until aborted requests have left the engine (bounded)."""

@@ -69,7 +69,8 @@ class VllmBatchActor:
         }
 
 
-_STAGE_LINE = re.compile(r"^Operator \d+ (?P<name>.+?): .*executed in (?P<secs>[\d.]+)s", re.M)
+_STAGE_LINE = re.compile(r"^Operator \d+ (?P<name>[^:\n]+): [^\n]*? in (?P<secs>[\d.]+)s\s*$", re.M)
+"""``Operator 1 MapBatches(VllmBatchActor): 7 tasks executed, 7 blocks produced in 41.2s``."""
 
 
 def stage_times(stats_text: str) -> dict[str, float]:
@@ -202,7 +203,9 @@ class RayRunner:
                         int(batch["id"][i]),
                         int(batch["prompt_tokens"][i]),
                         int(batch["output_tokens"][i]),
-                        None if batch["finish_reason"][i] is None else str(batch["finish_reason"][i]),
+                        None
+                        if batch["finish_reason"][i] is None
+                        else str(batch["finish_reason"][i]),
                         now,
                         str(batch["where"][i]),
                     )
@@ -228,8 +231,7 @@ class RayRunner:
         if not demands:
             return ""
         return (
-            f"waiting for resources: {demands}; the cluster has {self.cluster_resources()} "
-            "in all"
+            f"waiting for resources: {demands}; the cluster has {self.cluster_resources()} in all"
         )
 
     def close(self) -> None:

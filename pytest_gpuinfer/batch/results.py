@@ -193,6 +193,8 @@ class BatchResult:
     peak_memory_bytes: int | None = None
     baseline_memory_bytes: int | None = None
     memory_source: str = ""
+    preemptions: int | None = None
+    """Requests the engine preempted during the job (its KV cache ran out), when it reports it."""
     leftovers: Leftovers | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -290,6 +292,8 @@ class BatchResult:
             )
         if self.memory_source:
             lines.append(f"memory: {self.memory_source}")
+        if self.preemptions:
+            lines.append(f"preemptions: {self.preemptions} (the KV cache ran out)")
         if self.leftovers is not None:
             lines.append(f"teardown: {self.leftovers.describe()}")
         lines += [f"note: {note}" for note in self.notes]
@@ -318,6 +322,7 @@ class BatchResult:
             "peak_memory_bytes": self.peak_memory_bytes,
             "baseline_memory_bytes": self.baseline_memory_bytes,
             "memory_source": self.memory_source,
+            "preemptions": self.preemptions,
             "check": self.check.to_dict(),
             "leftovers": None if self.leftovers is None else asdict(self.leftovers),
             "notes": list(self.notes),

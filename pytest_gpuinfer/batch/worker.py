@@ -121,7 +121,9 @@ def main() -> int:
     try:
         runner = _runner(spec)
     except BaseException as exc:
-        events.send("error", kind=FAILED, message=f"engine did not start: {type(exc).__name__}: {exc}")
+        events.send(
+            "error", kind=FAILED, message=f"engine did not start: {type(exc).__name__}: {exc}"
+        )
         return 2
     events.send("ready", start_s=time.monotonic() - started, engine=runner.name)
     try:

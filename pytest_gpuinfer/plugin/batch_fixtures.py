@@ -7,7 +7,8 @@
 - ``batch_engines`` (function): ``batch_engines.start(mode, **spec)`` starts a batch engine
   (``offline``, ``ray``, ``ray-llm``) that is closed, swept and checked for leftovers at teardown.
 - ``offline_batch_engine`` (session): one vLLM offline engine shared by the matrix, limit and
-  projection tests, so its model loads once.
+  projection tests, so its model loads once; its KV cache is capped (``OFFLINE_KV_BLOCKS``) so
+  the batch-size limit is reached in seconds.
 - ``batch_report`` (function): ``batch_report(name, result)`` writes the result as JSON (under
   ``--gpuinfer-report``/batch) and as JUnit properties, and prints it in the terminal summary.
 
@@ -35,6 +36,14 @@ from pytest_gpuinfer.plugin.state import RUN_STATE
 
 _REPORT_LINES = pytest.StashKey[list[str]]()
 
+OFFLINE_KV_BLOCKS = 64
+"""KV blocks of the shared offline engine (8,192 tokens on CPU, where a block holds 128), so the
+batch limits are reached in seconds, as the memory suite caps its small-KV server."""
+OFFLINE_ENGINE_KWARGS: dict[str, Any] = {
+    "num_gpu_blocks_override": OFFLINE_KV_BLOCKS,
+    "disable_log_stats": False,  # the engine's preemption counter
+}
+
 
 def require_modules(*modules: str) -> None:
     """Skip the test unless every module is importable, naming the missing ones."""
@@ -44,9 +53,7 @@ def require_modules(*modules: str) -> None:
             "ray": "pip install 'ray[data]' (scripts/setup.d/40-ray.sh; never ray[llm])",
             "vllm": "pip install -e '.[cpu]' (or .[gpu])",
         }
-        pytest.skip(
-            "needs " + ", ".join(f"{m} ({hint.get(m, 'not installed')})" for m in missing)
-        )
+        pytest.skip("needs " + ", ".join(f"{m} ({hint.get(m, 'not installed')})" for m in missing))
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,8 @@ def batch_engines(batch_settings: BatchSettings) -> Iterator[BatchEngines]:
 def offline_batch_engine(batch_settings: BatchSettings) -> Iterator[BatchEngine]:
     """One vLLM offline engine for the whole session (the model loads once)."""
     require_modules("vllm")
-    engine = BatchEngine(batch_settings.spec("offline"), log_dir=batch_settings.log_dir)
+    spec = batch_settings.spec("offline", engine_kwargs=dict(OFFLINE_ENGINE_KWARGS))
+    engine = BatchEngine(spec, log_dir=batch_settings.log_dir)
     try:
         engine.start()
     except Exception as exc:

@@ -1,0 +1,68 @@
+"""The same pipeline on a Ray cluster: one head and two worker nodes started here, then stopped.
+
+Against a real cluster, give its address instead: ``pytest -m batch --ray-address
+ray://head:10001`` (Ray Client) or ``--ray-address head:6379`` (from a node of the cluster);
+the pipeline tests then run there. Here the cluster is local: a head with no CPUs, so every
+replica runs on a worker node, and two worker nodes of one CPU each.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_gpuinfer.batch.cluster import LocalRayCluster
+from pytest_gpuinfer.batch.engines import BatchJob
+from pytest_gpuinfer.plugin.batch_fixtures import require_modules
+
+PROMPT_TOKENS = 16
+OUTPUT_TOKENS = 16
+
+
+def test_pipeline_on_local_multinode_cluster(
+    batch_engines, batch_rows, batch_settings, batch_report
+):
+    """Head plus two workers: every row accounted for, replicas on worker nodes, all stopped."""
+    require_modules("ray", "vllm")
+    count = batch_settings.size(100, 200)
+    replicas = batch_settings.size(1, 2)
+    cluster = LocalRayCluster(workers=2, worker_cpus=1, log_dir=batch_settings.log_dir)
+    try:
+        cluster.start()
+        assert cluster.nodes == 3
+        engine = batch_engines.start(
+            "ray", ray_address=cluster.address, memory_roots=(cluster.pid,)
+        )
+        result = engine.run(
+            BatchJob(
+                batch_rows(count, PROMPT_TOKENS),
+                max_tokens=OUTPUT_TOKENS,
+                batch_size=25,
+                replicas=replicas,
+                time_limit_s=420,
+            )
+        )
+        assert result.check.ok, result.check.describe()
+        assert result.output_tokens == count * OUTPUT_TOKENS
+        places = {row.where for row in result.rows}
+        assert len(places) == replicas, places
+        if replicas > 1:
+            nodes = {where.split(" pid ")[0] for where in places}
+            assert len(nodes) == replicas, f"replicas shared a node: {places}"
+        result.leftovers = engine.close()
+        assert result.leftovers.clean, result.leftovers.describe()
+        batch_report("ray-cluster", result, text=result.describe() + f"\nreplicas on: {places}")
+    finally:
+        left = cluster.stop()
+    assert left.clean, left.describe()
+
+
+def test_pipeline_on_given_cluster(batch_engines, batch_rows, batch_settings, batch_report):
+    """With ``--ray-address``: the pipeline on that cluster, every row accounted for."""
+    if not batch_settings.ray_address:
+        pytest.skip("no --ray-address given (the local multi-node test covers the cluster path)")
+    engine = batch_engines.start("ray")
+    result = engine.run(
+        BatchJob(batch_rows(100, PROMPT_TOKENS), max_tokens=OUTPUT_TOKENS, time_limit_s=600)
+    )
+    assert result.check.ok, result.check.describe()
+    batch_report("given-cluster", result)
