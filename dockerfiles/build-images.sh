@@ -14,10 +14,18 @@ root=$PWD
 base_image=gpuinfer/base:local
 docker_cli=(docker)
 
-if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && docker image inspect gpuinfer/sim:local gpuinfer/vllm-cpu:local >/dev/null 2>&1; then
-  echo "==> docker: images gpuinfer/sim:local and gpuinfer/vllm-cpu:local already exist"
+# What the images are made of: the project's source, the venv's packages, the build files. Images
+# built from the same are reused; anything changed rebuilds them (the simulator image runs the
+# source as it was at build time).
+fingerprint=$( { find pytest_gpuinfer dockerfiles -type f \( -name '*.py' -o -name '*.sh' -o -name '*.Dockerfile' \) \
+                   -exec sha256sum {} + | sort; ls .venv/lib/*/site-packages; } | sha256sum | cut -c1-16)
+built=$(docker image inspect --format '{{index .Config.Labels "io.gpuinfer.fingerprint"}}' \
+          gpuinfer/sim:local gpuinfer/vllm-cpu:local 2>/dev/null | sort -u | tr -d '\n')
+if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && [ "$built" = "$fingerprint" ]; then
+  echo "==> docker: gpuinfer/sim:local and gpuinfer/vllm-cpu:local are up to date ($fingerprint)"
   exit 0
 fi
+[ -n "$built" ] && echo "==> docker: the source or the venv changed since the images were built: rebuilding"
 
 prefix=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
 pyver=$(.venv/bin/python -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -78,7 +86,7 @@ started=$SECONDS
 for name in sim vllm-cpu; do
   # The legacy builder: FROM + metadata only, no RUN, so it needs neither BuildKit nor buildx.
   DOCKER_BUILDKIT=0 "${docker_cli[@]}" build --quiet --build-arg "BASE=$base_image" \
-    --tag "gpuinfer/$name:local" --file "dockerfiles/$name.Dockerfile" dockerfiles 2>&1 \
+    --label "io.gpuinfer.fingerprint=$fingerprint" --tag "gpuinfer/$name:local" --file "dockerfiles/$name.Dockerfile" dockerfiles 2>&1 \
     | { grep -v "DEPRECATED\|BuildKit\|environment-variable\|^sha256:\|^$" || true; }
 done
 echo "==> docker: gpuinfer/sim:local and gpuinfer/vllm-cpu:local built in $((SECONDS - started)) s"

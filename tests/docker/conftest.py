@@ -44,10 +44,11 @@ def sim_image(docker_client: Any) -> str:
 
 @pytest.fixture
 def no_new_containers(docker_client: Any) -> Iterator[None]:
-    """Fail the test when a labelled container created during it is still there afterwards."""
-    before = {c.id for c in labelled_containers(docker_client)}
+    """Fail the test when a container it launched (in this process) is still there afterwards."""
+    mine = {"LABEL_PYTEST_PID": str(os.getpid())}
+    before = {c.id for c in labelled_containers(docker_client, **mine)}
     yield
-    left = [c for c in labelled_containers(docker_client) if c.id not in before]
+    left = [c for c in labelled_containers(docker_client, **mine) if c.id not in before]
     for container in left:
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
