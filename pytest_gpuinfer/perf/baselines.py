@@ -18,6 +18,7 @@ file numbers are taken with exclusive creation, so xdist workers can save side b
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import itertools
@@ -343,6 +344,25 @@ def compare(
             )
         rows.append(RegressionRow(finding, noise))
     return RegressionReport(name, baseline_path, rows, tolerance)
+
+
+def scaled_entry(entry: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of a stored entry as if every latency were ``factor`` times, throughput 1/factor.
+
+    For checking the gate itself: ``factor=0.5`` is a baseline 50 % faster than the run.
+    """
+    fake = copy.deepcopy(dict(entry))
+    extra = fake["extra_info"]
+    summary = extra["summary"]
+    for key, value in list(summary.items()):
+        if isinstance(value, dict) and "p50" in value:
+            for stat, number in value.items():
+                if stat != "count" and isinstance(number, float):
+                    value[stat] = number * factor
+        elif key.endswith("throughput") and isinstance(value, float):
+            summary[key] = value / factor
+    extra["samples"] = {k: [v * factor for v in vs] for k, vs in extra["samples"].items()}
+    return fake
 
 
 def storage_root(uri: str | os.PathLike[str]) -> Path:
