@@ -42,6 +42,7 @@ FIXTURE_MODULES: tuple[str, ...] = (
     "pytest_gpuinfer.plugin.load_fixtures",
     "pytest_gpuinfer.plugin.perf_fixtures",
     "pytest_gpuinfer.plugin.batch_fixtures",
+    "pytest_gpuinfer.plugin.report_plugin",
 )
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 

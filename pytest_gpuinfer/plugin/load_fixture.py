@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuinfer.metrics import slo, units
+from pytest_gpuinfer.plugin import report_plugin
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
@@ -91,6 +92,7 @@ class TestLoadRunner:
         """
         __tracebackhide__ = True
         kwargs.setdefault("slos", self.slos)
+        kwargs.setdefault("progress", report_plugin.live_progress(self.item.config, "load"))
         result = self.runner.run(**kwargs)
         result.judge(self.slos, allow_errors=self.allow_errors)
         self.results.append(result)
@@ -142,7 +144,10 @@ class TestLoadRunner:
             ("client_bound", result.client_bound),
         ):
             self.item.user_properties.append((prefix + name, value))
-        if self.report_dir is not None:
+        from pytest_gpuinfer.report.payloads import load_payload
+
+        report_plugin.record(self.item, "load", load_payload(result))
+        if self.report_dir is not None:  # the per-run file also keeps every request record
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.item.nodeid).strip("_")
             path = self.report_dir / "loads" / f"{name}-{index}.json"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,10 @@ import pytest
 
 from pytest_gpuinfer.load import bursts, locust_process
 from pytest_gpuinfer.load.shapes import LoadShape
+from pytest_gpuinfer.plugin import report_plugin
 from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
 from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.report.payloads import burst_payload
 from pytest_gpuinfer.targets import InferenceServer
 
 CI_LOAD_SCALE = 0.1
@@ -144,6 +146,7 @@ class BurstRunner:
         ):
             self.item.user_properties.append((prefix + name, value))
         self.item.add_report_section("call", f"gpuinfer burst {report.shape.name}", report.text())
+        report_plugin.record(self.item, "burst", burst_payload(report, self.scale))
         self.item.config.stash.setdefault(_REPORTS, []).append(
             (self.item.nodeid, report.headline())
         )

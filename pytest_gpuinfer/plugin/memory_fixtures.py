@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo
+from pytest_gpuinfer.memory.boundary import BoundaryResult
 from pytest_gpuinfer.memory.leak import (
     DEFAULT_CPU_MAX_GROWTH_MB,
     DEFAULT_GPU_MAX_GROWTH_MB,
@@ -34,7 +35,9 @@ from pytest_gpuinfer.memory.tracker import (
     ProcessTreeRSS,
     process_tree_pids,
 )
+from pytest_gpuinfer.plugin import report_plugin
 from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.report.payloads import boundary_payload, memory_payload, note_payload
 from pytest_gpuinfer.targets import InferenceServer
 
 DEFAULT_INTERVAL_S = 0.2
@@ -96,12 +99,17 @@ class VramTracker:
 
 
 @pytest.fixture
-def vram_tracker(pytestconfig: pytest.Config) -> Iterator[VramTracker]:
-    """Memory trackers for this test (NVML by UUID on GPUs, process-tree RSS without)."""
-    state = pytestconfig.stash[RUN_STATE]
+def vram_tracker(request: pytest.FixtureRequest) -> Iterator[VramTracker]:
+    """Memory trackers for this test (NVML by UUID on GPUs, process-tree RSS without); each
+    tracker's timeline (with its leak verdict) goes into the run's report."""
+    state = request.config.stash[RUN_STATE]
     watch = VramTracker(gpus=state.gpus_in_use)
     yield watch
     watch.stop_all()
+    verdicts = request.node.stash.get(LEAK_VERDICTS, [])
+    for index, tracker in enumerate(watch.trackers):
+        verdict = verdicts[index] if index < len(verdicts) else None
+        report_plugin.record(request.node, "memory", memory_payload(tracker, verdict))
 
 
 @dataclass(frozen=True)
@@ -200,13 +208,18 @@ MEMORY_REPORTS = pytest.StashKey[list[tuple[str, str]]]()
 
 
 @pytest.fixture
-def memory_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Add a block of text (a boundary table, a per-batch table) to the run's memory summary."""
+def memory_report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Add a block of text (a boundary table, a per-batch table) to the run's memory summary;
+    ``memory_report(text, result)`` with a BoundaryResult also puts its table in the report."""
 
-    def add(text: str) -> None:
+    def add(text: str, result: BoundaryResult | None = None) -> None:
         reports = request.config.stash.setdefault(MEMORY_REPORTS, [])
         reports.append((request.node.nodeid, text))
         request.node.user_properties.append(("gpuinfer_memory", text))
+        if result is not None:
+            report_plugin.record(request.node, "boundary", boundary_payload(result))
+        else:
+            report_plugin.record(request.node, "note", note_payload("memory", text))
 
     return add
 

@@ -28,8 +28,10 @@ from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.runner import LoadResult
 from pytest_gpuinfer.perf import baselines
 from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
+from pytest_gpuinfer.plugin import report_plugin
 from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
 from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.report.payloads import regression_payload
 from pytest_gpuinfer.targets import InferenceServer
 
 
@@ -244,6 +246,8 @@ class PerfBaseline:
     compare_with: str | bool | None
     tolerance: float
     reports: list[baselines.RegressionReport] = field(default_factory=list)
+    item: pytest.Item | None = None
+    """The test whose comparisons go into the run's report."""
 
     def check(self, name: str, result: LoadResult, configuration: str = "") -> str:
         """Save and/or compare ``result`` under ``name``; fail on a regression; return a note."""
@@ -263,6 +267,8 @@ class PerfBaseline:
                 )
                 self.reports.append(report)
                 notes.append(report.table())
+                if self.item is not None:
+                    report_plugin.record(self.item, "regression", regression_payload(report))
                 if report.regressed:
                     pytest.fail(report.table(), pytrace=False)
         if self.save_label is not None:
@@ -284,7 +290,9 @@ def _tolerance(config: pytest.Config) -> float:
 
 
 @pytest.fixture
-def perf_baseline(pytestconfig: pytest.Config, inference_server: InferenceServer) -> PerfBaseline:
+def perf_baseline(
+    request: pytest.FixtureRequest, pytestconfig: pytest.Config, inference_server: InferenceServer
+) -> PerfBaseline:
     """Baseline storage and regression gate driven by pytest-benchmark's options."""
     storage = pytestconfig.getoption("benchmark_storage", None) or "file://./.benchmarks"
     save = pytestconfig.getoption("benchmark_save", None) or pytestconfig.getoption(
@@ -298,4 +306,5 @@ def perf_baseline(pytestconfig: pytest.Config, inference_server: InferenceServer
         save_label=str(save) if save else None,
         compare_with=compare if compare not in (None, [], False) else None,
         tolerance=_tolerance(pytestconfig),
+        item=request.node,
     )
