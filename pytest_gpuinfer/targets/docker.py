@@ -221,10 +221,10 @@ class DockerLauncher(Launcher):
 
     name = "docker"
     summary = f"vLLM in a Docker container (--image, default {DEFAULT_IMAGE})"
+    picks_own_port = True
 
     def __init__(self) -> None:
         self._swept: list[str] | None = None
-        self._fixed_port: int | None = None
         self._names = itertools.count(1)
 
     def image(self, ctx: LaunchContext) -> str:
@@ -273,9 +273,6 @@ class DockerLauncher(Launcher):
                 "runtime (no 'nvidia' runtime, no nvidia-container-runtime-hook): install the "
                 "NVIDIA Container Toolkit and restart dockerd"
             )
-        # The run's own --server-port (0 when not given); launches get a port from the manager
-        # either way, so remember here whether Docker may pick one (the options checked it is free).
-        self._fixed_port = ctx.port or None
         return None
 
     @staticmethod
@@ -385,7 +382,7 @@ class DockerLauncher(Launcher):
                 detach=True,
                 labels=self.labels(ctx),
                 environment=environment,
-                ports={f"{CONTAINER_PORT}/tcp": (ctx.host, self._fixed_port)},
+                ports={f"{CONTAINER_PORT}/tcp": (ctx.host, ctx.port or None)},
                 volumes=model.volumes,
                 device_requests=devices,
                 ipc_mode="host",
@@ -423,7 +420,7 @@ class DockerLauncher(Launcher):
         try:
             handle.container.start()
         except docker.errors.APIError as exc:
-            raise TargetError(_start_failure(exc, ctx, self._fixed_port)) from None
+            raise TargetError(_start_failure(exc, ctx, ctx.port or None)) from None
         handle.container.reload()
         bindings = (handle.container.attrs["NetworkSettings"]["Ports"] or {}).get(
             f"{CONTAINER_PORT}/tcp"

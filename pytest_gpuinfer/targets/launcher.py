@@ -41,6 +41,9 @@ class Launcher:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     is_simulator: ClassVar[bool] = False
+    picks_own_port: ClassVar[bool] = False
+    """True when the engine lets something else pick the host port (Docker) unless the run
+    fixed one with --server-port; then ``ctx.port`` is 0 for "any"."""
 
     def check(self, ctx: LaunchContext) -> str | None:
         """A usage problem with the run's options for this engine (None when they are fine)."""

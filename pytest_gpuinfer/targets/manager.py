@@ -54,8 +54,10 @@ class TargetManager:
                 "engine arguments, which an attached endpoint cannot do"
             )
         ctx = with_overrides(self.context, engine_args=engine_args, env=env)
-        ctx = replace(ctx, port=ctx.port or free_port(ctx.host))
-        server = self.launcher.launch(ctx)
+        launcher = self.launcher
+        if not ctx.port and not launcher.picks_own_port:
+            ctx = replace(ctx, port=free_port(ctx.host))
+        server = launcher.launch(ctx)
         self.servers.append(server)
         return server
 
