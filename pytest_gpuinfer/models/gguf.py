@@ -67,6 +67,27 @@ def gguf_path(model_dir: Path) -> Path:
     return model_dir.parent / f"{model_dir.name}.gguf"
 
 
+def checkpoint_dir(model: str) -> tuple[Path | None, str]:
+    """The checkpoint directory behind ``--model`` (or beside its GGUF), else None and why."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, ""
+    if path.is_file() and path.suffix == ".gguf":
+        source = path.with_suffix("")
+        if source.is_dir() and gguf_path(source) == path:
+            return source, ""
+        return None, (
+            f"model {model!r} is a local GGUF file with no Hugging Face checkpoint beside it "
+            f"(no {source.name}/ directory): the model-file checks read config.json and the "
+            "tokenizer files of a checkpoint directory"
+        )
+    if path.exists():
+        return None, f"model {model!r} is a local file, not a checkpoint directory"
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        return None, f"model {model!r} does not exist on this machine"
+    return None, f"model {model!r} is a hub id, not a local directory"
+
+
 def is_gpt2_byte_level(model_dir: Path) -> bool:
     """True when tokenizer.json is BPE, byte-level with the GPT-2 regex, and has no normalizer."""
     try:

@@ -137,16 +137,35 @@ def stream_events(client: httpx.Client, path: str, body: dict[str, Any]) -> list
 
 
 def assert_healthy(client: httpx.Client, after: str) -> None:
-    """GET /health must answer 200; the message names what happened just before."""
+    """The server still answers: GET /health 200, or GET /v1/models 200 where /health is absent.
+
+    /health is not an OpenAI route: a server without it (404/405) is judged by /v1/models
+    listing a model, the same rule the readiness wait uses.
+    """
+    route = "/health"
     try:
-        response = client.get("/health", timeout=30.0)
+        try:
+            response = client.get(route, timeout=30.0)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # The server closed the kept-alive connection after its last answer (llama.cpp does
+            # after a 500); health is a question for a fresh connection.
+            with httpx.Client(base_url=client.base_url, headers=client.headers) as fresh:
+                response = fresh.get(route, timeout=30.0)
+        if response.status_code in (404, 405):
+            route = "/v1/models"
+            response = client.get(route, timeout=30.0)
     except httpx.HTTPError as exc:
         pytest.fail(
-            f"/health did not answer after {after}: {type(exc).__name__}: {exc}", pytrace=False
+            f"{route} did not answer after {after}: {type(exc).__name__}: {exc}", pytrace=False
         )
     assert response.status_code == 200, (
-        f"/health answered {response.status_code} after {after}: {response.text[:300]}"
+        f"{route} answered {response.status_code} after {after}: {response.text[:300]}"
     )
+    if route == "/v1/models":
+        data = _json_or_none(response)
+        assert isinstance(data, dict) and data.get("data"), (
+            f"/v1/models lists no model after {after}: {response.text[:300]}"
+        )
 
 
 def check_finish(
@@ -232,6 +251,81 @@ def _fastapi_detail_400(response: httpx.Response) -> bool:
     )
 
 
+def _pydantic_500(response: httpx.Response) -> bool:
+    """HTTP 500 whose OpenAI-shaped message is a pydantic validation error of the body."""
+    body = _json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return (
+        response.status_code == 500
+        and isinstance(message, str)
+        and "validation error" in message
+        and "'loc': ('body'" in message
+    )
+
+
+def _plain_text_500(response: httpx.Response) -> bool:
+    """HTTP 500 with the plain-text body "Internal Server Error" (not JSON at all)."""
+    return (
+        response.status_code == 500
+        and response.headers.get("content-type", "").startswith("text/plain")
+        and response.text.strip() == "Internal Server Error"
+    )
+
+
+def _generated_200(response: httpx.Response) -> bool:
+    """HTTP 200 with choices: the request was served as if it were valid."""
+    body = _json_or_none(response)
+    return (
+        response.status_code == 200
+        and isinstance(body, dict)
+        and isinstance(body.get("choices"), list)
+    )
+
+
+def _rejected_as_500_or_served(response: httpx.Response) -> bool:
+    """One of llama-cpp-python's two answers to an invalid value: pydantic 500, or served."""
+    return _pydantic_500(response) or _generated_200(response)
+
+
+def _bad_body_500(response: httpx.Response) -> bool:
+    """llama-cpp-python's answers to a body its schema rejects: a 500 either way, or served."""
+    return _pydantic_500(response) or _plain_text_500(response) or _generated_200(response)
+
+
+def _decode_failed_500(response: httpx.Response) -> bool:
+    """HTTP 500 whose message is llama.cpp's "llama_decode returned 1" (no room in the cache)."""
+    return response.status_code == 500 and "llama_decode returned 1" in error_message(response)
+
+
+def _no_usage_in_stream(events: Any) -> bool:
+    """A decoded stream in which no chunk carries usage (include_usage was ignored)."""
+    return (
+        isinstance(events, list)
+        and bool(events)
+        and not any(
+            isinstance(event, dict) and isinstance(event.get("usage"), dict) for event in events
+        )
+    )
+
+
+def _one_choice(response: Any) -> bool:
+    """An answer (decoded JSON) with exactly one choice although n > 1 was asked."""
+    return isinstance(response, dict) and len(response.get("choices") or []) == 1
+
+
+def _empty_internal_error(response: httpx.Response) -> bool:
+    """HTTP 500 with an OpenAI error whose message is empty (type internal_server_error)."""
+    body = _json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        response.status_code == 500
+        and isinstance(error, dict)
+        and error.get("message") == ""
+        and error.get("type") == "internal_server_error"
+    )
+
+
 @dataclass(frozen=True)
 class Deviation:
     """A check a given engine version is known to fail, what it does instead, and how to tell."""
@@ -240,8 +334,9 @@ class Deviation:
     versions: tuple[str, ...]
     check: str
     observed: str
-    matches: Callable[[httpx.Response], bool]
-    """True when a response shows exactly this deviation (anything else still fails)."""
+    matches: Callable[[Any], bool]
+    """True when the evidence (a response, or a stream's decoded events) shows exactly this
+    deviation; anything else still fails."""
 
 
 KNOWN_DEVIATIONS: tuple[Deviation, ...] = (
@@ -281,28 +376,181 @@ KNOWN_DEVIATIONS: tuple[Deviation, ...] = (
 )
 """Deviations observed on specific engine versions; the checks stay strict everywhere else."""
 
+LLAMACPP = ("0.3.36",)
+"""llama-cpp-python versions whose llama.cpp server deviations below were observed."""
+
+_LLAMACPP_VALIDATION_500 = (
+    "llama-cpp-python answers a body that fails its own pydantic validation with HTTP 500 (an "
+    "OpenAI error object whose message is the validation error and a server traceback) "
+    "instead of a 4xx"
+)
+_LLAMACPP_ACCEPTS = (
+    "llama-cpp-python serves the request with 200 instead of rejecting it: it does not check "
+    "the model name, empty prompts or messages, n, logprobs, max_tokens above the context "
+    "(or 0, meaning unlimited) or temperature outside [0, 2]"
+)
+_LLAMACPP_PLAIN_500 = (
+    "llama-cpp-python answers a body that is not JSON (truncated, not UTF-8) with a plain-text "
+    "HTTP 500 'Internal Server Error' (its error handler re-parses the body and fails) and "
+    "closes the connection"
+)
+
+
+def _llamacpp(
+    checks: tuple[str, ...], observed: str, matches: Callable[[Any], bool]
+) -> tuple[Deviation, ...]:
+    """One llama.cpp deviation entry per check it applies to."""
+    return tuple(Deviation("llamacpp", LLAMACPP, check, observed, matches) for check in checks)
+
+
+KNOWN_DEVIATIONS += (
+    *_llamacpp(
+        (
+            "bad-input:negative max_tokens",
+            "bad-input:prompt is an object",
+            "bad-input:max_tokens is a word",
+            "bad-input:messages is a string",
+            "error-shape:negative max_tokens",
+            "fuzz:wrong types",
+            "sdk:bad request",
+        ),
+        _LLAMACPP_VALIDATION_500,
+        _pydantic_500,
+    ),
+    *_llamacpp(
+        (
+            "bad-input:max_tokens 2**64",
+            "bad-input:temperature -1",
+            "bad-input:temperature 1e9",
+            "bad-input:unknown model",
+            "bad-input:empty messages",
+            "bad-input:empty prompt",
+            "bad-input:n=0",
+            "bad-input:logprobs 1000",
+            "error-shape:unknown model",
+            "fuzz:unknown model",
+        ),
+        _LLAMACPP_ACCEPTS,
+        _generated_200,
+    ),
+    *_llamacpp(
+        ("fuzz:max_tokens", "fuzz:sampling", "fuzz:empty"),
+        f"{_LLAMACPP_VALIDATION_500} for some values; {_LLAMACPP_ACCEPTS} for the others",
+        _rejected_as_500_or_served,
+    ),
+    *_llamacpp(
+        (
+            "bad-input:truncated JSON",
+            "bad-input:invalid UTF-8",
+            "error-shape:truncated JSON",
+            "error-shape:invalid UTF-8",
+            "fuzz:invalid utf-8",
+        ),
+        _LLAMACPP_PLAIN_500,
+        _plain_text_500,
+    ),
+    *_llamacpp(
+        ("schemathesis", "fuzz:malformed json"),
+        f"{_LLAMACPP_VALIDATION_500}; {_LLAMACPP_PLAIN_500}; {_LLAMACPP_ACCEPTS}",
+        _bad_body_500,
+    ),
+    *_llamacpp(
+        ("stream:include_usage",),
+        "llama-cpp-python ignores stream_options.include_usage: no chunk of the stream carries "
+        "usage",
+        _no_usage_in_stream,
+    ),
+    *_llamacpp(
+        ("n=3",),
+        "llama-cpp-python ignores n: one choice comes back for n=3",
+        _one_choice,
+    ),
+    *_llamacpp(
+        ("limits:prompt+max_tokens=context",),
+        "llama-cpp-python answers HTTP 500 'llama_decode returned 1' when prompt + max_tokens "
+        "fill the context exactly: the last token finds no room in the KV cache",
+        _decode_failed_500,
+    ),
+    *_llamacpp(
+        ("limits:prompt+max_tokens=context+1",),
+        "llama-cpp-python, like vLLM, clamps max_tokens to the room left in the context "
+        "instead of answering 400: a prompt of context-3 tokens with max_tokens=4 returns 200 "
+        "with 3 completion tokens",
+        _clamped_completion,
+    ),
+    *_llamacpp(
+        ("limits:max_tokens>context",),
+        "llama-cpp-python accepts max_tokens above the context length (200) and generates "
+        "until the context is full",
+        _generated_200,
+    ),
+    *_llamacpp(
+        ("prompt list",),
+        "llama-cpp-python answers a list of prompts with HTTP 500 and an empty error message "
+        "(it supports a single prompt per request)",
+        _empty_internal_error,
+    ),
+)
+
+
+GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llamacpp": {"repeat_penalty": 1.0},
+}
+"""Per engine family, sampling settings whose defaults differ from OpenAI's, set to OpenAI's.
+
+llama.cpp applies repeat_penalty 1.1 unless told otherwise, so its temperature-0 tokens are not
+the most probable ones its logprobs report; checks that compare the two send these settings
+explicitly instead of excusing the difference."""
+
+
+def openai_defaults(identity: tuple[str, str | None]) -> dict[str, Any]:
+    """The request fields that make this engine sample with OpenAI's defaults."""
+    return dict(GENERATION_DEFAULTS.get(identity[0], {}))
+
+
 STRICT_ENV = "GPUINFER_COMPAT_STRICT"
 """Set to 1 to report known deviations as plain failures instead of expected failures."""
 
 
-def xfail_if_known_deviation(
-    identity: tuple[str, str | None], check: str, response: httpx.Response
-) -> None:
+def known_deviation(
+    identity: tuple[str, str | None], check: str, evidence: Any
+) -> Deviation | None:
+    """The documented deviation of this engine version that ``evidence`` shows, or None."""
+    if os.environ.get(STRICT_ENV, "") not in ("", "0"):
+        return None
+    engine, version = identity
+    for deviation in KNOWN_DEVIATIONS:
+        known = deviation.engine == engine and version in deviation.versions
+        if deviation.check == check and known and deviation.matches(evidence):
+            return deviation
+    return None
+
+
+def xfail_if_known_deviation(identity: tuple[str, str | None], check: str, response: Any) -> None:
     """xfail when this engine version is known to fail ``check`` AND the response shows it.
 
     Only the documented behaviour is excused: a different failure of the same check (a 500
     where the known deviation is a 200, say) still fails the test.
     """
-    if os.environ.get(STRICT_ENV, "") not in ("", "0"):
-        return
-    engine, version = identity
-    for deviation in KNOWN_DEVIATIONS:
-        known = deviation.engine == engine and version in deviation.versions
-        if deviation.check == check and known and deviation.matches(response):
-            pytest.xfail(
-                f"known {engine} {version} deviation ({STRICT_ENV}=1 to fail instead): "
-                f"{deviation.observed}"
-            )
+    deviation = known_deviation(identity, check, response)
+    if deviation is not None:
+        engine, version = identity
+        pytest.xfail(
+            f"known {engine} {version} deviation ({STRICT_ENV}=1 to fail instead): "
+            f"{deviation.observed}"
+        )
+
+
+def xfail_if_all_known(identity: tuple[str, str | None], check: str, evidence: list[Any]) -> None:
+    """xfail when every piece of evidence shows a documented deviation of ``check``."""
+    found = [known_deviation(identity, check, item) for item in evidence]
+    if evidence and all(found):
+        engine, version = identity
+        observed = "; ".join(dict.fromkeys(d.observed for d in found if d is not None))
+        pytest.xfail(
+            f"known {engine} {version} deviation ({STRICT_ENV}=1 to fail instead), all "
+            f"{len(evidence)} cases: {observed}"
+        )
 
 
 # -- engine subprocesses (offline LLM, run_batch) ---------------------------------------------

@@ -6,6 +6,7 @@ lack is probed through :mod:`pytest_gpuinfer.targets.probe` and skipped with the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
+from engine_env import require_launched_vllm
 
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import gguf, tinymodel
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets import InferenceServer, capabilities
 from pytest_gpuinfer.targets.probe import (
     ProbeError,
     ServerFault,
@@ -68,9 +70,19 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 @pytest.fixture(scope=server_scope)
-def probe(inference_server: InferenceServer) -> ServerProbe:
-    """Cached feature probes for the target."""
-    return probe_for(inference_server)
+def probe(inference_server: InferenceServer, pytestconfig: pytest.Config) -> ServerProbe:
+    """Cached feature probes for the target; the first use probes and reports every capability."""
+    server_probe = probe_for(inference_server)
+    first = capabilities.recorded(inference_server) is None
+    found = capabilities.probe_capabilities(inference_server, server_probe)
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if first and reporter is not None:
+        # Said when the server is first probed (the header is written before it starts), and
+        # again in the summary.
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"\ngpuinfer: {found.line()}")
+    return server_probe
 
 
 @pytest.fixture(scope=server_scope)
@@ -98,9 +110,18 @@ def _local_model_dir(config: pytest.Config) -> tuple[Path | None, str]:
         return None, "the simulator serves no real model files"
     if settings.model is None:
         return tinymodel.ensure_model(), ""
-    if Path(settings.model).is_dir():
-        return Path(settings.model), ""
-    return None, f"model {settings.model!r} is a hub id, not a local directory"
+    return gguf.checkpoint_dir(settings.model)
+
+
+@pytest.fixture(scope=server_scope)
+def launched_vllm(inference_server: InferenceServer) -> InferenceServer:
+    """The target when it is vLLM launched by this run; skips naming the engine otherwise.
+
+    Checks that need vLLM list it before ``model_dir``, so on another engine they skip for
+    the engine, not for a model-file reason.
+    """
+    require_launched_vllm(inference_server)
+    return inference_server
 
 
 @pytest.fixture(scope="session")
@@ -199,8 +220,17 @@ def max_context(inference_server: InferenceServer) -> int:
 def engine_identity(
     inference_server: InferenceServer, probe: ServerProbe
 ) -> tuple[str, str | None]:
-    """(engine family, version): "vllm" for launched vLLM or an endpoint whose models vLLM owns."""
-    engine = inference_server.engine
+    """(engine family, version) for the deviation table; endpoints are recognised by what they say.
+
+    vLLM: launched, or an endpoint whose models vLLM owns. llama.cpp (llama-cpp-python):
+    launched with --engine llamacpp, or an endpoint whose OpenAPI title names llama.cpp (its
+    info.version is the llama-cpp-python version).
+    """
+    engine, version = inference_server.engine, inference_server.engine_version
     if engine == "endpoint" and probe.owned_by() == "vllm":
         engine = "vllm"
-    return engine, inference_server.engine_version
+    elif engine == "endpoint":
+        title, openapi_version = probe.openapi_info()
+        if title and "llama.cpp" in title:
+            engine, version = "llamacpp", version or openapi_version
+    return engine, version

@@ -31,8 +31,8 @@ class OfflineSetup:
     server_dtype: str | None
 
 
-def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Config) -> OfflineSetup:
-    """Skip unless the target is launched vLLM with a local model and vLLM is importable here."""
+def require_launched_vllm(server: InferenceServer) -> None:
+    """Skip, naming the engine, unless the target is vLLM launched here and vLLM imports here."""
     if server.engine != "vllm" or not server.launched:
         pytest.skip(
             f"offline vLLM runs need a vLLM server launched by this run; the target is "
@@ -40,6 +40,11 @@ def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Confi
         )
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not importable in this Python")
+
+
+def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Config) -> OfflineSetup:
+    """Skip unless the target is launched vLLM with a local model and vLLM is importable here."""
+    require_launched_vllm(server)
     state = config.stash[RUN_STATE]
     has_gpu = state.inventory.has_gpu
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")

@@ -14,7 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import TokenCounter, check_finish, finish_retry, post_ok, stream_events
+from compat_helpers import (
+    TokenCounter,
+    check_finish,
+    finish_retry,
+    openai_defaults,
+    post_ok,
+    stream_events,
+    xfail_if_known_deviation,
+)
 
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe, error_message, first_difference
@@ -179,7 +187,9 @@ def _stream_usage(events: list[dict[str, Any]]) -> dict[str, int] | None:
     return usages[-1] if usages else None
 
 
-def _assert_stream_ends_like(events: list[dict[str, Any]], whole: dict[str, Any]) -> None:
+def _assert_stream_ends_like(
+    events: list[dict[str, Any]], whole: dict[str, Any], identity: tuple[str, str | None]
+) -> None:
     """The stream has exactly the non-streamed finish reason and the same usage counts."""
     finishes = [
         c.get("finish_reason")
@@ -192,6 +202,8 @@ def _assert_stream_ends_like(events: list[dict[str, Any]], whole: dict[str, Any]
         f"{whole['choices'][0]['finish_reason']!r} (exactly one expected)"
     )
     usage = _stream_usage(events)
+    if usage is None:
+        xfail_if_known_deviation(identity, "stream:include_usage", events)
     assert usage is not None, "include_usage asked for a usage chunk; none came"
     for key in ("prompt_tokens", "completion_tokens"):
         assert usage.get(key) == whole["usage"][key], (
@@ -200,7 +212,10 @@ def _assert_stream_ends_like(events: list[dict[str, Any]], whole: dict[str, Any]
 
 
 def test_streamed_completion_equals_non_streamed(
-    completions: None, http_client: httpx.Client, inference_server: InferenceServer
+    completions: None,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """Streamed completion text, finish reason and usage equal the non-streamed ones."""
     request = _completion(inference_server, max_tokens=24)
@@ -215,11 +230,14 @@ def test_streamed_completion_equals_non_streamed(
     streamed = "".join(pieces)
     text = whole["choices"][0]["text"]
     assert streamed == text, _text_diff("streamed text", streamed, "non-streamed", text)
-    _assert_stream_ends_like(events, whole)
+    _assert_stream_ends_like(events, whole, engine_identity)
 
 
 def test_streamed_chat_equals_non_streamed(
-    chat: None, http_client: httpx.Client, inference_server: InferenceServer
+    chat: None,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """Streamed chat deltas start with the assistant role and add up to the non-streamed reply."""
     request = _chat(inference_server, max_tokens=24)
@@ -235,7 +253,7 @@ def test_streamed_chat_equals_non_streamed(
     streamed = "".join(d.get("content") or "" for d in deltas)
     text = whole["choices"][0]["message"]["content"]
     assert streamed == text, _text_diff("streamed text", streamed, "non-streamed", text)
-    _assert_stream_ends_like(events, whole)
+    _assert_stream_ends_like(events, whole, engine_identity)
 
 
 # -- stop, n, logprobs ---------------------------------------------------------------------------
@@ -287,7 +305,10 @@ def test_stop_sequence_is_honoured(
 
 
 def test_n_returns_distinct_choices(
-    completions: None, http_client: httpx.Client, inference_server: InferenceServer
+    completions: None,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """n=3 returns three choices indexed 0, 1, 2; usage counts all of them."""
     n, max_tokens = 3, 8
@@ -297,6 +318,8 @@ def test_n_returns_distinct_choices(
         _completion(inference_server, n=n, temperature=1.0, max_tokens=max_tokens),
     )
     choices = body["choices"]
+    if len(choices) != n:
+        xfail_if_known_deviation(engine_identity, "n=3", body)
     indexes = sorted(c.get("index") for c in choices)
     assert indexes == list(range(n)), f"choice indexes {indexes}, expected {list(range(n))}"
     for choice in choices:
@@ -310,15 +333,20 @@ def test_n_returns_distinct_choices(
 
 
 def test_completion_logprobs_shape(
-    probe: ServerProbe, http_client: httpx.Client, inference_server: InferenceServer
+    probe: ServerProbe,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """logprobs=3: one entry per generated token, at most 3 alternatives, the greedy one on top."""
     probe.completion_logprobs().require()
     k, max_tokens = 3, 8
+    # The greedy token is the top logprob only under OpenAI's sampling defaults (no penalties).
+    extra = openai_defaults(engine_identity)
     body = post_ok(
         http_client,
         "/v1/completions",
-        _completion(inference_server, logprobs=k, max_tokens=max_tokens),
+        _completion(inference_server, logprobs=k, max_tokens=max_tokens, **extra),
     )
     usage = _usage(body)
     logprobs = body["choices"][0].get("logprobs")
@@ -356,15 +384,19 @@ def test_completion_logprobs_shape(
 
 
 def test_chat_logprobs_shape(
-    probe: ServerProbe, http_client: httpx.Client, inference_server: InferenceServer
+    probe: ServerProbe,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """Chat logprobs=true, top_logprobs=2: one entry per token, two alternatives each."""
     probe.chat_logprobs().require()
     k, max_tokens = 2, 8
+    extra = openai_defaults(engine_identity)
     body = post_ok(
         http_client,
         "/v1/chat/completions",
-        _chat(inference_server, logprobs=True, top_logprobs=k, max_tokens=max_tokens),
+        _chat(inference_server, logprobs=True, top_logprobs=k, max_tokens=max_tokens, **extra),
     )
     usage = _usage(body)
     logprobs = body["choices"][0].get("logprobs")
@@ -432,15 +464,18 @@ def test_prompt_list_returns_one_choice_per_prompt(
     http_client: httpx.Client,
     inference_server: InferenceServer,
     token_counter: TokenCounter,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """A list of prompts in one request returns one choice per prompt; usage adds them up."""
     prompts = ["First prompt", "A second, longer prompt here", "3"]
     max_tokens = 5
-    body = post_ok(
-        http_client,
-        "/v1/completions",
-        _completion(inference_server, prompt=prompts, max_tokens=max_tokens),
-    )
+    request = _completion(inference_server, prompt=prompts, max_tokens=max_tokens)
+    response = http_client.post("/v1/completions", json=request)
+    if response.status_code == 200:
+        body = response.json()
+    else:
+        xfail_if_known_deviation(engine_identity, "prompt list", response)
+        body = post_ok(http_client, "/v1/completions", request)  # fails with the message
     indexes = sorted(c.get("index") for c in body["choices"])
     assert indexes == list(range(len(prompts))), (
         f"{len(prompts)} prompts gave choice indexes {indexes}"
@@ -533,7 +568,12 @@ def test_openai_client_completions(
     )
 
 
-def test_openai_client_chat(chat: None, sdk_texts: Any, inference_server: InferenceServer) -> None:
+def test_openai_client_chat(
+    chat: None,
+    sdk_texts: Any,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
+) -> None:
     """The official client's chat call and its stream (with usage) agree."""
     kwargs = {
         "model": inference_server.model,
@@ -553,6 +593,9 @@ def test_openai_client_chat(chat: None, sdk_texts: Any, inference_server: Infere
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text, _text_diff("SDK streamed", streamed, "SDK non-streamed", text)
     usage = [c.usage for c in chunks if c.usage is not None]
+    if not usage:
+        events = [c.model_dump() for c in chunks]
+        xfail_if_known_deviation(engine_identity, "stream:include_usage", events)
     assert usage, "the SDK stream carried no usage chunk despite include_usage"
     assert usage[-1].completion_tokens == whole.usage.completion_tokens, (
         f"streamed usage {usage[-1]} != non-streamed {whole.usage}"
@@ -560,11 +603,19 @@ def test_openai_client_chat(chat: None, sdk_texts: Any, inference_server: Infere
 
 
 def test_openai_client_raises_bad_request(
-    completions: None, sdk_texts: Any, inference_server: InferenceServer
+    completions: None,
+    sdk_texts: Any,
+    inference_server: InferenceServer,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """An invalid request surfaces in the client as openai.BadRequestError (HTTP 400)."""
     import openai
 
+    try:
+        sdk_texts.completions.create(model=inference_server.model, prompt=PROMPT, max_tokens=-1)
+    except openai.APIStatusError as exc:
+        if not isinstance(exc, openai.BadRequestError):
+            xfail_if_known_deviation(engine_identity, "sdk:bad request", exc.response)
     with pytest.raises(openai.BadRequestError) as caught:
         sdk_texts.completions.create(model=inference_server.model, prompt=PROMPT, max_tokens=-1)
     assert caught.value.status_code == 400, f"status {caught.value.status_code}"

@@ -117,6 +117,11 @@ def _expect_client_error(
     return response
 
 
+def _deviation(identity: tuple[str, str | None], check: str) -> Callable[[httpx.Response], None]:
+    """A ``known_deviation`` hook for :func:`_expect_client_error` naming ``check``."""
+    return lambda response: xfail_if_known_deviation(identity, check, response)
+
+
 def _dump(body: Any) -> bytes:
     """JSON bytes of ``body`` (NaN and Infinity written as JavaScript literals)."""
     return json.dumps(body, allow_nan=True).encode()
@@ -144,6 +149,7 @@ def huge_tokens(inference_server: InferenceServer) -> int:
 def test_bad_max_tokens(
     target: InferenceServer,
     session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
     huge_tokens: int,
     path: str,
     data: st.DataObject,
@@ -157,13 +163,23 @@ def test_bad_max_tokens(
         label="max_tokens",
     )
     body = {**_base(path, target.model), "max_tokens": value}
-    _expect_client_error(session_http, path, _dump(body), f"max_tokens={value}")
+    _expect_client_error(
+        session_http,
+        path,
+        _dump(body),
+        f"max_tokens={value}",
+        _deviation(engine_identity, "fuzz:max_tokens"),
+    )
 
 
 @FUZZ
 @given(path=PATHS, data=st.data())
 def test_out_of_range_sampling(
-    target: InferenceServer, session_http: httpx.Client, path: str, data: st.DataObject
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    data: st.DataObject,
 ) -> None:
     """temperature outside [0, 2] (NaN and infinities too) and top_p outside (0, 1] are 4xx."""
     field, value = data.draw(
@@ -186,18 +202,34 @@ def test_out_of_range_sampling(
         label="field",
     )
     body = {**_base(path, target.model), field: value}
-    _expect_client_error(session_http, path, _dump(body), f"{field}={value!r}")
+    _expect_client_error(
+        session_http,
+        path,
+        _dump(body),
+        f"{field}={value!r}",
+        _deviation(engine_identity, "fuzz:sampling"),
+    )
 
 
 @FUZZ
 @given(path=PATHS, name=st.text(min_size=1, max_size=40))
 def test_unknown_model(
-    target: InferenceServer, session_http: httpx.Client, path: str, name: str
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    name: str,
 ) -> None:
     """A model name the server does not serve is a 4xx (OpenAI: 404)."""
     hypothesis.assume(name != target.model)
     body = {**_base(path, target.model), "model": name}
-    _expect_client_error(session_http, path, _dump(body), f"model={name!r}")
+    _expect_client_error(
+        session_http,
+        path,
+        _dump(body),
+        f"model={name!r}",
+        _deviation(engine_identity, "fuzz:unknown model"),
+    )
 
 
 WRONG_TYPES = st.one_of(
@@ -212,7 +244,11 @@ WRONG_TYPES = st.one_of(
 @FUZZ
 @given(path=PATHS, data=st.data())
 def test_wrong_types(
-    target: InferenceServer, session_http: httpx.Client, path: str, data: st.DataObject
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    data: st.DataObject,
 ) -> None:
     """Numbers, prompts, messages and stop given as values of the wrong type are 4xx."""
     numeric = ["max_tokens", "temperature", "top_p", "n", "seed", "presence_penalty"]
@@ -273,13 +309,23 @@ def test_wrong_types(
             label="value",
         )
     body = {**_base(path, target.model), field: value}
-    _expect_client_error(session_http, path, _dump(body), f"{field}={str(value)[:80]!r}")
+    _expect_client_error(
+        session_http,
+        path,
+        _dump(body),
+        f"{field}={str(value)[:80]!r}",
+        _deviation(engine_identity, "fuzz:wrong types"),
+    )
 
 
 @FUZZ
 @given(path=PATHS, data=st.data())
 def test_malformed_json(
-    target: InferenceServer, session_http: httpx.Client, path: str, data: st.DataObject
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    data: st.DataObject,
 ) -> None:
     """A truncated body, non-JSON text, or a JSON value that is not an object is a 4xx."""
     valid = _dump(_base(path, target.model))
@@ -291,7 +337,13 @@ def test_malformed_json(
         ),
         label="payload",
     )
-    _expect_client_error(session_http, path, payload, "malformed JSON")
+    _expect_client_error(
+        session_http,
+        path,
+        payload,
+        "malformed JSON",
+        _deviation(engine_identity, "fuzz:malformed json"),
+    )
 
 
 def _not_json(text: str) -> bool:
@@ -306,7 +358,11 @@ def _not_json(text: str) -> bool:
 @FUZZ
 @given(path=PATHS, data=st.data())
 def test_invalid_utf8(
-    target: InferenceServer, session_http: httpx.Client, path: str, data: st.DataObject
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    data: st.DataObject,
 ) -> None:
     """Bytes that are not UTF-8 inside the prompt or message text are a 4xx."""
     bad = data.draw(st.lists(st.sampled_from(INVALID_UTF8), min_size=1, max_size=3), label="bad")
@@ -318,13 +374,23 @@ def test_invalid_utf8(
     else:
         body["prompt"] = left + marker
     payload = _dump(body).replace(marker.encode(), b"".join(bad))
-    _expect_client_error(session_http, path, payload, f"invalid UTF-8 {b''.join(bad)!r}")
+    _expect_client_error(
+        session_http,
+        path,
+        payload,
+        f"invalid UTF-8 {b''.join(bad)!r}",
+        _deviation(engine_identity, "fuzz:invalid utf-8"),
+    )
 
 
 @FUZZ
 @given(path=PATHS, empty=st.sampled_from(["", [], [[]]]))
 def test_empty_prompt_or_messages(
-    target: InferenceServer, session_http: httpx.Client, path: str, empty: Any
+    target: InferenceServer,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    path: str,
+    empty: Any,
 ) -> None:
     """An empty prompt (completions) or an empty message list (chat) is a 4xx."""
     body = _base(path, target.model)
@@ -334,7 +400,9 @@ def test_empty_prompt_or_messages(
     else:
         body["prompt"] = empty
         label = f"prompt={empty!r}"
-    _expect_client_error(session_http, path, _dump(body), label)
+    _expect_client_error(
+        session_http, path, _dump(body), label, _deviation(engine_identity, "fuzz:empty")
+    )
 
 
 # -- named cases -------------------------------------------------------------------------------
@@ -416,11 +484,38 @@ def test_error_body_has_openai_shape(
     )
 
 
+FUZZ_CHECKS = (
+    "fuzz:max_tokens",
+    "fuzz:sampling",
+    "fuzz:unknown model",
+    "fuzz:wrong types",
+    "fuzz:malformed json",
+    "fuzz:invalid utf-8",
+    "fuzz:empty",
+)
+OTHER_CHECKS = (
+    "limits:prompt+max_tokens=context+1",
+    "limits:prompt=context,max_tokens=1",
+    "limits:prompt+max_tokens=context",
+    "limits:max_tokens>context",
+    "stream:include_usage",
+    "n=3",
+    "prompt list",
+    "schemathesis",
+    "sdk:bad request",
+)
+"""Checks outside this module that consult the deviation table."""
+
+
 def test_known_deviations_are_listed() -> None:
-    """Every deviation that names a bad-input case names one that exists (no stale entries)."""
+    """Every deviation names a check that exists (no stale entries, no typos)."""
     for deviation in KNOWN_DEVIATIONS:
         kind, _, case = deviation.check.partition(":")
-        if kind == "bad-input":
+        if kind == "fuzz":
+            assert deviation.check in FUZZ_CHECKS, f"deviation {deviation.check!r}: no such fuzz"
+        elif deviation.check in OTHER_CHECKS:
+            continue
+        elif kind == "bad-input":
             assert case in NAMED_CASES, f"deviation {deviation.check!r} names no NAMED_CASES entry"
         elif kind == "error-shape":
             assert case in SHAPE_CASES, f"deviation {deviation.check!r} names no SHAPE_CASES entry"

@@ -37,7 +37,7 @@ def _line(custom_id: str, content: str, model: str, url: str = "/v1/chat/complet
 
 
 def test_run_batch_round_trips_every_line(
-    inference_server: InferenceServer,
+    launched_vllm: InferenceServer,
     model_dir: Path,
     prompt_builder: Callable[[int], str],
     max_context: int,
@@ -46,6 +46,7 @@ def test_run_batch_round_trips_every_line(
     record_property: Any,
 ) -> None:
     """run_batch answers each line once: good lines with completions, bad lines with errors."""
+    inference_server = launched_vllm
     setup = offline_setup(inference_server, model_dir, request.config)
     model = inference_server.model
     too_long = prompt_builder(max_context - 1) * 2

@@ -45,20 +45,23 @@ def test_prompt_exactly_filling_context_succeeds(
     inference_server: InferenceServer,
     prompt_builder: Callable[[int], str],
     max_context: int,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """prompt + max_tokens == context: accepted; all tokens generated unless the model stops."""
     prompt_tokens = max_context - FILL_MAX_TOKENS
     prompt = prompt_builder(prompt_tokens)
-    body = post_ok(
-        http_client,
-        "/v1/completions",
-        {
-            "model": inference_server.model,
-            "prompt": prompt,
-            "max_tokens": FILL_MAX_TOKENS,
-            "temperature": 0.0,
-        },
-    )
+    request = {
+        "model": inference_server.model,
+        "prompt": prompt,
+        "max_tokens": FILL_MAX_TOKENS,
+        "temperature": 0.0,
+    }
+    response = http_client.post("/v1/completions", json=request)
+    if response.status_code == 200:
+        body = response.json()
+    else:
+        xfail_if_known_deviation(engine_identity, "limits:prompt+max_tokens=context", response)
+        body = post_ok(http_client, "/v1/completions", request)  # fails with the message
     usage = body["usage"]
     assert usage["prompt_tokens"] == prompt_tokens, (
         f"the server counted {usage['prompt_tokens']} prompt tokens, we built {prompt_tokens}"
@@ -153,6 +156,7 @@ def test_max_tokens_alone_over_context_is_rejected(
     http_client: httpx.Client,
     inference_server: InferenceServer,
     max_context: int,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """max_tokens = context + 1 on a short prompt is a clean 4xx, and the server stays healthy."""
     if path.endswith("chat/completions"):
@@ -165,6 +169,8 @@ def test_max_tokens_alone_over_context_is_rejected(
         response = http_client.post(path, json=body)
     except httpx.HTTPError as exc:
         pytest.fail(f"max_tokens={max_context + 1}: the connection failed: {exc}", pytrace=False)
+    if not 400 <= response.status_code < 500:
+        xfail_if_known_deviation(engine_identity, "limits:max_tokens>context", response)
     assert 400 <= response.status_code < 500, (
         f"max_tokens={max_context + 1} > context {max_context} answered {response.status_code} "
         f"(expected 4xx): {error_message(response)}"

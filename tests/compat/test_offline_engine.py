@@ -30,7 +30,7 @@ MAX_TOKENS = 12
 
 
 def test_offline_llm_matches_server_greedy_tokens(
-    inference_server: InferenceServer,
+    launched_vllm: InferenceServer,
     model_dir: Path,
     http_client: httpx.Client,
     probe: ServerProbe,
@@ -39,6 +39,7 @@ def test_offline_llm_matches_server_greedy_tokens(
     record_property: Any,
 ) -> None:
     """vllm.LLM with the server's settings returns the same token ids at temperature 0."""
+    inference_server = launched_vllm
     setup = offline_setup(inference_server, model_dir, request.config)
     assert inference_server.max_model_len, "the server reported no max_model_len"
     with_ids = probe.return_token_ids().available

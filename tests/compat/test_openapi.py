@@ -1,7 +1,9 @@
 """OpenAPI: the server's /openapi.json names the routes we test; schemathesis fuzzes them.
 
 The schemathesis run is optional (it is not a dependency): it generates schema-violating bodies
-for the inference routes and requires a 4xx for each, with /health 200 afterwards.
+for the inference routes and requires a 4xx for each, with the server still up afterwards. Only
+cases whose body schemathesis itself marks invalid count: its negative mode may instead break a
+header and leave the body valid.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import assert_healthy, at_most
+from compat_helpers import assert_healthy, at_most, known_deviation, xfail_if_all_known
 
 from pytest_gpuinfer.targets import InferenceServer
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
-FUZZED = (*ROUTES, "/tokenize", "/detokenize")
+FUZZED = (*ROUTES, "/tokenize", "/detokenize", "/extras/tokenize", "/extras/detokenize")
 """Routes fuzzed by schemathesis (never admin routes such as sleep, pause or scaling)."""
 MAX_EXAMPLES = 30
 """At most this many schemathesis cases per route (fewer when the hypothesis profile says so)."""
@@ -51,6 +53,7 @@ def test_schemathesis_negative_bodies_get_4xx(
     openapi_doc: dict[str, Any],
     inference_server: InferenceServer,
     session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
 ) -> None:
     """Bodies that violate the server's own schema get a 4xx, never a 5xx, for each route."""
     schemathesis = pytest.importorskip(
@@ -68,6 +71,7 @@ def test_schemathesis_negative_bodies_get_4xx(
     strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
     headers = inference_server.auth_headers()
     problems: list[str] = []
+    answers: list[httpx.Response] = []
 
     @hyp_settings(
         max_examples=max(
@@ -79,16 +83,101 @@ def test_schemathesis_negative_bodies_get_4xx(
     )
     @given(strategy)
     def fuzz(case: Any) -> None:
+        if not violates_body_schema(case):
+            # Schemathesis made another part invalid (a header, say) and marks this body
+            # valid: it is no schema-violating body, so its answer proves nothing here.
+            counts["valid body"] += 1
+            return
+        counts["violating"] += 1
         response = case.call(base_url=inference_server.base_url, headers=headers, timeout=60)
         if not 400 <= response.status_code < 500:
+            answers.append(
+                httpx.Response(
+                    response.status_code,
+                    headers=[(k, v) for k, vs in response.headers.items() for v in vs],
+                    content=response.content,
+                )
+            )
             problems.append(
                 f"HTTP {response.status_code} for body {str(case.body)[:200]}: "
                 f"{response.text[:200]}"
             )
         assert_healthy(session_http, f"schemathesis case on {route}")
 
+    counts = {"violating": 0, "valid body": 0}
     fuzz()
+    if problems:
+        xfail_if_all_known(engine_identity, "schemathesis", answers)
+        # Show first the answers no documented deviation explains.
+        unexplained = [
+            problem
+            for problem, answer in zip(problems, answers, strict=True)
+            if known_deviation(engine_identity, "schemathesis", answer) is None
+        ]
+        problems = unexplained + [p for p in problems if p not in unexplained]
     assert not problems, (
-        f"{len(problems)} schema-violating bodies on POST {route} were not rejected with 4xx; "
-        f"first: {problems[:3]}"
+        f"{len(problems)} of {counts['violating']} schema-violating bodies on POST {route} were "
+        f"not rejected with 4xx; first: {problems[:3]}"
     )
+
+
+def violates_body_schema(case: Any) -> bool:
+    """True when schemathesis generated this case's body in negative (schema-violating) mode."""
+    from schemathesis.core.parameters import ParameterLocation
+
+    meta = getattr(case, "meta", None)
+    return meta is not None and bool(meta.is_negative_at(ParameterLocation.BODY))
+
+
+def test_only_bodies_schemathesis_marks_invalid_count_as_violating() -> None:
+    """A negative case whose body schemathesis marks valid is not counted as violating."""
+    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hyp_settings
+
+    body_schema = {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {"prompt": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    doc = {
+        "openapi": "3.0.3",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/v1/completions": {
+                "post": {
+                    "parameters": [
+                        {
+                            "name": "X-Key",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": body_schema}},
+                    },
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+        },
+    }
+    operation = schemathesis.openapi.from_dict(doc)["/v1/completions"]["POST"]
+    strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
+    seen = {True: 0, False: 0}
+
+    @hyp_settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(strategy)
+    def classify(case: Any) -> None:
+        violating = violates_body_schema(case)
+        seen[violating] += 1
+        if not violating:
+            jsonschema.validate(case.body, body_schema)
+
+    classify()
+    assert seen[False] > 0, f"no case with a valid body and an invalid header was drawn: {seen}"
