@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
 from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.targets import InferenceServer, TargetError
+from pytest_gpuinfer.targets import InferenceServer, TargetError, TargetManager
 
 
 def _server_scope(fixture_name: str, config: pytest.Config) -> Any:
@@ -111,3 +112,45 @@ def load_runner(
     )
     state.load_runners.append(runner)
     return runner
+
+
+@dataclass
+class ServerFactory:
+    """Launches extra servers of the run's engine with other arguments, and stops them."""
+
+    manager: TargetManager
+    launched: list[InferenceServer] = field(default_factory=list)
+
+    def launch(
+        self, engine_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> InferenceServer:
+        """A fresh server with extra engine arguments/environment (TargetError if it fails)."""
+        server = self.manager.launch(engine_args=tuple(engine_args), env=env)
+        self.launched.append(server)
+        return server
+
+    def stop(self, server: InferenceServer) -> None:
+        """Stop a server this factory launched (all of it)."""
+        self.manager.stop(server)
+        if server in self.launched:
+            self.launched.remove(server)
+
+    def stop_all(self) -> None:
+        """Stop every server still running."""
+        for server in list(self.launched):
+            self.stop(server)
+
+
+@pytest.fixture(scope="module")
+def server_factory(pytestconfig: pytest.Config) -> Iterator[ServerFactory]:
+    """Launch servers with other engine arguments or environment (a sweep, a small KV cache, an
+    impossible configuration); whatever is still running stops at the end of the module.
+    Skips against an attached --endpoint, which cannot be relaunched."""
+    state = pytestconfig.stash[RUN_STATE]
+    if state.settings.endpoint:
+        pytest.skip("needs to launch its own servers; an attached --endpoint cannot be relaunched")
+    factory = ServerFactory(state.manager)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,48 +173,6 @@ def perf_slos(
         return chosen
 
     return choose
-
-
-@dataclass
-class ServerFactory:
-    """Launches extra servers of the run's engine and stops them (all of them at test end)."""
-
-    manager: Any
-    launched: list[InferenceServer] = field(default_factory=list)
-
-    def launch(
-        self, engine_args: tuple[str, ...] | list[str] = (), env: Mapping[str, str] | None = None
-    ) -> InferenceServer:
-        """A fresh server with extra engine arguments/environment (TargetError if it fails)."""
-        server: InferenceServer = self.manager.launch(engine_args=tuple(engine_args), env=env)
-        self.launched.append(server)
-        return server
-
-    def stop(self, server: InferenceServer) -> None:
-        """Stop a server this factory launched (its whole process group)."""
-        self.manager.stop(server)
-        if server in self.launched:
-            self.launched.remove(server)
-
-    def stop_all(self) -> None:
-        """Stop every server still running."""
-        for server in list(self.launched):
-            self.stop(server)
-
-
-@pytest.fixture
-def server_factory(pytestconfig: pytest.Config) -> Iterator[ServerFactory]:
-    """Launch servers with other engine arguments (skips against an attached --endpoint)."""
-    state = pytestconfig.stash[RUN_STATE]
-    if getattr(state.manager, "endpoint", None):
-        pytest.skip("needs to launch its own servers; an attached --endpoint cannot be relaunched")
-    if not hasattr(state.manager, "launch"):
-        pytest.skip("this pytest-gpuinfer has no TargetManager.launch")
-    factory = ServerFactory(state.manager)
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
 
 
 def machine_identity(

@@ -20,6 +20,7 @@ from pytest_gpuinfer.hardware.gpu import visible_devices
 from pytest_gpuinfer.models import tinymodel
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, wait_until_ready
 from pytest_gpuinfer.targets.process import ManagedProcess
+from pytest_gpuinfer.targets.startup_failure import startup_failure_reason
 
 LOG_TAIL_LINES = 100
 
@@ -85,7 +86,11 @@ class CommandLauncher(Launcher):
         started = time.monotonic()
 
         def story(reason: str) -> str:
-            tail = process.log_tail(LOG_TAIL_LINES).rstrip() or "(the server wrote nothing)"
+            log = process.log_tail(LOG_TAIL_LINES)
+            tail = log.rstrip() or "(the server wrote nothing)"
+            cause = startup_failure_reason(log)
+            if cause:
+                reason = f"{reason}; engine failed to start: {cause}"
             return (
                 f"pytest-gpuinfer could not start {self.name}: {reason}.\n"
                 f"command: {shlex.join(plan.argv)}\nlog: {log_path}\n"

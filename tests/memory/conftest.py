@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import ServerFactory, gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer, TargetError
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def require_launchable_vllm(config: pytest.Config) -> None:
     """Skip unless this run launches vLLM itself (an attached endpoint cannot be relaunched)."""
-    settings = config.stash[RUN_STATE].settings
+    settings = gpuinfer_settings_of(config)
     if settings.endpoint:
         pytest.skip(f"needs a launched vLLM; --endpoint {settings.endpoint} is attached")
     if settings.engine != "vllm":
@@ -53,15 +53,16 @@ def require_launchable_vllm(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_kv_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
+def small_kv_server(
+    pytestconfig: pytest.Config, server_factory: ServerFactory
+) -> Iterator[InferenceServer]:
     """vLLM with a small KV cache and context, for one module's boundary searches."""
     require_launchable_vllm(pytestconfig)
-    manager = pytestconfig.stash[RUN_STATE].manager
     try:
-        server = manager.launch(engine_args=SMALL_KV_ARGS)
+        server = server_factory.launch(SMALL_KV_ARGS)
     except TargetError as exc:
         pytest.fail(f"the small-KV vLLM did not start: {exc}", pytrace=False)
     try:
         yield server
     finally:
-        manager.stop(server)
+        server_factory.stop(server)

@@ -15,9 +15,11 @@ import time
 import psutil
 import pytest
 
-from pytest_gpuinfer.memory.startup import explain_startup_failure, is_memory_reason
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.hardware.gpu import GPUInventory
+from pytest_gpuinfer.plugin.fixtures import ServerFactory
+from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.targets import TargetError
+from pytest_gpuinfer.targets.startup_failure import is_memory_reason
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STARTUP_BOUND_S = 300.0
@@ -39,22 +41,24 @@ CASES = ["larger-than-memory"] if IN_CI else ["larger-than-memory", "too-small"]
 
 @pytest.mark.parametrize("case", CASES)
 def test_impossible_kv_cache_fails_fast_with_the_reason(
-    pytestconfig: pytest.Config, case: str
+    gpuinfer_settings: Settings,
+    gpu_inventory: GPUInventory,
+    server_factory: ServerFactory,
+    case: str,
 ) -> None:
-    state = pytestconfig.stash[RUN_STATE]
-    settings = state.settings
-    if settings.endpoint or settings.engine != "vllm":
+    if gpuinfer_settings.engine != "vllm":
         pytest.skip("needs a launched vLLM (not an attached endpoint or another engine)")
-    engine_args, env = _impossible_settings(case, bool(state.gpus_in_use))
+    engine_args, env = _impossible_settings(case, gpu_inventory.has_gpu)
     began = time.monotonic()
     with pytest.raises(TargetError) as failure:
-        server = state.manager.launch(engine_args=engine_args, env=env)
-        state.manager.stop(server)
+        server_factory.stop(server_factory.launch(engine_args, env))
     elapsed = time.monotonic() - began
     message = str(failure.value)
-    explained = explain_startup_failure(message)
+    first_line = message.splitlines()[0]
     assert elapsed < STARTUP_BOUND_S, f"the failing launch took {elapsed:.0f} s"
-    assert "exited" in message or "not ready" in message, message[:2000]
+    assert "exited" in first_line or "not ready" in first_line, message[:2000]
+    assert "engine failed to start: " in first_line, message[-3000:]
+    explained = first_line.split("engine failed to start: ", 1)[1]
     assert is_memory_reason(explained), (
         f"the reason read from the log is not about memory: {explained}\n{message[-3000:]}"
     )

@@ -13,7 +13,8 @@ from typing import Any
 from pytest_gpuinfer.load.runner import LoadRunner
 from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
-from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, ServerFactory, workload_for
+from pytest_gpuinfer.plugin.fixtures import ServerFactory
+from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, workload_for
 from pytest_gpuinfer.targets import InferenceServer
 
 CONCURRENCY = 16

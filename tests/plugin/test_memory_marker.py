@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_gpuinfer.memory.startup import explain_startup_failure, startup_failure_reason
+from pytest_gpuinfer.targets.startup_failure import explain_startup_failure, startup_failure_reason
 
 LEAK_TESTS = """
 import pytest
