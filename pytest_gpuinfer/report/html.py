@@ -327,7 +327,7 @@ def matrix_figure(cells: Sequence[dict[str, Any]]) -> str:
         go.Heatmap(
             z=z,
             x=[f"c={x}" for x in xs],
-            y=[f"in={p} out={o}" for p, o in ys],
+            y=[("" if p is None else f"in={p} ") + f"out={o}" for p, o in ys],
             text=text,
             texttemplate="%{text}",
             colorscale="Viridis",
