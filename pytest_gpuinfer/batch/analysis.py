@@ -149,6 +149,15 @@ def batch_probe(
         except BatchError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return ProbeResult(value, classify(exc), first[:300], time.monotonic() - began)
+        if _cut_at_context(result, engine.spec.max_model_len):
+            return ProbeResult(
+                value,
+                Outcome.CLIENT_ERROR,
+                "output cut at the context length "
+                f"({engine.spec.max_model_len}; the online API refuses these with a 400): "
+                + result.check.describe(),
+                time.monotonic() - began,
+            )
         if not result.check.ok:
             return ProbeResult(
                 value, Outcome.SERVER_ERROR, result.check.describe(), time.monotonic() - began
@@ -163,6 +172,21 @@ def batch_probe(
         return ProbeResult(value, Outcome.OK, result.line(), time.monotonic() - began)
 
     return probe
+
+
+def _cut_at_context(result: BatchResult, max_model_len: int) -> bool:
+    """True when the only fault is rows stopped short because they reached the context length."""
+    check = result.check
+    if not check.wrong_output_tokens or check.lost or check.duplicated or check.unexpected:
+        return False
+    if check.wrong_prompt_tokens:
+        return False
+    short = {row_id for row_id, _want, _got in check.wrong_output_tokens}
+    return all(
+        row.prompt_tokens + row.output_tokens >= max_model_len
+        for row in result.rows
+        if row.id in short
+    )
 
 
 def canary_job(engine: BatchEngine, job: BatchJob) -> Callable[[], bool]:

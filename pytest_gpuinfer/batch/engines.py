@@ -68,6 +68,9 @@ RESOURCE_LOG_LINES = re.compile(
     r"Insufficient resources|doesn't have enough).*"
 )
 """Ray's log lines that say a request waits for resources nobody has."""
+ACTOR_ENV_KEYS = ("HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+"""Besides every ``VLLM_*`` variable: environment the Ray replicas get from the driver (never
+``CUDA_VISIBLE_DEVICES``: Ray assigns each replica its GPUs)."""
 
 
 class BatchRejected(BatchError):
@@ -237,6 +240,11 @@ class BatchEngine:
             "ray_num_cpus": self.spec.ray_num_cpus,
             "ray_num_gpus": len(self.spec.gpu_uuids),
             "ray_temp_dir": self._ray_dir,
+            "actor_env": {
+                key: value
+                for key, value in self._env().items()
+                if key.startswith("VLLM_") or key in ACTOR_ENV_KEYS
+            },
         }
 
     def _env(self) -> dict[str, str]:
@@ -416,7 +424,10 @@ class BatchEngine:
             raise BatchError(f"{self.spec.name} is not running\n{self.log_tail()}")
         assert proc.stdin is not None and self.memory is not None
         began = time.monotonic()
-        proc.stdin.write((json.dumps({"cmd": "run", "job": job.wire()}) + "\n").encode())
+        wire = job.wire()
+        if self.spec.gpu_uuids and self.spec.uses_ray and not job.num_gpus:
+            wire["num_gpus"] = 1.0  # on GPUs each replica asks Ray for one
+        proc.stdin.write((json.dumps({"cmd": "run", "job": wire}) + "\n").encode())
         proc.stdin.flush()
         try:
             # The worker reports its own deadline first; this is the backstop if it cannot.

@@ -53,9 +53,13 @@ class OfflineRunner:
                 for row in chunk:
                     self.engine.add_request(str(row["id"]), row["prompt"], params)
                     added.append(str(row["id"]))
-            except ValueError as exc:  # vLLM rejects a prompt (too long, bad parameters)
+            except Exception as exc:
                 self.engine.abort_request(added)
-                raise RowRejected(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+                if isinstance(exc, ValueError) or self._is_client_error(exc):
+                    # vLLM refused the row (too long, bad parameters): a clean rejection
+                    line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                    raise RowRejected(f"{type(exc).__name__}: {line}") from None
+                raise
             while self.engine.has_unfinished_requests():
                 if time.monotonic() > deadline:
                     unfinished = [i for i in added if int(i) not in {r["id"] for r in out}]
@@ -100,6 +104,14 @@ class OfflineRunner:
             if metric.name == "vllm:num_preemptions":
                 return int(getattr(metric, "value", 0))
         return None
+
+    def _is_client_error(self, exc: BaseException) -> bool:
+        """True for vLLM's own request-validation errors (``VLLMClientError`` and subclasses)."""
+        try:
+            client_error = importlib.import_module("vllm.exceptions").VLLMClientError
+        except (ImportError, AttributeError):  # an older vLLM: ValueError is all there is
+            return False
+        return isinstance(client_error, type) and isinstance(exc, client_error)
 
     def _drain(self) -> None:
         """Step until aborted requests have left the engine (bounded)."""

@@ -101,14 +101,18 @@ class RayRunner:
         self.mode = str(spec["mode"])
         self.name = "ray-data-llm" if self.mode == "ray-llm" else "ray-data"
         address = spec.get("ray_address")
+        # The replicas run in processes the cluster's nodes start, with the nodes' environment:
+        # vLLM's settings (CPU KV cache size, offline hub) travel in the job's runtime env.
+        runtime_env = {"env_vars": dict(spec.get("actor_env") or {})}
         if address:
-            self.ray.init(address=address, log_to_driver=True)
+            self.ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         else:
             self.ray.init(
                 num_cpus=float(spec.get("ray_num_cpus") or 2),
                 num_gpus=int(spec.get("ray_num_gpus") or 0),
                 include_dashboard=False,
                 _temp_dir=spec["ray_temp_dir"],
+                runtime_env=runtime_env,
             )
         context = self.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -153,9 +157,10 @@ class RayRunner:
             batch_size=int(job["batch_size"]),
             concurrency=int(job["replicas"]),
             placement_group_config={"bundles": [bundle]},
-            apply_chat_template=False,
-            tokenize=False,
-            detokenize=False,
+            # Plain prompts: no chat template; token counts come from the engine stage itself.
+            chat_template_stage=False,
+            tokenize_stage={"enabled": True, "num_cpus": HELPER_STAGE_CPUS},
+            detokenize_stage=False,
         )
         max_tokens, ignore_eos = int(job["max_tokens"]), bool(job["ignore_eos"])
 
