@@ -18,6 +18,9 @@ from plotly.subplots import make_subplots
 from pytest_gpuinfer.report import summary
 from pytest_gpuinfer.report.collector import write_atomically
 
+FIGURE_WIDTH = 640
+"""Pixels; fixed, so plots keep their size however the page is opened (two side by side on a
+wide screen, one per row on a narrow one)."""
 LATENCY_METRICS = (("ttft", "TTFT"), ("e2e", "E2E"), ("tpot", "TPOT"), ("itl_token", "ITL/token"))
 _PHASE_COLOURS = {"pre": "rgba(80,160,80,0.10)", "burst": "rgba(220,60,60,0.12)"}
 _OUTCOME_COLOURS = {
@@ -39,7 +42,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{color:white;border-radius:4px;padding:1px 6px;font-size:0.85em}
 .test{border:1px solid #d0d7de;border-radius:6px;padding:0.5em 1em;margin:1em 0}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:0.85em}
-.plots{display:flex;flex-wrap:wrap;gap:8px} .plots>div{flex:1 1 560px;min-width:420px}
+.plots{display:flex;flex-wrap:wrap;gap:8px} .plots>div{flex:0 0 auto}
 .note{color:#57606a;font-size:0.9em} .worse{color:#cf222e} .better{color:#1a7f37}
 """
 
@@ -70,6 +73,7 @@ def _figure_html(fig: go.Figure, height: int = 360) -> str:
     """A figure as a div (plotly.js is embedded once in the page head)."""
     fig.update_layout(
         height=height,
+        width=FIGURE_WIDTH,
         margin={"l": 60, "r": 20, "t": 40, "b": 45},
         template="plotly_white",
         legend={"font": {"size": 10}},
@@ -79,7 +83,9 @@ def _figure_html(fig: go.Figure, height: int = 360) -> str:
             fig,
             full_html=False,
             include_plotlyjs=False,
-            config={"displaylogo": False, "responsive": True},
+            config={"displaylogo": False},
+            default_width=f"{FIGURE_WIDTH}px",
+            default_height=f"{height}px",
         )
     )
 
@@ -139,12 +145,14 @@ def latency_figures(test: dict[str, Any], baseline: dict[str, Any] | None = None
         title="TTFT and E2E CDF (per completed request)",
         xaxis_title="ms",
         yaxis_title="fraction of requests",
+        yaxis_range=[0, 1.02],
         legend=legend,
     )
     token_cdf.update_layout(
         title="TPOT and per-token ITL CDF",
         xaxis_title="ms (log)",
         yaxis_title="fraction of samples",
+        yaxis_range=[0, 1.02],
         xaxis_type="log",
         legend=legend,
     )
