@@ -317,12 +317,15 @@ class BatchEngine:
             return NVMLMemory(self.spec.gpu_uuids, pids=pids)
         return ProcessTreesRSS([self.process.pid, *self.memory_roots])
 
-    def close(self) -> Leftovers:
-        """Ask the worker to close, kill what is left, remove its shm files; report leftovers."""
+    def close(self, *, graceful: bool = True) -> Leftovers:
+        """Ask the worker to close, kill what is left, remove its shm files; report leftovers.
+
+        ``graceful=False`` skips asking (a worker stuck in a job cannot read the request).
+        """
         if self.leftovers is not None:
             return self.leftovers
         proc = self.process
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.poll() is None and graceful:
             with contextlib.suppress(OSError):
                 assert proc.stdin is not None
                 proc.stdin.write(b'{"cmd": "close"}\n')
@@ -331,15 +334,15 @@ class BatchEngine:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30.0)
             self.closed_cleanly = proc.poll() == 0
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5.0)
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 15)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5.0)
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, 9)
-                    proc.wait(timeout=5.0)
+                    os.killpg(proc.pid, 9)
+                proc.wait(timeout=5.0)
         if proc is not None:
             wait_gone(proc.pid, 2.0)
         if self.memory is not None:
@@ -433,7 +436,7 @@ class BatchEngine:
             # The worker reports its own deadline first; this is the backstop if it cannot.
             event = self._next_event(began + job.time_limit_s + 15.0, "the job's rows")
         except BatchTimeout as exc:
-            self.close()
+            self.close(graceful=False)
             raise BatchTimeout(
                 f"{self.spec.name}: job of {len(job.rows)} rows passed its "
                 f"{job.time_limit_s:.0f} s limit (worker killed). {exc}",
@@ -497,6 +500,11 @@ class BatchEngine:
             f"{self.spec.name}: job of {len(job.rows)} rows failed: {message}\n"
             f"{event.get('traceback', '')}\n{self.log_tail()}"
         )
+
+    @property
+    def observed_processes(self) -> dict[tuple[int, float], str]:
+        """Every process seen under the worker while it ran: (pid, start time) -> name."""
+        return dict(self._watch.seen) if self._watch is not None else {}
 
     @property
     def alive(self) -> bool:

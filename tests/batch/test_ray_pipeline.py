@@ -42,7 +42,7 @@ def test_ray_pipeline_accounts_for_every_row(
         assert any("VllmBatchActor" in name for name in result.stages), result.stages
     summary = result.summary()
     assert summary.completed == count and summary.failed == 0
-    seen = engine._watch.seen if engine._watch else {}
+    seen = engine.observed_processes
     leftovers = engine.close()
     result.leftovers = leftovers
     batch_report("ray-pipeline", result)
