@@ -34,7 +34,7 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
     inference_server: InferenceServer,
     tmp_path: Path,
 ) -> None:
-    """K x M batches: all succeed, throughput spread under the limit, no reload; projection shown."""
+    """K x M batches: all succeed, spread under the limit, no reload; projection shown."""
     kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
     load_runner.run(concurrency=CONCURRENCY, requests=2 * CONCURRENCY, **kwargs)  # warm-up
 
