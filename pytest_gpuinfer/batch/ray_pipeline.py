@@ -161,6 +161,8 @@ class RayRunner:
             chat_template_stage=False,
             tokenize_stage={"enabled": True, "num_cpus": HELPER_STAGE_CPUS},
             detokenize_stage=False,
+            # Ray metrics export needs ray[serve]; ray[data] alone cannot load it.
+            log_engine_metrics=False,
         )
         max_tokens, ignore_eos = int(job["max_tokens"]), bool(job["ignore_eos"])
 

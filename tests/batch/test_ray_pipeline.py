@@ -86,3 +86,19 @@ def test_impossible_resource_request_fails_naming_it(batch_engines, batch_rows, 
     assert "64" in failure.value.waiting_for, message
     leftovers = engine.close()
     assert leftovers.clean, leftovers.describe()
+
+
+def test_ray_data_llm_processor(batch_engines, batch_rows, batch_settings, batch_report):
+    """``ray.data.llm``'s processor (CPU-only bundles, 0.1-CPU helper stages): every row once."""
+    if batch_settings.ci:
+        pytest.skip("outside CI only: ray.data.llm was measured slower than map_batches (budget)")
+    count = 100
+    engine = batch_engines.start("ray-llm")
+    result = engine.run(
+        BatchJob(batch_rows(count, PROMPT_TOKENS), max_tokens=OUTPUT_TOKENS, time_limit_s=420)
+    )
+    assert result.check.ok, result.check.describe()
+    assert result.output_tokens == count * OUTPUT_TOKENS
+    result.leftovers = engine.close()
+    batch_report("ray-data-llm", result)
+    assert result.leftovers.clean, result.leftovers.describe()
