@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # llama.cpp's server (PyPI llama-cpp-python[server]) as a second real engine, and the built-in
 # model converted to GGUF for it. PyPI has no prebuilt Linux wheel of 0.3.36, so this builds
-# llama.cpp from the sdist, as little of it as the server loads: CPU only, only the `llama`
-# target and its ggml libraries (build.targets; llama.cpp's `common` library, 40% of the objects,
-# is configured but nothing here loads it), no multimodal library (imported lazily), every core. The sdist is kept under .gpuinfer/llamacpp because
-# its vendored convert_hf_to_gguf.py and gguf-py do the GGUF conversion
-# (pytest_gpuinfer/models/gguf.py).
+# llama.cpp from the sdist: CPU only (native), no multimodal library (the server imports it
+# lazily), no llama.cpp tools/tests/examples, every core: about 8 CPU-minutes. (Building only the
+# `llama` target, --config-settings=build.targets=llama, fails at install: llama.cpp installs its
+# llama-common library too.) The sdist is kept under .gpuinfer/llamacpp because its vendored
+# convert_hf_to_gguf.py and gguf-py do the GGUF conversion (pytest_gpuinfer/models/gguf.py).
 #   GPUINFER_LLAMACPP_VERSION  llama-cpp-python version (default 0.3.36)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,8 +31,7 @@ else
   started=$SECONDS
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_OPENMP=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
-    .venv/bin/python -m pip install --quiet --progress-bar off \
-      --config-settings=build.targets=llama "$src[server]" 2>&1 \
+    .venv/bin/python -m pip install --quiet --progress-bar off "$src[server]" 2>&1 \
     | { grep -v "^WARNING: Location '.*' is ignored" || true; }
   echo "==> llamacpp: build and install took $((SECONDS - started)) s"
 fi

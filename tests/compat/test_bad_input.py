@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import KNOWN_DEVIATIONS, assert_healthy, at_most, xfail_if_known_deviation
+from compat_helpers import (
+    KNOWN_DEVIATIONS,
+    STRICT_ENV,
+    assert_healthy,
+    at_most,
+    known_deviation,
+    xfail_if_known_deviation,
+)
 
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe, error_message
@@ -519,3 +526,24 @@ def test_known_deviations_are_listed() -> None:
             assert case in NAMED_CASES, f"deviation {deviation.check!r} names no NAMED_CASES entry"
         elif kind == "error-shape":
             assert case in SHAPE_CASES, f"deviation {deviation.check!r} names no SHAPE_CASES entry"
+
+
+def test_deviation_needs_the_exact_behaviour_and_strict_mode_fails_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A documented deviation matches only its own evidence, and never with STRICT set."""
+    identity = ("llamacpp", "0.3.36")
+    validation_500 = httpx.Response(
+        500,
+        json={"error": {"message": "1 validation error:\n  {'loc': ('body', 'max_tokens')}"}},
+    )
+    other_500 = httpx.Response(500, json={"error": {"message": "CUDA error"}})
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    assert known_deviation(identity, "bad-input:negative max_tokens", validation_500)
+    assert not known_deviation(identity, "bad-input:negative max_tokens", other_500)
+    assert not known_deviation(
+        ("llamacpp", "9.9.9"), "bad-input:negative max_tokens", validation_500
+    )
+    assert not known_deviation(("vllm", "0.32.0"), "bad-input:negative max_tokens", validation_500)
+    monkeypatch.setenv(STRICT_ENV, "1")
+    assert not known_deviation(identity, "bad-input:negative max_tokens", validation_500)
