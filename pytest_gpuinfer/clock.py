@@ -1,4 +1,4 @@
-"""Precise timers and event loops shared by the load engine and the simulator.
+"""Precise timers and event loops shared by the load engine and the simulator; periodic threads.
 
 Both are instruments: the load client must send each request at its scheduled instant and the
 simulator must send each chunk at its scheduled instant, so both wait on absolute
@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -196,3 +197,49 @@ class DeadlineTimers:
             self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
+
+
+class PeriodicThread:
+    """Calls ``tick`` every ``interval_s`` on a daemon thread until stopped.
+
+    The first call happens at once; ``tick`` returning False ends the thread (e.g. the process
+    being watched is gone). Used by the background samplers (engine gauges, memory).
+    """
+
+    def __init__(self, tick: Callable[[], object], interval_s: float, *, name: str) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        self._tick = tick
+        self.interval_s = interval_s
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the thread; starting twice is a mistake worth naming."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self._name} already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Stop and join the thread; False when it was not running."""
+        thread = self._thread
+        if thread is None:
+            return False
+        self._stop.set()
+        thread.join(timeout=timeout_s)
+        self._thread = None
+        return True
+
+    def _run(self) -> None:
+        """Thread body: tick, then wait one interval, until stopped or ``tick`` says False."""
+        while self._tick() is not False:
+            if self._stop.wait(self.interval_s):
+                return

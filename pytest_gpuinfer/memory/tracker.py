@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
+from pytest_gpuinfer.clock import PeriodicThread
 from pytest_gpuinfer.hardware.gpu import load_nvml
 
 MB = 1_000_000
@@ -226,8 +227,6 @@ class MemoryTracker:
         clock: Callable[[], float] = time.monotonic,
         max_samples: int = 100_000,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
         self.source = source
         self.interval_s = interval_s
         self._clock = clock
@@ -235,8 +234,7 @@ class MemoryTracker:
         self._samples: list[MemorySample] = []
         self._phases: list[PhaseStats] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(self._tick, interval_s, name="gpuinfer-memory")
         self.errors = 0
         self.last_error: str | None = None
         self.gone: str | None = None
@@ -265,29 +263,22 @@ class MemoryTracker:
                 self._samples.append(sample)
         return sample
 
-    def _run(self) -> None:
-        """Thread body: sample, wait one interval, until stopped or the process is gone."""
-        while self.gone is None:
-            self.sample_once()
-            if self._stop.wait(self.interval_s):
-                return
+    def _tick(self) -> bool:
+        """One sample on the thread; False (stop) once the tracked process is gone."""
+        self.sample_once()
+        return self.gone is None
 
     def start(self) -> MemoryTracker:
         """Start sampling (the first sample is taken before this returns)."""
-        if self._thread is not None:
+        if self._thread.running:
             raise RuntimeError("MemoryTracker already started")
-        self._stop.clear()
         self.sample_once()
-        self._thread = threading.Thread(target=self._run, name="gpuinfer-memory", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop the thread and take one last sample; close the source if it can be closed."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=10.0)
-            self._thread = None
+        if self._thread.stop():
             self.sample_once()
         close = getattr(self.source, "close", None)
         if callable(close):
@@ -296,7 +287,7 @@ class MemoryTracker:
     @property
     def running(self) -> bool:
         """True while the sampling thread runs."""
-        return self._thread is not None
+        return self._thread.running
 
     def __enter__(self) -> MemoryTracker:
         return self.start()

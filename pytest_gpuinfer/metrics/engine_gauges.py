@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from pytest_gpuinfer.clock import PeriodicThread
+
 __all__ = [
     "ENGINE_METRICS",
     "EngineGauges",
@@ -206,8 +208,7 @@ class MetricsSampler:
         self._clock = clock
         self._lock = threading.Lock()
         self._readings: list[GaugeReading] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(self.sample_once, interval, name="gpuinfer-metrics")
         self.errors = 0
         """How many scrapes failed (connection refused, timeout, unparsable text)."""
         self.last_error: str | None = None
@@ -227,30 +228,14 @@ class MetricsSampler:
             self._readings.append(reading)
         return reading
 
-    def _run(self) -> None:
-        """Thread body: sample, then wait one interval, until stopped."""
-        while True:
-            self.sample_once()
-            if self._stop.wait(self.interval):
-                return
-
     def start(self) -> MetricsSampler:
         """Start sampling in a daemon thread (the first reading is taken at once)."""
-        if self._thread is not None:
-            raise RuntimeError("MetricsSampler already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="gpuinfer-metrics", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, *, final_sample: bool = True) -> None:
         """Stop the thread and, by default, take one last reading."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        if final_sample:
+        if self._thread.stop() and final_sample:
             self.sample_once()
 
     def __enter__(self) -> MetricsSampler:

@@ -99,3 +99,31 @@ def test_event_loop_kinds() -> None:
         assert isinstance(auto, uvloop.Loop)
     finally:
         auto.close()
+
+
+def test_periodic_thread_ticks_until_stopped_or_told_to_end() -> None:
+    """The first tick is at once; False from the tick ends the thread; stop joins it."""
+    import threading
+
+    from pytest_gpuinfer.clock import PeriodicThread
+
+    ticks: list[int] = []
+    ended = threading.Event()
+
+    def tick() -> bool:
+        ticks.append(len(ticks))
+        if len(ticks) == 3:
+            ended.set()
+            return False
+        return True
+
+    worker = PeriodicThread(tick, 0.001, name="test-periodic")
+    worker.start()
+    assert ended.wait(5.0)
+    with pytest.raises(RuntimeError, match="already started"):
+        worker.start()
+    assert worker.stop() is True and worker.running is False
+    assert ticks == [0, 1, 2], "ticking went on after the tick returned False"
+    assert worker.stop() is False
+    with pytest.raises(ValueError):
+        PeriodicThread(tick, 0.0, name="bad")
