@@ -144,6 +144,7 @@ class TestLoadRunner:
             ("client_bound", result.client_bound),
         ):
             self.item.user_properties.append((prefix + name, value))
+        from pytest_gpuinfer.report.jsonable import jsonable
         from pytest_gpuinfer.report.payloads import load_payload
 
         report_plugin.record(self.item, "load", load_payload(result))
@@ -154,7 +155,7 @@ class TestLoadRunner:
             document = result.to_dict()
             document["test"] = self.item.nodeid
             document["target"] = self.server.describe()
-            path.write_text(_json(document))
+            path.write_text(_json(jsonable(document)))  # inf (open-ended stages) -> null
 
 
 def _json(document: dict[str, Any]) -> str:
