@@ -77,7 +77,7 @@ def test_prompt_length_limit_is_the_max_context(
     small_kv_server: InferenceServer,
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
-    memory_report: Callable[[str], None],
+    memory_report: Callable[..., None],
 ) -> None:
     max_len = small_kv_server.max_model_len
     assert max_len, "the server did not report max_model_len in /v1/models"
@@ -96,7 +96,7 @@ def test_prompt_length_limit_is_the_max_context(
         canary=probes.canary,
         log_tail=small_kv_server.log_tail,
     )
-    memory_report(f"{TABLE_HEADER}\n{result.describe()}")
+    memory_report(f"{TABLE_HEADER}\n{result.describe()}", result)
     check_search(result, small_kv_server)
     failure = result.first_failure
     assert failure is not None, result.describe()
@@ -112,7 +112,7 @@ def test_max_tokens_limit(
     small_kv_server: InferenceServer,
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
-    memory_report: Callable[[str], None],
+    memory_report: Callable[..., None],
 ) -> None:
     max_len = small_kv_server.max_model_len
     assert max_len
@@ -125,7 +125,7 @@ def test_max_tokens_limit(
         canary=probes.canary,
         log_tail=small_kv_server.log_tail,
     )
-    memory_report(f"{TABLE_HEADER}\n{result.describe()}")
+    memory_report(f"{TABLE_HEADER}\n{result.describe()}", result)
     check_search(result, small_kv_server)
     failure = result.first_failure
     assert failure is not None and failure.outcome is Outcome.CLIENT_ERROR, result.describe()
@@ -138,7 +138,7 @@ def test_batch_limit_with_its_class(
     small_kv_server: InferenceServer,
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
-    memory_report: Callable[[str], None],
+    memory_report: Callable[..., None],
 ) -> None:
     result = search_boundary(
         "batch size",
@@ -152,7 +152,8 @@ def test_batch_limit_with_its_class(
     memory_report(
         f"{TABLE_HEADER}\n{result.describe()}\n{recommendation}\n"
         f"(prompt {BATCH_PROMPT_TOKENS} tokens, max_tokens {BATCH_MAX_TOKENS}, "
-        f"KV cache of {small_kv_server.max_model_len}-token context server: see conftest)"
+        f"KV cache of {small_kv_server.max_model_len}-token context server: see conftest)",
+        result,
     )
     check_search(result, small_kv_server)
     failure = result.first_failure

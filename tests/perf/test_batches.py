@@ -28,6 +28,7 @@ about 20 % with nothing wrong, so CI allows 25 %; a stall or a reload still fail
 
 
 def test_batches_are_consistent_and_the_model_stays_loaded(
+    gpuinfer_report: Any,
     load_runner: Any,
     perf_workload: PerfWorkload,
     perf_sizes: PerfSizes,
@@ -50,6 +51,8 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
     out = tmp_path / "batches.json"
     report.write_json(out)
     projection = project([b.req_per_s for b in report.batches])
+    gpuinfer_report.record("batches", report)
+    gpuinfer_report.record("projection", projection)
     print()
     print(report.table())
     print(projection.text())

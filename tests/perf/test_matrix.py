@@ -13,7 +13,11 @@ from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
 
 
 def test_configuration_matrix(
-    load_runner: Any, perf_slos: Any, perf_workload: PerfWorkload, perf_sizes: PerfSizes
+    gpuinfer_report: Any,
+    load_runner: Any,
+    perf_slos: Any,
+    perf_workload: PerfWorkload,
+    perf_sizes: PerfSizes,
 ) -> None:
     """Every cell runs; the table and the best cell with reasons are printed; one cell wins."""
     chosen = perf_slos("concurrency")
@@ -31,6 +35,7 @@ def test_configuration_matrix(
         )
 
     ranking = run_matrix(matrix, measure, chosen.slos)
+    gpuinfer_report.record("matrix", ranking)
     print()
     print(ranking.table(f"configuration matrix ({len(matrix)} cells)"))
     not_run = [c.label for c in ranking.candidates if c.result is None]

@@ -23,7 +23,10 @@ OUTPUT_TOKENS = 32
 
 
 def test_max_num_seqs_sweep(
-    server_factory: ServerFactory, perf_own_slos: tuple[Any, ...], perf_sizes: PerfSizes
+    gpuinfer_report: Any,
+    server_factory: ServerFactory,
+    perf_own_slos: tuple[Any, ...],
+    perf_sizes: PerfSizes,
 ) -> None:
     """--max-num-seqs 1 vs 16 at concurrency 16: the table, the best, and 16 winning."""
     chosen: list[SLOsInForce] = []
@@ -61,6 +64,7 @@ def test_max_num_seqs_sweep(
         measure=measure,
         slos=lambda: chosen[0].slos if chosen else (),
     )
+    gpuinfer_report.record("sweep", ranking)
     print()
     print(ranking.table(f"server-argument sweep at concurrency {CONCURRENCY}"))
     print(chosen[0].text() if chosen else "no server started")
