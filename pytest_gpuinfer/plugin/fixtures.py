@@ -26,6 +26,11 @@ def gpuinfer_settings_of(config: pytest.Config) -> Settings:
     return config.stash[RUN_STATE].settings
 
 
+def gpuinfer_inventory_of(config: pytest.Config) -> GPUInventory:
+    """Every GPU NVML reports, for conftest hooks that have a config but no fixtures."""
+    return config.stash[RUN_STATE].inventory
+
+
 @pytest.fixture(scope="session")
 def gpuinfer_settings(pytestconfig: pytest.Config) -> Settings:
     """The run's validated options (engine, model, endpoint, SLOs, report dir, ...)."""

@@ -18,10 +18,9 @@ SCOPES = ("function", "class", "module", "package", "session")
 
 def server_scope(fixture_name: str, config: pytest.Config) -> Any:
     """The scope of ``inference_server`` (--server-scope), for fixtures that hold on to it."""
-    from pytest_gpuinfer.plugin.state import RUN_STATE
+    from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 
-    state = config.stash.get(RUN_STATE, None)
-    return state.settings.server_scope if state is not None else "session"
+    return gpuinfer_settings_of(config).server_scope
 
 
 def at_most(scope: str) -> Callable[[str, pytest.Config], Any]:

@@ -17,7 +17,7 @@ from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_s
 from engine_env import require_launched_vllm
 
 from pytest_gpuinfer.models import gguf, tinymodel
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer, capabilities
 from pytest_gpuinfer.targets.probe import (
     ProbeError,
@@ -100,7 +100,7 @@ def _local_model_dir(config: pytest.Config) -> tuple[Path | None, str]:
     """The model this run serves as a local directory, or None with the reason."""
     # From the settings, not the server: model-file checks still run (and say what is wrong)
     # when a damaged checkpoint keeps the server from starting.
-    settings = config.stash[RUN_STATE].settings
+    settings = gpuinfer_settings_of(config)
     if settings.endpoint:
         return None, (
             "the target is an --endpoint server whose model files we cannot read; model-file "
@@ -161,7 +161,7 @@ def token_counter(
     """Independent token counts: the local tokenizer when we have the model, else /tokenize."""
     if optional_tokenizer is not None:
         counter = local_counter(optional_tokenizer)
-        engine_args = pytestconfig.stash[RUN_STATE].settings.engine_args
+        engine_args = gpuinfer_settings_of(pytestconfig).engine_args
         if any(arg.startswith("--chat-template") for arg in engine_args):
             # The server renders chat with another template than the tokenizer's own.
             chat = probe.tokenize_chat_route()

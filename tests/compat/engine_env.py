@@ -13,7 +13,7 @@ import pytest
 from compat_helpers import model_flags
 
 from pytest_gpuinfer.hardware import gpu as gpu_module
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_inventory_of, gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 
 DTYPE_IN_LOG = re.compile(r"dtype=torch\.(\w+)")
@@ -45,16 +45,16 @@ def require_launched_vllm(server: InferenceServer) -> None:
 def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Config) -> OfflineSetup:
     """Skip unless the target is launched vLLM with a local model and vLLM is importable here."""
     require_launched_vllm(server)
-    state = config.stash[RUN_STATE]
-    has_gpu = state.inventory.has_gpu
+    inventory = gpuinfer_inventory_of(config)
+    has_gpu = inventory.has_gpu
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     if server.gpu_uuids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(server.gpu_uuids)
     if not has_gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    cli_flags, llm_kwargs = model_flags(state.settings.engine_args)
+    cli_flags, llm_kwargs = model_flags(gpuinfer_settings_of(config).engine_args)
     if has_gpu:
-        share = _free_share(server.gpu_uuids or tuple(g.uuid for g in state.gpus_in_use[:1]))
+        share = _free_share(server.gpu_uuids or tuple(g.uuid for g in inventory.gpus[:1]))
         llm_kwargs["gpu_memory_utilization"] = share
         cli_flags += ["--gpu-memory-utilization", str(share)]
     dtype = None

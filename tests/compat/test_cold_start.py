@@ -12,7 +12,7 @@ import httpx
 import pytest
 from compat_helpers import COLD_START_KEY
 
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import error_message
 
@@ -49,7 +49,7 @@ def test_cold_start_to_first_completion(
     request.config.stash[COLD_START_KEY] = figures
     for name, value in figures.items():
         record_property(f"cold_start_{name}", round(value, 3))
-    limit = request.config.stash[RUN_STATE].settings.max_cold_start_s
+    limit = gpuinfer_settings_of(request.config).max_cold_start_s
     if limit is not None:
         assert total_s <= limit, (
             f"cold start {total_s:.1f} s (ready {ready_s:.1f} s + first completion "

@@ -9,8 +9,8 @@ import pytest
 
 from pytest_gpuinfer.hardware import gpu as gpu_module
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.plugin.options import Settings, parse_version
-from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets import vllm as vllm_target
 from pytest_gpuinfer.targets.probe import ServerProbe
@@ -18,7 +18,7 @@ from pytest_gpuinfer.targets.probe import ServerProbe
 
 def _settings(request: pytest.FixtureRequest) -> Settings:
     """The run's validated plugin settings."""
-    return request.config.stash[RUN_STATE].settings
+    return gpuinfer_settings_of(request.config)
 
 
 def test_gpu_is_visible(gpu_inventory: GPUInventory, gpu: GPUInfo) -> None:

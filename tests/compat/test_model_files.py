@@ -16,7 +16,7 @@ import pytest
 
 from pytest_gpuinfer.models import manifest as model_manifest
 from pytest_gpuinfer.models.tinymodel import MANIFEST_NAME, verify_model
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe, first_difference
 
@@ -105,7 +105,7 @@ def test_architecture_is_supported_by_engine(
     model_dir: Path, request: pytest.FixtureRequest, record_property: Any
 ) -> None:
     """The checkpoint's architecture is one vLLM's ModelRegistry lists."""
-    engine = request.config.stash[RUN_STATE].settings.engine
+    engine = gpuinfer_settings_of(request.config).engine
     if engine != "vllm":
         pytest.skip(f"architecture lists are checked for vLLM only; the engine is {engine!r}")
     if importlib.util.find_spec("vllm") is None:
@@ -185,7 +185,7 @@ def test_model_files_match_manifest(
 ) -> None:
     """The model files hash to their manifest: --model-manifest PATH, else one this machine
     recorded in pytest's cache on the first run (catches a checkpoint swapped between runs)."""
-    settings = request.config.stash[RUN_STATE].settings
+    settings = gpuinfer_settings_of(request.config)
     actual = model_manifest.file_digests(model_dir)
     assert actual, f"{model_dir} holds no files to hash"
     if settings.model_manifest:

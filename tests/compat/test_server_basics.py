@@ -7,7 +7,7 @@ import pytest
 from compat_helpers import sse_events, xfail_if_known_deviation
 
 from pytest_gpuinfer.metrics.engine_gauges import detect_engine, engine_gauges, parse_metrics
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe
 
@@ -118,7 +118,7 @@ def test_models_reports_the_max_context(
             pytest.fail(f"vLLM's /v1/models entry has no max_model_len: {entry}", pytrace=False)
         pytest.skip(f"the target's /v1/models entry reports no context length: {sorted(entry)}")
     assert isinstance(reported, int) and reported > 0, f"context length {reported!r} is not > 0"
-    settings = request.config.stash[RUN_STATE].settings
+    settings = gpuinfer_settings_of(request.config)
     builtin_default = settings.uses_builtin_model and not any(
         arg.startswith("--max-model-len") for arg in settings.engine_args
     )

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
-from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext
 from pytest_gpuinfer.targets.docker import DEFAULT_IMAGE, DockerLauncher
 
@@ -35,7 +35,7 @@ def gpu_image(gpu: GPUInfo, docker_client: Any, request: pytest.FixtureRequest) 
         pytest.skip(
             "the Docker daemon has no NVIDIA runtime (install the NVIDIA Container Toolkit)"
         )
-    image = request.config.stash[RUN_STATE].settings.image or DEFAULT_IMAGE
+    image = gpuinfer_settings_of(request.config).image or DEFAULT_IMAGE
     try:
         docker_client.images.get(image)
     except docker.errors.ImageNotFound:
@@ -135,7 +135,7 @@ def two_servers_on_one_gpu(
     gpu: GPUInfo, gpu_image: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[list[InferenceServer]]:
     """Two vLLM containers on the same GPU, each given 40% of its memory; stopped afterwards."""
-    settings = request.config.stash[RUN_STATE].settings
+    settings = gpuinfer_settings_of(request.config)
     launcher = DockerLauncher()
     ctx = LaunchContext(
         engine="docker",
