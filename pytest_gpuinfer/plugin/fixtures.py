@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
-from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.load_fixture import LOAD_RUNNERS, TestLoadRunner, slos_for
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.targets import InferenceServer, TargetError, TargetManager
@@ -115,7 +115,7 @@ def load_runner(
         report_dir=state.settings.report_dir,
         allow_errors=state.settings.allow_errors,
     )
-    state.load_runners.append(runner)
+    request.config.stash.setdefault(LOAD_RUNNERS, []).append(runner)
     return runner
 
 

@@ -221,7 +221,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if state is None or not state.servers_seen:
         return
     terminalreporter.section("gpuinfer")
-    for runner in state.load_runners:
+    for runner in config.stash.get(load_fixture.LOAD_RUNNERS, []):
         for index, result in enumerate(runner.results, start=1):
             terminalreporter.write_line(
                 f"{runner.item.nodeid} [load {index}]: {load_fixture.result_line(result)}"

@@ -70,6 +70,10 @@ def result_line(result: LoadResult) -> str:
     )
 
 
+LOAD_RUNNERS = pytest.StashKey[list["TestLoadRunner"]]()
+"""Every load_runner of the run, for the terminal summary."""
+
+
 @dataclass
 class TestLoadRunner:
     """What ``load_runner`` gives a test: ``run(...)`` like LoadRunner, with its SLOs applied."""

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.targets import InferenceServer, TargetManager
-
-if TYPE_CHECKING:
-    from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
 
 
 @dataclass
@@ -27,7 +23,6 @@ class RunState:
     manager: TargetManager
     servers_seen: list[InferenceServer] = field(default_factory=list)
     server_failure: str | None = None
-    load_runners: list[TestLoadRunner] = field(default_factory=list)
 
     @property
     def gpus_in_use(self) -> tuple[GPUInfo, ...]:

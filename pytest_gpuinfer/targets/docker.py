@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest_gpuinfer.targets.vllm as vllm
 from pytest_gpuinfer.models import tinymodel
-from pytest_gpuinfer.targets import vllm
 from pytest_gpuinfer.targets.base import (
     InferenceServer,
     LaunchContext,

@@ -23,7 +23,7 @@ import httpx
 from pytest_gpuinfer.load import prompts
 
 if TYPE_CHECKING:
-    from pytest_gpuinfer.targets import InferenceServer
+    from pytest_gpuinfer.targets.base import InferenceServer
 
 __all__ = [
     "TOKENIZE_DIALECTS",
