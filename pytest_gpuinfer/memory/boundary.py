@@ -151,8 +151,12 @@ def search_boundary(
     log_tail: Callable[[], str] = lambda: "",
     max_probes: int = 32,
     resolution: int = 1,
+    progress: Callable[[str], object] | None = None,
 ) -> BoundaryResult:
-    """Doubling from ``start`` to the first failure, then bisection to ``resolution``."""
+    """Doubling from ``start`` to the first failure, then bisection to ``resolution``.
+
+    ``progress`` gets one line per probe (e.g. a terminal progress line's ``update``).
+    """
     if start < 1 or max_value < start:
         raise ValueError(f"need 1 <= start <= max_value, got start={start}, max={max_value}")
     result = BoundaryResult(dimension=dimension, start=start, max_value=max_value)
@@ -168,6 +172,8 @@ def search_boundary(
         result.probes.append(
             ProbeResult(value, outcome.outcome, outcome.detail, seconds, recovered)
         )
+        if progress is not None:
+            progress(f"{dimension}: probe {len(result.probes)} at {value}: {outcome.outcome.value}")
         if recovered is False:
             result.recoverable = False
             result.log_tail = log_tail()

@@ -45,13 +45,17 @@ def run_sweep(
     objective: str | Objective = "throughput",
     *,
     describe: Callable[[ServerT], Mapping[str, Any]] | None = None,
+    progress: Callable[[str], object] | None = None,
 ) -> Ranking:
     """Launch, measure and stop each configuration in turn; rank the ones that ran.
 
     ``slos`` may be a callable, asked after the runs (when the SLOs depend on the servers).
+    ``progress`` gets a line as each configuration starts.
     """
     candidates: list[Candidate] = []
-    for config in configs:
+    for number, config in enumerate(configs, start=1):
+        if progress is not None:
+            progress(f"configuration {number}/{len(configs)}: {config.label}")
         cand = Candidate(
             config.label, {"engine_args": list(config.engine_args), "env": dict(config.env)}
         )

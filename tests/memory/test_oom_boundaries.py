@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,7 @@ def test_prompt_length_limit_is_the_max_context(
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
     memory_report: Callable[..., None],
+    gpuinfer_report: Any,
 ) -> None:
     max_len = small_kv_server.max_model_len
     assert max_len, "the server did not report max_model_len in /v1/models"
@@ -95,6 +97,7 @@ def test_prompt_length_limit_is_the_max_context(
         max_value=2 * max_len,
         canary=probes.canary,
         log_tail=small_kv_server.log_tail,
+        progress=gpuinfer_report.progress().update,
     )
     memory_report(f"{TABLE_HEADER}\n{result.describe()}", result)
     check_search(result, small_kv_server)
@@ -113,6 +116,7 @@ def test_max_tokens_limit(
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
     memory_report: Callable[..., None],
+    gpuinfer_report: Any,
 ) -> None:
     max_len = small_kv_server.max_model_len
     assert max_len
@@ -124,6 +128,7 @@ def test_max_tokens_limit(
         max_value=2 * max_len,
         canary=probes.canary,
         log_tail=small_kv_server.log_tail,
+        progress=gpuinfer_report.progress().update,
     )
     memory_report(f"{TABLE_HEADER}\n{result.describe()}", result)
     check_search(result, small_kv_server)
@@ -139,6 +144,7 @@ def test_batch_limit_with_its_class(
     probes: OpenAIBoundaryProbes,
     prompt_of_length: Callable[[int], str],
     memory_report: Callable[..., None],
+    gpuinfer_report: Any,
 ) -> None:
     result = search_boundary(
         "batch size",
@@ -147,6 +153,7 @@ def test_batch_limit_with_its_class(
         max_value=BATCH_MAX,
         canary=probes.canary,
         log_tail=small_kv_server.log_tail,
+        progress=gpuinfer_report.progress().update,
     )
     recommendation = recommend_batch(result)
     memory_report(

@@ -63,6 +63,7 @@ def test_max_num_seqs_sweep(
         stop=server_factory.stop,
         measure=measure,
         slos=lambda: chosen[0].slos if chosen else (),
+        progress=gpuinfer_report.progress().update,
     )
     gpuinfer_report.record("sweep", ranking)
     print()

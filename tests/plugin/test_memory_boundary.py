@@ -143,3 +143,13 @@ def test_preemption_jump_is_a_storm() -> None:
     calm = probe(4)  # 1 preemption for 4 requests
     assert calm.outcome is Outcome.OK
     assert probes.requests_sent == 8
+
+
+def test_progress_gets_a_line_per_probe() -> None:
+    lines: list[str] = []
+    result = search_boundary(
+        "batch", threshold_probe(5), start=1, max_value=64, progress=lines.append
+    )
+    assert len(lines) == result.probe_count
+    assert lines[0] == "batch: probe 1 at 1: ok"
+    assert lines[-1].startswith(f"batch: probe {result.probe_count} at ")
