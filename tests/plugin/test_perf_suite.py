@@ -19,7 +19,7 @@ SIM = (
 
 
 def test_latency_suite_passes_on_defaults_and_prints_the_table(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_latency=(PERF / "test_latency.py").read_text())
+    pytester.makepyfile(test_inner_latency=(PERF / "test_latency.py").read_text())
     result = pytester.runpytest(*SIM, "-s")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
@@ -34,7 +34,7 @@ def test_latency_suite_passes_on_defaults_and_prints_the_table(pytester: pytest.
 
 
 def test_slo_on_the_command_line_fails_with_measured_vs_limit(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_latency=(PERF / "test_latency.py").read_text())
+    pytester.makepyfile(test_inner_latency=(PERF / "test_latency.py").read_text())
     result = pytester.runpytest(*SIM, "--slo", "ttft_p50<0.001ms")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*missed 1 of * SLOs:*", "*ttft_p50 = * > limit * (n=*)*"])
@@ -52,7 +52,7 @@ def test_slo_marker_overrides_the_defaults(pytester: pytest.Pytester) -> None:
             MARKED + "def test_latency_at_fixed_rate(",
         )
     )
-    pytester.makepyfile(test_latency=source)
+    pytester.makepyfile(test_inner_latency=source)
     result = pytester.runpytest(*SIM)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*e2e_p50 = * > limit * (n=*)*"])
