@@ -124,8 +124,15 @@ def test_schemathesis_negative_bodies_get_4xx(
     )
 
 
+LAX_BOOLEAN_STRINGS = frozenset(
+    ("0", "1", "f", "t", "n", "y", "no", "yes", "on", "off", "true", "false")
+)
+"""Strings pydantic's lax mode reads as booleans (as it reads the integers 0 and 1)."""
+
+
 def lax_body_check(doc: dict[str, Any], route: str) -> Callable[[Any], bool]:
-    """Whether a body is valid for ``route`` with pydantic's lax numbers (true for 1, "2" for 2)."""
+    """Whether a body is valid for ``route`` with pydantic's lax types (1 for true, "2" for 2,
+    0 or "yes" for a boolean)."""
     from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import SchemaError
     from referencing import Registry, Resource
@@ -153,10 +160,18 @@ def lax_body_check(doc: dict[str, Any], route: str) -> Callable[[Any], bool]:
             return not integer or value.is_integer()
         return isinstance(value, int)
 
+    def boolean(value: Any) -> bool:
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, int):
+            return value in (0, 1)
+        return isinstance(value, str) and value.lower() in LAX_BOOLEAN_STRINGS
+
     checker = Draft202012Validator.TYPE_CHECKER.redefine_many(
         {
             "integer": lambda _, value: numeric(value, True),
             "number": lambda _, value: numeric(value, False),
+            "boolean": lambda _, value: boolean(value),
         }
     )
     lax = validators.extend(Draft202012Validator, type_checker=checker)
@@ -237,7 +252,8 @@ def test_only_bodies_schemathesis_marks_invalid_count_as_violating() -> None:
 
 
 def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
-    """Booleans and numeric strings for numbers are lax-valid; other type errors are not."""
+    """Booleans and numeric strings for numbers, 0/1 and yes/no for booleans, are lax-valid;
+    other type errors are not."""
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "t", "version": "1"},
@@ -262,6 +278,7 @@ def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
                         "prompt": {"type": "string"},
                         "max_tokens": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
                         "min_p": {"type": "number"},
+                        "echo": {"type": "boolean"},
                     },
                 }
             }
@@ -270,6 +287,8 @@ def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
     valid = lax_body_check(doc, "/v1/completions")
     assert valid({"prompt": "x", "max_tokens": True, "min_p": False})
     assert valid({"prompt": "x", "max_tokens": "12", "min_p": "0.5"})
+    assert valid({"prompt": "x", "echo": 0}) and valid({"prompt": "x", "echo": "yes"})
+    assert not valid({"prompt": "x", "echo": 2}) and not valid({"prompt": "x", "echo": "maybe"})
     assert not valid({"prompt": "x", "max_tokens": "many"})
     assert not valid({"prompt": "x", "max_tokens": 1.5})
     assert not valid({"prompt": "x", "max_tokens": [1]})

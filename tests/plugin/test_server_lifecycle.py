@@ -341,10 +341,9 @@ def test_engine_added_through_the_hook_is_launched_and_stopped(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     """A conftest adds an engine with pytest_gpuinfer_add_targets; --engine picks it."""
-    from conftest import FAKE_SERVER
-
     pidfile = tmp_path / "pids.json"
-    pytester.makeconftest(REGISTERING_CONFTEST.format(server=str(FAKE_SERVER)))
+    fake_server = Path(__file__).with_name("fake_server.py")
+    pytester.makeconftest(REGISTERING_CONFTEST.format(server=str(fake_server)))
     pytester.makepyfile(USES_SERVER)
     result = pytester.runpytest("--engine", "fake", f"--engine-arg=--pidfile {pidfile}")
     result.assert_outcomes(passed=1)
