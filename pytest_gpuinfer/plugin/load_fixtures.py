@@ -53,7 +53,7 @@ def resolve_load_scale(given: float, ci: str | None) -> float:
 def load_scale(pytestconfig: pytest.Config) -> float:
     """Multiplier for every burst-shape duration (``--load-scale``; small under CI=true)."""
     settings = pytestconfig.stash[RUN_STATE].settings
-    return resolve_load_scale(float(getattr(settings, "load_scale", 1.0)), os.environ.get("CI"))
+    return resolve_load_scale(settings.load_scale, os.environ.get("CI"))
 
 
 def parse_limit_texts(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def burst_limits(request: pytest.FixtureRequest) -> bursts.BurstLimits:
     limits = bursts.BurstLimits()
     settings = request.config.stash[RUN_STATE].settings
     try:
-        limits = limits.updated(parse_limit_texts(tuple(getattr(settings, "burst", ()) or ())))
+        limits = limits.updated(parse_limit_texts(settings.burst))
     except (TypeError, ValueError) as exc:
         raise pytest.UsageError(f"--burst: {exc}") from None
     for marker in reversed(list(request.node.iter_markers(name="burst"))):

@@ -63,7 +63,7 @@ class PerfSizes:
 def perf_sizes(pytestconfig: pytest.Config) -> PerfSizes:
     """Request counts for the perf suite: short on CI, fuller otherwise; ``--load-scale`` scales."""
     state = pytestconfig.stash[RUN_STATE]
-    scale = float(getattr(state.settings, "load_scale", 1.0) or 1.0)
+    scale = state.settings.load_scale
     ci = in_ci()
 
     def n(full: int, short: int) -> int:
@@ -181,11 +181,11 @@ def machine_identity(
     """The identity a baseline is stored under: GPUs, driver, engine, model, configuration."""
     state = config.stash[RUN_STATE]
     gpus = state.gpus_in_use
-    engine_args = " ".join(getattr(state.settings, "engine_args", ()) or ())
+    engine_args = " ".join(state.settings.engine_args)
     return baselines.MachineIdentity(
         gpu_model=gpus[0].name if gpus else "cpu",
         gpu_count=len(gpus),
-        driver=str(getattr(state.inventory, "driver_version", None) or "none"),
+        driver=state.inventory.driver_version or "none",
         engine=server.engine,
         engine_version=server.engine_version or "unknown",
         model=server.model,
