@@ -2,8 +2,12 @@
 
 Each probe sends real requests and classifies the result as an :class:`Outcome`: a 4xx is a
 clean refusal, a 5xx a server error, no answer within the deadline a timeout, ``/health`` lost
-(or the launched process gone) a crash, and a jump in the engine's preemption counter
-(``vllm:num_preemptions_total``) over the storm threshold a preemption storm.
+(or the launched process gone) a crash, and a rise in the engine's preemption counter
+(``vllm:num_preemptions_total``) to the storm threshold a preemption storm. The threshold is
+one preemption by default: a probe of identical requests that makes the engine evict a running
+sequence asked for more KV cache than it has, which is the memory boundary of a batch. The
+number of preemptions is not a steadier signal: on a loaded machine requests reach the engine
+spread out, so the same batch preempts 20 times in one run and 60 in the next.
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ class OpenAIBoundaryProbes:
         headers: dict[str, str] | None = None,
         timeout_s: float = 60.0,
         alive: Callable[[], bool] = lambda: True,
-        storm_threshold: int | None = None,
+        storm_threshold: int = 1,
         extra_body: dict[str, Any] | None = None,
         preemptions: Callable[[], float | None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """``alive``: does a launched process still run; ``extra_body``: added to each request."""
+        """``alive``: does a launched process still run; ``extra_body``: added to each request.
+
+        ``storm_threshold``: preemptions in one probe that class it a preemption storm (1).
+        """
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.headers = dict(headers or {})
@@ -151,8 +158,7 @@ class OpenAIBoundaryProbes:
             details.insert(0, "/health lost")
         else:  # a dropped connection while the server stays healthy is a server error
             outcomes = [Outcome.SERVER_ERROR if o is Outcome.CRASH else o for o in outcomes]
-        threshold = self.storm_threshold if self.storm_threshold is not None else concurrency
-        if preempted is not None and preempted >= max(1, threshold):
+        if preempted is not None and preempted >= max(1, self.storm_threshold):
             outcomes.append(Outcome.PREEMPTION_STORM)
         outcome = worst(outcomes)
         failed = sum(1 for o in outcomes[:concurrency] if o.failed)

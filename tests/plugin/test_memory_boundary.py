@@ -132,17 +132,33 @@ def test_http_probe_classification(max_tokens: int, health: int, expected: Outco
         assert "scripted 400" in result.detail
 
 
-def test_preemption_jump_is_a_storm() -> None:
-    counter = iter([10.0, 14.0, 14.0, 15.0])
+def test_any_preemption_is_a_storm_by_default() -> None:
+    counter = iter([10.0, 10.0, 10.0, 11.0])
     probes = OpenAIBoundaryProbes(
         "http://scripted", "m", transport=scripted_server({}), preemptions=lambda: next(counter)
     )
     probe = probes.batch_probe("hi", 1)
-    storm = probe(4)  # 4 preemptions for 4 requests
-    assert storm.outcome is Outcome.PREEMPTION_STORM and "4 preemptions" in storm.detail
-    calm = probe(4)  # 1 preemption for 4 requests
-    assert calm.outcome is Outcome.OK
+    calm = probe(4)  # no preemption
+    assert calm.outcome is Outcome.OK and "0 preemptions" in calm.detail
+    storm = probe(4)  # one preemption: the KV cache could not hold the batch
+    assert storm.outcome is Outcome.PREEMPTION_STORM and "1 preemptions" in storm.detail
     assert probes.requests_sent == 8
+
+
+def test_storm_threshold_is_configurable() -> None:
+    counter = iter([10.0, 14.0, 14.0, 15.0])
+    probes = OpenAIBoundaryProbes(
+        "http://scripted",
+        "m",
+        transport=scripted_server({}),
+        preemptions=lambda: next(counter),
+        storm_threshold=4,
+    )
+    probe = probes.batch_probe("hi", 1)
+    storm = probe(4)  # 4 preemptions reach the threshold
+    assert storm.outcome is Outcome.PREEMPTION_STORM and "4 preemptions" in storm.detail
+    calm = probe(4)  # 1 preemption stays under it
+    assert calm.outcome is Outcome.OK
 
 
 def test_progress_gets_a_line_per_probe() -> None:
