@@ -16,11 +16,12 @@ docker_cli=(docker)
 
 # What the images are made of: the project's source, the venv's packages, the build files. Images
 # built from the same are reused; anything changed rebuilds them (the simulator image runs the
-# source as it was at build time).
+# source as it was at build time). No images yet makes `docker image inspect` fail: `|| true`,
+# or pipefail would end the script there.
 fingerprint=$( { find pytest_gpuinfer dockerfiles -type f \( -name '*.py' -o -name '*.sh' -o -name '*.Dockerfile' \) \
                    -exec sha256sum {} + | sort; ls .venv/lib/*/site-packages; } | sha256sum | cut -c1-16)
 built=$(docker image inspect --format '{{index .Config.Labels "io.gpuinfer.fingerprint"}}' \
-          gpuinfer/sim:local gpuinfer/vllm-cpu:local 2>/dev/null | sort -u | tr -d '\n')
+          gpuinfer/sim:local gpuinfer/vllm-cpu:local 2>/dev/null | sort -u | tr -d '\n' || true)
 if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && [ "$built" = "$fingerprint" ]; then
   echo "==> docker: gpuinfer/sim:local and gpuinfer/vllm-cpu:local are up to date ($fingerprint)"
   exit 0
