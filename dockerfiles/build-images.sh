@@ -14,12 +14,14 @@ root=$PWD
 base_image=gpuinfer/base:local
 docker_cli=(docker)
 
-# What the images are made of: the project's source, the venv's packages, the build files. Images
-# built from the same are reused; anything changed rebuilds them (the simulator image runs the
-# source as it was at build time). No images yet makes `docker image inspect` fail: `|| true`,
-# or pipefail would end the script there.
+# What the images are made of: the project's source, the venv's packages, the build files and the
+# checkout's absolute path (the images hold the venv there). Images built from the same are
+# reused; anything changed rebuilds them (the simulator image runs the source as it was at build
+# time). No images yet makes `docker image inspect` fail: `|| true`, or pipefail would end the
+# script there.
 fingerprint=$( { find pytest_gpuinfer dockerfiles -type f \( -name '*.py' -o -name '*.sh' -o -name '*.Dockerfile' \) \
-                   -exec sha256sum {} + | sort; ls .venv/lib/*/site-packages; } | sha256sum | cut -c1-16)
+                   -exec sha256sum {} + | sort; ls .venv/lib/*/site-packages; echo "$root"; } \
+               | sha256sum | cut -c1-16)
 built=$(docker image inspect --format '{{index .Config.Labels "io.gpuinfer.fingerprint"}}' \
           gpuinfer/sim:local gpuinfer/vllm-cpu:local 2>/dev/null | sort -u | tr -d '\n' || true)
 if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && [ "$built" = "$fingerprint" ]; then
