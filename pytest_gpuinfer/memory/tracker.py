@@ -106,7 +106,11 @@ class NVMLMemory:
 
     ``pids`` limits the total to those processes' device memory (a launched server's process
     tree); without it the total is every byte in use on the GPUs, which also counts other tenants.
-    NVML stays initialised from the first read until :meth:`close`.
+    NVML reports process ids of the host's PID namespace: when this run is in a container, none
+    of them is a process here, none matches the target's tree, and a per-process total would
+    read zero however much the target used. When NVML lists processes, none is the target's and
+    none exists here, the source switches to the whole-GPU total for good and says so in
+    :meth:`describe`. NVML stays initialised from the first read until :meth:`close`.
     """
 
     kind = "vram"
@@ -117,7 +121,9 @@ class NVMLMemory:
         *,
         pids: Callable[[], set[int]] | None = None,
         nvml: ModuleType | None = None,
+        pid_exists: Callable[[int], bool] = psutil.pid_exists,
     ) -> None:
+        """``pid_exists``: is a process id one of this PID namespace (replaced in tests)."""
         if not uuids:
             raise ValueError("NVMLMemory needs at least one GPU UUID")
         self.uuids = tuple(uuids)
@@ -125,6 +131,9 @@ class NVMLMemory:
         self._nvml = nvml
         self._module: ModuleType | None = None
         self._handles: dict[str, object] = {}
+        self._pid_exists = pid_exists
+        self.foreign_pids = False
+        """True once NVML's process ids were seen to belong to another PID namespace."""
 
     def _open(self) -> ModuleType:
         """Initialise NVML once and look up the GPU handles by UUID."""
@@ -150,12 +159,21 @@ class NVMLMemory:
                 per_process[pid] = per_process.get(pid, 0) + (int(used) if used else 0)
         for pid, used in per_process.items():
             parts[f"pid:{pid}"] = used
-        if self._pids is None:
-            total = sum(v for k, v in parts.items() if k.startswith("gpu:"))
-        else:
+        if self._pids is not None and not self.foreign_pids:
             wanted = self._pids()
-            total = sum(used for pid, used in per_process.items() if pid in wanted)
+            if wanted and self._in_another_namespace(per_process, wanted):
+                self.foreign_pids = True
+            else:
+                total = sum(used for pid, used in per_process.items() if pid in wanted)
+                return MemoryReading(total, parts)
+        total = sum(v for k, v in parts.items() if k.startswith("gpu:"))
         return MemoryReading(total, parts)
+
+    def _in_another_namespace(self, per_process: dict[int, int], wanted: set[int]) -> bool:
+        """NVML lists processes, none is the target's and none is a process of this namespace."""
+        if not per_process or wanted & per_process.keys():
+            return False
+        return not any(self._pid_exists(pid) for pid in per_process)
 
     def close(self) -> None:
         """Shut NVML down if this source initialised it."""
@@ -166,7 +184,13 @@ class NVMLMemory:
 
     def describe(self) -> str:
         """Names the GPUs and whether the total is per process tree."""
-        scope = "processes of the target" if self._pids else "whole GPU"
+        if self.foreign_pids:
+            scope = (
+                "whole GPU: NVML's process ids belong to another PID namespace (a container), "
+                "so other processes on these GPUs count too"
+            )
+        else:
+            scope = "processes of the target" if self._pids else "whole GPU"
         return f"VRAM ({scope}) on {', '.join(self.uuids)} (NVML)"
 
 

@@ -173,6 +173,26 @@ def test_nvml_source_reads_per_gpu_and_per_process_by_uuid() -> None:
     assert fake.calls.count("init") == 1 and fake.calls[-1] == "shutdown"
 
 
+def test_nvml_pids_from_another_namespace_fall_back_to_the_whole_gpu() -> None:
+    gpus = _gpus_with_procs()  # NVML lists host pids 4242 and 777; this "container" sees 12 and 13
+    source = NVMLMemory(
+        [H100["uuid"]], pids=lambda: {12, 13}, nvml=make_fake_nvml(gpus), pid_exists=lambda _: False
+    )
+    assert "processes of the target" in source.describe()
+    assert source.read().total_bytes == H100["used"]  # not 0: nothing matched the target's tree
+    assert source.foreign_pids and "another PID namespace" in source.describe()
+    gpus[0]["procs"] = {}
+    assert source.read().total_bytes == H100["used"]  # the switch is for good
+
+
+def test_nvml_pids_of_this_namespace_keep_the_per_process_total() -> None:
+    gpus = _gpus_with_procs()  # 4242 and 777 are processes here, neither the target's
+    source = NVMLMemory(
+        [H100["uuid"]], pids=lambda: {12}, nvml=make_fake_nvml(gpus), pid_exists=lambda _: True
+    )
+    assert source.read().total_bytes == 0 and not source.foreign_pids
+
+
 @pytest.mark.parametrize(("leak", "should_pass"), [(True, False), (False, True)])
 def test_nvml_tracker_catches_a_leaking_process(leak: bool, should_pass: bool) -> None:
     gpus = _gpus_with_procs()
