@@ -164,7 +164,7 @@ class OpenAIBoundaryProbes:
         failed = sum(1 for o in outcomes[:concurrency] if o.failed)
         parts = [f"{failed}/{concurrency} requests failed"] if failed else []
         if preempted is not None:
-            parts.append(f"{preempted:.0f} preemptions")
+            parts.append(f"{preempted:.0f} preemption{'' if preempted == 1 else 's'}")
         if details:
             parts.append(details[0])
         return ProbeResult(value, outcome, "; ".join(parts), time.monotonic() - began)

@@ -141,7 +141,7 @@ def test_any_preemption_is_a_storm_by_default() -> None:
     calm = probe(4)  # no preemption
     assert calm.outcome is Outcome.OK and "0 preemptions" in calm.detail
     storm = probe(4)  # one preemption: the KV cache could not hold the batch
-    assert storm.outcome is Outcome.PREEMPTION_STORM and "1 preemptions" in storm.detail
+    assert storm.outcome is Outcome.PREEMPTION_STORM and "1 preemption;" in storm.detail + ";"
     assert probes.requests_sent == 8
 
 
