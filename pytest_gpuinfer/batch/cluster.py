@@ -9,6 +9,9 @@ nodes only.
 
     with LocalRayCluster(workers=2, worker_cpus=1, log_dir=tmp) as cluster:
         spec = EngineSpec(mode="ray", model=model, ray_address=cluster.address)
+
+The head also runs a Ray Client server, so the cluster can be reached the way a remote cluster
+usually is: ``cluster.client_address`` (``ray://127.0.0.1:PORT``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,9 @@ class LocalRayCluster:
         self.log_path = Path(log_dir) / f"ray-cluster-{os.getpid()}-{id(self):x}.log"
         self.start_timeout_s = start_timeout_s
         self.address: str | None = None
+        """The GCS address (``host:port``), as a driver on a node of the cluster uses it."""
+        self.client_address: str | None = None
+        """The Ray Client address (``ray://host:port``), as a driver off the cluster uses it."""
         self.nodes: int = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.leftovers: Leftovers | None = None
@@ -104,6 +111,7 @@ class LocalRayCluster:
             )
         answer = json.loads(line)
         self.address = str(answer["address"])
+        self.client_address = str(answer["client_address"])
         self.nodes = int(answer["nodes"])
         return self
 
@@ -163,12 +171,22 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     common = {"include_dashboard": False, "temp_dir": args.temp_dir}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **common})
+    with socket.socket() as probe:  # a port the kernel has free now, for the Ray Client server
+        probe.bind(("127.0.0.1", 0))
+        client_port = int(probe.getsockname()[1])
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "ray_client_server_port": client_port, **common},
+    )
     try:
         for _ in range(args.workers):
             cluster.add_node(num_cpus=args.worker_cpus, **common)
         cluster.wait_for_nodes()
-        answer = {"address": cluster.address, "nodes": 1 + args.workers}
+        answer = {
+            "address": cluster.address,
+            "client_address": f"ray://127.0.0.1:{client_port}",
+            "nodes": 1 + args.workers,
+        }
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
         sys.stdin.read()

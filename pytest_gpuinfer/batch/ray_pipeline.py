@@ -9,9 +9,12 @@ nothing else in the pipeline asks for a CPU of its own.
 
 :class:`RayRunner` joins an existing cluster (``address``) or starts a local instance
 (``ray.init(num_cpus=2)`` by default, in a temporary directory of its own so that the driver can
-find and remove everything it started). When a job passes its deadline, :meth:`RayRunner.diagnose`
-reads what the cluster is still waiting for from the GCS (the autoscaler's resource demands), so
-the error names the resource instead of hanging.
+find and remove everything it started). Through Ray Client (``ray://host:port``) the pipeline is
+driven from a task on the cluster: Ray Data's streaming executor needs a core worker, which a
+Ray Client driver does not have (Ray 2.60: ``'Worker' object has no attribute 'core_worker'``).
+When a job passes its deadline, :meth:`RayRunner.diagnose` reads what the cluster is still
+waiting for from the GCS (the autoscaler's resource demands), so the error names the resource
+instead of hanging.
 
 ``ray.data.llm`` (``build_processor`` with ``vLLMEngineProcessorConfig``) is offered as engine
 mode ``ray-llm``: its vLLM stage gets CPU-only placement bundles and its helper stages 0.1 CPU.
@@ -19,6 +22,7 @@ mode ``ray-llm``: its vLLM stage gets CPU-only placement bundles and its helper 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -91,38 +95,18 @@ def describe_demands(status: Any) -> str:
     return "; ".join(parts)
 
 
-class RayRunner:
-    """A Ray session (local or an existing cluster) that runs one Ray Data pipeline per job."""
+class Pipeline:
+    """The Ray Data pipeline of one engine spec: builds a job's dataset and collects its rows."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.ray = importlib.import_module("ray")
         self.data = importlib.import_module("ray.data")
         self.spec = spec
         self.mode = str(spec["mode"])
-        self.name = "ray-data-llm" if self.mode == "ray-llm" else "ray-data"
-        address = spec.get("ray_address")
-        # The replicas run in processes the cluster's nodes start, with the nodes' environment:
-        # vLLM's settings (CPU KV cache size, offline hub) travel in the job's runtime env.
-        runtime_env = {"env_vars": dict(spec.get("actor_env") or {})}
-        if address:
-            self.ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
-        else:
-            self.ray.init(
-                num_cpus=float(spec.get("ray_num_cpus") or 2),
-                num_gpus=int(spec.get("ray_num_gpus") or 0),
-                include_dashboard=False,
-                _temp_dir=spec["ray_temp_dir"],
-                runtime_env=runtime_env,
-            )
         context = self.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
 
-    def cluster_resources(self) -> dict[str, float]:
-        """The cluster's total resources."""
-        return {k: float(v) for k, v in self.ray.cluster_resources().items()}
-
-    def _dataset(self, job: dict[str, Any]) -> Any:
+    def dataset(self, job: dict[str, Any]) -> Any:
         """The pipeline for ``job``: input rows, then the engine stage."""
         items = [{"id": int(r["id"]), "prompt": r["prompt"]} for r in job["rows"]]
         ds = self.data.from_items(items)
@@ -196,9 +180,10 @@ class RayRunner:
             postprocess_map_kwargs={"num_cpus": HELPER_STAGE_CPUS},
         )
 
-    def run(self, job: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def collect(self, job: dict[str, Any], seconds_left: float) -> dict[str, Any]:
         """Run the pipeline over ``job``'s rows, stamping each block as it reaches the driver."""
-        ds = self._dataset(job)
+        deadline = time.monotonic() + seconds_left
+        ds = self.dataset(job)
         started = time.monotonic()
         rows: list[dict[str, Any]] = []
         engine_s = init_s = 0.0
@@ -227,12 +212,78 @@ class RayRunner:
             stages = {}
         return {"rows": rows, "engine_s": engine_s, "engine_init_s": init_s, "stages": stages}
 
+
+def read_demands() -> str:
+    """The resource requests the connected cluster cannot place now, read from its GCS."""
+    ray = importlib.import_module("ray")
+    sdk = importlib.import_module("ray.autoscaler.v2.sdk")
+    return describe_demands(sdk.get_cluster_status(ray.get_runtime_context().gcs_address))
+
+
+def collect_on_cluster(spec: dict[str, Any], job: dict[str, Any], seconds_left: float) -> Any:
+    """Body of the driver task a Ray Client session runs on the cluster."""
+    return Pipeline(spec).collect(job, seconds_left)
+
+
+class RayRunner:
+    """A Ray session (local or an existing cluster) that runs one Ray Data pipeline per job."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.ray = importlib.import_module("ray")
+        self.spec = spec
+        self.mode = str(spec["mode"])
+        self.name = "ray-data-llm" if self.mode == "ray-llm" else "ray-data"
+        address = spec.get("ray_address")
+        self.through_client = str(address or "").startswith("ray://")
+        # The replicas run in processes the cluster's nodes start, with the nodes' environment:
+        # vLLM's settings (CPU KV cache size, offline hub) travel in the job's runtime env.
+        runtime_env = {"env_vars": dict(spec.get("actor_env") or {})}
+        if address:
+            self.ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        else:
+            self.ray.init(
+                num_cpus=float(spec.get("ray_num_cpus") or 2),
+                num_gpus=int(spec.get("ray_num_gpus") or 0),
+                include_dashboard=False,
+                _temp_dir=spec["ray_temp_dir"],
+                runtime_env=runtime_env,
+            )
+        self._pipeline = None if self.through_client else Pipeline(spec)
+
+    def cluster_resources(self) -> dict[str, float]:
+        """The cluster's total resources."""
+        return {k: float(v) for k, v in self.ray.cluster_resources().items()}
+
+    def run(self, job: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Run the pipeline over ``job``'s rows: here, or in a driver task through Ray Client."""
+        seconds_left = deadline - time.monotonic()
+        if self._pipeline is not None:
+            return self._pipeline.collect(job, seconds_left)
+        task = self.ray.remote(num_cpus=0, max_retries=0)(collect_on_cluster)
+        ref = task.remote(self.spec, job, seconds_left)
+        try:
+            # a little past the deadline: the worker's watchdog fires first and reads what the
+            # cluster waits for; this timeout is the fallback if its interrupt cannot land
+            result: dict[str, Any] = self.ray.get(ref, timeout=max(1.0, seconds_left + 2.0))
+        except self.ray.exceptions.GetTimeoutError as exc:
+            raise JobDeadline("the driver task on the cluster had not finished") from exc
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+        return result
+
     def diagnose(self) -> str:
         """What the cluster is still waiting for (resource requests no node can place now)."""
         try:
-            sdk = importlib.import_module("ray.autoscaler.v2.sdk")
-            gcs = self.ray.get_runtime_context().gcs_address
-            demands = describe_demands(sdk.get_cluster_status(gcs))
+            if self.through_client:  # clusters often expose only the client port, not the GCS
+                task = self.ray.remote(num_cpus=0, max_retries=0)(read_demands)
+                demands = str(self.ray.get(task.remote(), timeout=30))
+            else:
+                demands = read_demands()
         except Exception as exc:  # the diagnosis must never hide the timeout itself
             return f"(could not read the cluster's resource demands: {exc})"
         if not demands:

@@ -3,23 +3,29 @@
 Against a real cluster, give its address instead: ``pytest -m batch --ray-address
 ray://head:10001`` (Ray Client) or ``--ray-address head:6379`` (from a node of the cluster);
 the pipeline tests then run there. Here the cluster is local: a head with no CPUs, so every
-replica runs on a worker node, and two worker nodes of one CPU each.
+replica runs on a worker node, and two worker nodes of one CPU each. The pipeline reaches it
+both ways: through the Ray Client (``ray://``, as a driver off the cluster does) and through the
+GCS address (as a driver on one of its nodes does).
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from pytest_gpuinfer.batch.cluster import LocalRayCluster
 from pytest_gpuinfer.batch.engines import BatchJob
+from pytest_gpuinfer.batch.results import BatchTimeout
 from pytest_gpuinfer.plugin.batch_fixtures import require_modules
 
 PROMPT_TOKENS = 16
 OUTPUT_TOKENS = 16
 
 
+@pytest.mark.parametrize("connect", ["ray-client", "gcs"])
 def test_pipeline_on_local_multinode_cluster(
-    batch_engines, batch_rows, batch_settings, batch_report
+    connect, batch_engines, batch_rows, batch_settings, batch_report
 ):
     """Head plus two workers: every row accounted for, replicas on worker nodes, all stopped."""
     require_modules("ray", "vllm")
@@ -29,9 +35,9 @@ def test_pipeline_on_local_multinode_cluster(
     try:
         cluster.start()
         assert cluster.nodes == 3
-        engine = batch_engines.start(
-            "ray", ray_address=cluster.address, memory_roots=(cluster.pid,)
-        )
+        address = cluster.client_address if connect == "ray-client" else cluster.address
+        assert address and address.startswith("ray://") == (connect == "ray-client"), address
+        engine = batch_engines.start("ray", ray_address=address, memory_roots=(cluster.pid,))
         result = engine.run(
             BatchJob(
                 batch_rows(count, PROMPT_TOKENS),
@@ -50,7 +56,41 @@ def test_pipeline_on_local_multinode_cluster(
             assert len(nodes) == replicas, f"replicas shared a node: {places}"
         result.leftovers = engine.close()
         assert result.leftovers.clean, result.leftovers.describe()
-        batch_report("ray-cluster", result, text=result.describe() + f"\nreplicas on: {places}")
+        batch_report(
+            f"ray-cluster-{connect}", result, text=result.describe() + f"\nreplicas on: {places}"
+        )
+    finally:
+        left = cluster.stop()
+    assert left.clean, left.describe()
+
+
+def test_impossible_request_through_ray_client_names_it(batch_engines, batch_rows, batch_settings):
+    """Through Ray Client a replica asking for 64 GPUs fails in its limit, naming the resource."""
+    require_modules("ray", "vllm")
+    limit = 15.0
+    cluster = LocalRayCluster(workers=1, worker_cpus=1, log_dir=batch_settings.log_dir)
+    try:
+        cluster.start()
+        engine = batch_engines.start(
+            "ray", ray_address=cluster.client_address, memory_roots=(cluster.pid,)
+        )
+        began = time.monotonic()
+        with pytest.raises(BatchTimeout) as failure:
+            engine.run(
+                BatchJob(
+                    batch_rows(4, PROMPT_TOKENS),
+                    max_tokens=4,
+                    batch_size=4,
+                    time_limit_s=limit,
+                    num_gpus=64,
+                )
+            )
+        elapsed = time.monotonic() - began
+        assert elapsed < limit + 20, f"the failure took {elapsed:.0f} s for a {limit:.0f} s limit"
+        waiting_for = failure.value.waiting_for or ""
+        assert "GPU" in waiting_for and "64" in waiting_for, str(failure.value)
+        leftovers = engine.close()
+        assert leftovers.clean, leftovers.describe()
     finally:
         left = cluster.stop()
     assert left.clean, left.describe()
