@@ -235,8 +235,10 @@ def _max_tokens_zero_message(response: httpx.Response) -> bool:
 
 
 def _empty_500(response: httpx.Response) -> bool:
-    """HTTP 500 (vLLM's answer to an integer top_k >= 2**64)."""
-    return response.status_code == 500
+    """HTTP 500 with an empty error message (vLLM's answer to an integer top_k >= 2**64)."""
+    body = _json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    return response.status_code == 500 and isinstance(error, dict) and not error.get("message")
 
 
 def _fastapi_detail_400(response: httpx.Response) -> bool:

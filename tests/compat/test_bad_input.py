@@ -526,6 +526,8 @@ def test_known_deviations_are_listed() -> None:
             assert case in NAMED_CASES, f"deviation {deviation.check!r} names no NAMED_CASES entry"
         elif kind == "error-shape":
             assert case in SHAPE_CASES, f"deviation {deviation.check!r} names no SHAPE_CASES entry"
+        else:
+            pytest.fail(f"deviation {deviation.check!r} names no check that consults the table")
 
 
 def test_deviation_needs_the_exact_behaviour_and_strict_mode_fails_it(

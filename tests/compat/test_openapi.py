@@ -109,6 +109,10 @@ def test_schemathesis_negative_bodies_get_4xx(
 
     counts = {"violating": 0, "valid body": 0}
     fuzz()
+    assert counts["violating"], (
+        f"none of the {counts['valid body']} cases schemathesis generated for POST {route} had a "
+        "schema-violating body: the check tested nothing"
+    )
     if problems:
         xfail_if_all_known(engine_identity, "schemathesis", answers)
         # Show first the answers no documented deviation explains.
