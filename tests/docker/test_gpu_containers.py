@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory, memory_used_bytes
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext
 from pytest_gpuinfer.targets.docker import DEFAULT_IMAGE, DockerLauncher
@@ -130,6 +130,10 @@ def test_cuda_runtime_version_is_reported_and_fits_the_driver(
     assert runtime_v <= driver_v, f"CUDA runtime {runtime_v} is newer than the driver's {driver_v}"
 
 
+USED_BEFORE = pytest.StashKey[int]()
+"""GPU memory in use before the two containers started (read by the test)."""
+
+
 @pytest.fixture
 def two_servers_on_one_gpu(
     gpu: GPUInfo, gpu_image: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -150,6 +154,7 @@ def two_servers_on_one_gpu(
         has_gpu=True,
     )
     servers: list[InferenceServer] = []
+    request.node.stash[USED_BEFORE] = memory_used_bytes(gpu.uuid)
     try:
         for _ in range(2):
             servers.append(launcher.launch(ctx))
@@ -161,15 +166,34 @@ def two_servers_on_one_gpu(
 
 
 def test_two_containers_share_one_gpu_with_split_memory(
-    two_servers_on_one_gpu: list[InferenceServer],
+    gpu: GPUInfo, two_servers_on_one_gpu: list[InferenceServer], request: pytest.FixtureRequest
 ) -> None:
     """Both containers start on one GPU with 40% of its memory each, and both serve."""
     for server in two_servers_on_one_gpu:
         response = httpx.post(
             f"{server.base_url}/v1/completions",
             headers=server.auth_headers(),
-            json={"model": server.model, "prompt": "Hello", "max_tokens": 4},
+            json={
+                "model": server.model,
+                "prompt": "Hello",
+                "max_tokens": 4,
+                "temperature": 0.0,
+                "ignore_eos": True,
+            },
             timeout=120,
         )
         assert response.status_code == 200, f"{server.describe()}: {response.text[:300]}"
         assert response.json()["usage"]["completion_tokens"] == 4
+    # Two servers held to 40% each add at most 80% of the card (plus 2 GiB of CUDA contexts) to
+    # what was in use before they started, and at least half of it (each reserved its share).
+    before = request.node.stash[USED_BEFORE]
+    added = memory_used_bytes(gpu.uuid) - before
+    total = gpu.memory_total_bytes
+    assert added <= 0.8 * total + 2 * 2**30, (
+        f"two servers at 40% each added {added / 2**30:.1f} GiB on {gpu.uuid} "
+        f"({total / 2**30:.1f} GiB in all): more than their shares"
+    )
+    assert added >= 0.5 * total, (
+        f"two servers at 40% each added only {added / 2**30:.1f} GiB on {gpu.uuid} "
+        f"({total / 2**30:.1f} GiB in all): did both reserve their share?"
+    )
