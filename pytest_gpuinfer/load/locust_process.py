@@ -67,6 +67,18 @@ class LocustRun:
                 return row
         return None
 
+    def user_counts(self) -> list[int]:
+        """Users running at each of locust's history samples (about one a second), in order."""
+        path = self.out_dir / "locust_stats_history.csv"
+        if not path.exists():
+            return []
+        with path.open(newline="") as file:
+            return [
+                int(record["User Count"])
+                for record in csv.DictReader(file)
+                if record.get("Name") == "Aggregated" and record.get("User Count")
+            ]
+
     @property
     def total_failures(self) -> int:
         """Failures over every entry."""

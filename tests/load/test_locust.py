@@ -4,6 +4,7 @@ each bounded in time, with its CSV statistics read back."""
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def test_locust_distributed_master_and_two_workers(
 def test_locust_follows_a_burst_shape(
     locust_run: Callable[..., LocustRun], baseline_rps: float, load_scale: float
 ) -> None:
+    baseline_rps = float(f"{baseline_rps:.3f}")  # as the locustfile reads it from its environment
     env = {"GPUINFER_BASELINE_RPS": f"{baseline_rps:.3f}", "GPUINFER_LOAD_SCALE": str(load_scale)}
     shape = standard_shape("spike5x", baseline_rps, scale=load_scale)
-    _check(locust_run(LOCUSTFILE, run_time_s=shape.duration_s + 5, shape="spike5x", env=env))
+    run = locust_run(LOCUSTFILE, run_time_s=shape.duration_s + 5, shape="spike5x", env=env)
+    _check(run)
+    # The locustfile runs ceil(rate / 1 req/s) users: the baseline count, then 5x the rate.
+    base_users, peak_users = math.ceil(baseline_rps), math.ceil(5 * baseline_rps)
+    counts = run.user_counts()
+    assert peak_users in counts, f"users never reached the spike's {peak_users}: {counts}"
+    first_peak = counts.index(peak_users)
+    assert base_users in counts[:first_peak], (
+        f"no sample at the baseline's {base_users} users before the spike: {counts}"
+    )
+    assert max(counts) == peak_users, f"more users than the spike asks for: {counts}"
+    assert any(c < peak_users for c in counts[first_peak:]), f"the spike never ended: {counts}"
