@@ -132,8 +132,20 @@ class LocalRayCluster:
                 proc.wait(timeout=5.0)
         self.leftovers = self._watch.sweep() if self._watch is not None else Leftovers()
         if self._temp_dir:
+            self._keep_error_logs()
             shutil.rmtree(self._temp_dir, ignore_errors=True)
         return self.leftovers
+
+    def _keep_error_logs(self, lines: int = 30) -> None:
+        """Append the tails of Ray's non-empty ``*.err`` logs to our log before they go."""
+        assert self._temp_dir is not None
+        with contextlib.suppress(OSError), open(self.log_path, "a") as log:
+            for path in sorted(Path(self._temp_dir).glob("**/session_*/logs/*.err")):
+                if path.parent.parent.is_symlink() or path.stat().st_size == 0:
+                    continue
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                log.write(f"--- Ray log {path.name} (last {len(tail)} lines) ---\n")
+                log.write("\n".join(tail) + "\n")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the helper's log."""

@@ -26,10 +26,14 @@ import contextlib
 import importlib
 import os
 import re
+import sys
 import time
 from typing import Any
 
 from pytest_gpuinfer.batch.wire import JobDeadline, out_row
+
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+"""What Ray's client proxier answers when the server process it started for a client died."""
 
 HELPER_STAGE_CPUS = 0.1
 """CPUs asked by every stage but the engine's (a whole CPU each deadlocks a 2-CPU instance)."""
@@ -239,7 +243,7 @@ class RayRunner:
         # vLLM's settings (CPU KV cache size, offline hub) travel in the job's runtime env.
         runtime_env = {"env_vars": dict(spec.get("actor_env") or {})}
         if address:
-            self.ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+            self._connect(str(address), runtime_env)
         else:
             self.ray.init(
                 num_cpus=float(spec.get("ray_num_cpus") or 2),
@@ -249,6 +253,29 @@ class RayRunner:
                 runtime_env=runtime_env,
             )
         self._pipeline = None if self.through_client else Pipeline(spec)
+
+    def _connect(self, address: str, runtime_env: dict[str, Any], attempts: int = 3) -> None:
+        """Join the cluster; through Ray Client, retry when it fails to start our server."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+                return
+            except ConnectionAbortedError as exc:
+                # Ray's client proxier starts one server process per client; here (Ray 2.60,
+                # 2 busy cores) that process sometimes exited at once, and a new connection
+                # gets a new one.
+                transient = self.through_client and CLIENT_SERVER_FAILED in str(exc)
+                if not transient or attempt == attempts:
+                    raise
+                print(
+                    f"gpuinfer: Ray Client at {address}: the cluster could not start a server "
+                    f"for this client (attempt {attempt} of {attempts}); retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with contextlib.suppress(Exception):
+                    self.ray.shutdown()
+                time.sleep(2.0 * attempt)
 
     def cluster_resources(self) -> dict[str, float]:
         """The cluster's total resources."""

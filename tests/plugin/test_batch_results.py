@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
 
+from pytest_gpuinfer.batch import ray_pipeline
 from pytest_gpuinfer.batch.analysis import BatchCell, batch_cells, classify, sla_projection
 from pytest_gpuinfer.batch.engines import BatchJob, BatchRejected, EngineDied, EngineSpec
-from pytest_gpuinfer.batch.ray_pipeline import describe_demands, stage_times
+from pytest_gpuinfer.batch.ray_pipeline import CLIENT_SERVER_FAILED, describe_demands, stage_times
 from pytest_gpuinfer.batch.results import (
     BatchError,
     BatchResult,
@@ -152,3 +154,52 @@ def test_ray_address_option_reaches_the_settings(pytester: pytest.Pytester) -> N
     )
     result = pytester.runpytest("--ray-address", "ray://head:10001", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+class FlakyRayClient:
+    """A stand-in for the ``ray`` module whose client proxier fails ``failures`` times."""
+
+    def __init__(self, failures: int, message: str) -> None:
+        self.failures = failures
+        self.message = message
+        self.inits: list[str] = []
+        self.shutdowns = 0
+
+    def init(self, address: str, **_: object) -> None:
+        self.inits.append(address)
+        if len(self.inits) <= self.failures:
+            raise ConnectionAbortedError(f"Initialization failure from server: {self.message}")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize(
+    ("address", "failures", "message", "inits", "fails"),
+    [
+        ("ray://head:10001", 2, CLIENT_SERVER_FAILED, 3, False),  # third attempt connects
+        ("ray://head:10001", 3, CLIENT_SERVER_FAILED, 3, True),  # gives up after three
+        ("ray://head:10001", 1, "authentication failed", 1, True),  # other errors: no retry
+        ("head:6379", 1, CLIENT_SERVER_FAILED, 1, True),  # not Ray Client: no retry
+    ],
+)
+def test_ray_client_retries_only_when_its_server_failed_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+    address: str,
+    failures: int,
+    message: str,
+    inits: int,
+    fails: bool,
+) -> None:
+    fake = FlakyRayClient(failures, message)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_pipeline.time, "sleep", lambda _s: None)
+    spec = {"mode": "ray", "ray_address": address}
+    if fails:
+        with pytest.raises(ConnectionAbortedError, match=message):
+            ray_pipeline.RayRunner(spec)
+    else:
+        runner = ray_pipeline.RayRunner(spec)
+        assert runner.through_client
+    assert len(fake.inits) == inits
+    assert fake.shutdowns == inits - 1
