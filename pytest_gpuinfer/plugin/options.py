@@ -1,26 +1,31 @@
-"""The plugin's options: declared once, read from command line or ini, validated into Settings.
+"""The plugin's options: declared once, as the fields of Settings, read from command line or ini.
 
-Each option has a ``--gpuinfer-<name>`` flag that is always there and, when nobody else claims
-it, the short form the card's commands use (``--gpu``, ``--model``, ``--endpoint``...): a
-conftest that already defines ``--model`` keeps its own, and ours answers as ``--gpuinfer-model``.
-Each option's value is parsed and checked in one place, by the parser its spec names.
+Each option is one field of :class:`Settings` whose metadata holds its :class:`OptionSpec` (flag,
+ini key, help, parser). ``--gpuinfer-<name>`` is the canonical flag and always there; the short
+form the card's commands use (``--gpu``, ``--model``, ``--endpoint``...) is added when nobody else
+claims it: a conftest that already defines ``--model`` keeps its own, and ours answers as
+``--gpuinfer-model``. Each value is parsed and checked in one place, by its spec's parser.
+
+This module is imported by every pytest run that has the plugin installed, so it imports only the
+standard library and pytest at module level.
 """
 
 from __future__ import annotations
 
-import copy
+import inspect
 import os
 import shlex
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.metrics.slo import SLO, SLOSyntaxError, parse_slos
-from pytest_gpuinfer.targets.process import port_in_use
+if TYPE_CHECKING:
+    from pytest_gpuinfer.metrics.slo import SLO
 
 SERVER_SCOPES = ("session", "package", "module", "class", "function")
 
@@ -124,9 +129,15 @@ def _looks_like_path(value: str) -> bool:
     return value.count("/") != 1
 
 
+BUILTIN_MODEL_PREFIX = "builtin:"
+"""``--model builtin:NAME`` picks one of the built-in models by name."""
+
+
 def _model(value: Any) -> str:
-    """A model path that exists (made absolute), or a hub-style id passed through."""
+    """A model path that exists (made absolute), a built-in model's name, or a hub-style id."""
     text = str(value)
+    if text.startswith(BUILTIN_MODEL_PREFIX):
+        return text
     expanded = os.path.expanduser(text)
     if os.path.exists(expanded):
         return str(Path(expanded).resolve())
@@ -157,6 +168,8 @@ def _version(value: Any) -> str:
 
 def _slos(values: Any) -> tuple[SLO, ...]:
     """SLO expressions (repeatable, comma-separated allowed) in the SLO language."""
+    from pytest_gpuinfer.metrics.slo import SLOSyntaxError, parse_slos
+
     try:
         return tuple(parse_slos(str(text) for text in values or ()))
     except SLOSyntaxError as exc:
@@ -170,71 +183,91 @@ def _directory(value: Any) -> Path:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option: its name, ini key, help text, and the parser that checks its value."""
+    """One option: its name, help text, the parser that checks its value, and its default."""
 
     name: str
-    """The short flag without dashes, e.g. ``model`` for ``--model``."""
+    """The option's name without dashes or prefix, e.g. ``model`` (``--gpuinfer-model``)."""
     help: str
     parse: Callable[[Any], Any] = _text
     default: Any = None
     metavar: str | None = None
     repeatable: bool = False
-    flag_only: bool = False
-    """A switch (store_true) with no ini key."""
-    prefixed_only: bool = False
-    """The name already starts with ``gpuinfer-``: there is no short alias."""
+    switch: bool = False
+    """A flag that takes no value (store_true); it has no ini key."""
+    short: bool = True
+    """Whether the card's short form (``--model``) is offered when nobody else defines it."""
+    attr: str = ""
+    """The :class:`Settings` field that holds the parsed value (filled in from the field)."""
 
     @property
     def ini(self) -> str:
-        """The ini key (also the argparse dest)."""
-        stem = self.name.removeprefix("gpuinfer-").replace("-", "_")
-        return f"gpuinfer_{stem}"
-
-    @property
-    def short_flag(self) -> str | None:
-        """The card's short form (``--model``), when the option has one."""
-        return None if self.prefixed_only else f"--{self.name}"
+        """The ini key (also the argparse dest): ``gpuinfer_<name>``."""
+        return "gpuinfer_" + self.name.replace("-", "_")
 
     @property
     def long_flag(self) -> str:
-        """The namespaced form that never clashes (``--gpuinfer-model``)."""
-        return f"--{self.name}" if self.prefixed_only else f"--gpuinfer-{self.name}"
+        """The canonical flag, which never clashes: ``--gpuinfer-<name>``."""
+        return f"--gpuinfer-{self.name}"
+
+    @property
+    def short_flag(self) -> str | None:
+        """The card's short form (``--model``), when the option offers one."""
+        return f"--{self.name}" if self.short else None
 
 
-OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("gpu", "GPUs to use: indexes or UUIDs, comma-separated (e.g. 0,1).", metavar="IDS"),
-    OptionSpec(
+_SPEC = "gpuinfer_option"
+
+
+def option(name: str, help: str, **spec: Any) -> Any:
+    """Declare a Settings field as an option (its spec lives in the field's metadata)."""
+    declared = OptionSpec(name, help, **spec)
+    default = declared.default
+    if isinstance(default, list | dict | set):
+        raise TypeError(f"option {name}: use an immutable default, not {default!r}")
+    return field(default=default, metadata={_SPEC: declared}, repr=name != "api-key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated plugin settings for one pytest run: one field per option, declared once here."""
+
+    gpu: str | None = option(
+        "gpu", "GPUs to use: indexes or UUIDs, comma-separated (e.g. 0,1).", metavar="IDS"
+    )
+    endpoint: str | None = option(
         "endpoint",
         "Attach to a running OpenAI-compatible server at URL; nothing is launched or stopped.",
         parse=_endpoint,
         metavar="URL",
-    ),
-    OptionSpec(
+    )
+    engine: str = option(
         "engine",
-        "Engine to launch (see the engine list below; `sim` is a simulator, not a real engine). "
-        "Default: vllm.",
+        "Engine to launch: vllm (default), llamacpp, docker, command, sim (a simulator, not a "
+        "real engine), or one a plugin adds.",
         parse=lambda value: str(value).strip().lower(),
         default="vllm",
         metavar="NAME",
-    ),
-    OptionSpec(
+    )
+    server_command: tuple[str, ...] = option(
         "server-command",
         "With --engine command: the server's command line, with {port}, {host} and {model} "
         "filled in, e.g. 'python -m sglang.launch_server --model-path {model} --port {port}'.",
         parse=_server_command,
+        default=(),
         metavar="CMD",
-    ),
-    OptionSpec(
+    )
+    model: str | None = option(
         "model",
-        "Model path or id to serve. Default: the built-in tiny model, written offline.",
+        "Model path or id to serve, or builtin:NAME. Default: the built-in tiny model, "
+        "written offline. Give paths as --model=PATH.",
         metavar="PATH",
-    ),
-    OptionSpec(
+    )
+    image: str | None = option(
         "image",
-        "With --engine docker: the container image to run (default: the pinned vLLM image).",
+        "With --engine docker: the container image to run (never pulled).",
         metavar="IMAGE",
-    ),
-    OptionSpec(
+    )
+    engine_args: tuple[str, ...] = option(
         "engine-arg",
         "Extra argument passed through to the launched server (repeatable), "
         "e.g. --engine-arg=--max-model-len=2048.",
@@ -242,34 +275,34 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=(),
         metavar="ARG",
         repeatable=True,
-    ),
-    OptionSpec(
+    )
+    server_timeout_s: float = option(
         "server-timeout",
         f"Seconds to wait for the server to become ready (default {DEFAULT_SERVER_TIMEOUT_S:.0f}).",
         parse=_positive_float,
         default=DEFAULT_SERVER_TIMEOUT_S,
         metavar="SECONDS",
-    ),
-    OptionSpec(
+    )
+    server_port: int | None = option(
         "server-port",
         "Port for the launched server on 127.0.0.1 (default: a free one).",
         parse=_port,
         metavar="PORT",
-    ),
-    OptionSpec(
+    )
+    server_scope: str = option(
         "server-scope",
         f"Scope of the inference_server fixture: {', '.join(SERVER_SCOPES)} (default session, "
         "so the model stays loaded).",
         parse=_scope,
         default="session",
         metavar="SCOPE",
-    ),
-    OptionSpec(
+    )
+    api_key: str | None = option(
         "api-key",
         "API key for the server (default: $OPENAI_API_KEY). Never printed or written to reports.",
         metavar="KEY",
-    ),
-    OptionSpec(
+    )
+    slos: tuple[SLO, ...] = option(
         "slo",
         "SLO applied to every load_runner run (repeatable; comma-separated allowed), "
         "e.g. --slo 'ttft_p95<500ms' --slo 'error_rate<0.1%'. Grammar: docs/metrics.md.",
@@ -277,15 +310,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=(),
         metavar="EXPR",
         repeatable=True,
-    ),
-    OptionSpec(
+    )
+    allow_errors: bool = option(
         "allow-errors",
         "Let load runs pass with failed requests (by default any failed request fails the run "
         "unless an error_rate SLO sets the limit).",
-        flag_only=True,
+        switch=True,
         default=False,
-    ),
-    OptionSpec(
+    )
+    burst: tuple[str, ...] = option(
         "burst",
         "Limit for every burst_runner run (repeatable), KEY=VALUE: allow_drops, max_recovery_s, "
         "max_queue, max_preemptions, p95_tolerance; a @pytest.mark.burst marker wins.",
@@ -293,95 +326,57 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default=(),
         metavar="KEY=VALUE",
         repeatable=True,
-    ),
-    OptionSpec(
+    )
+    load_scale: float = option(
         "load-scale",
         "Multiply every load-shape duration by this factor (e.g. 0.1 in CI). Default 1.",
         parse=_positive_float,
         default=1.0,
         metavar="FACTOR",
-    ),
-    OptionSpec(
-        "gpuinfer-report",
-        "Directory for machine-readable results (one JSON file per load run).",
+    )
+    report_dir: Path | None = option(
+        "report",
+        "Directory for the run's reports: JSON, HTML and per-run files.",
         parse=_directory,
         metavar="DIR",
-        prefixed_only=True,
-    ),
-    OptionSpec(
+        short=False,
+    )
+    min_driver_version: str | None = option(
         "min-driver-version",
         "Lowest acceptable NVIDIA driver version for the compat environment checks (e.g. 550.54).",
         parse=_version,
         metavar="VERSION",
-    ),
-    OptionSpec(
+    )
+    min_cuda_version: str | None = option(
         "min-cuda-version",
         "Lowest acceptable CUDA version the driver supports (e.g. 12.4).",
         parse=_version,
         metavar="VERSION",
-    ),
-    OptionSpec(
+    )
+    max_cold_start_s: float | None = option(
         "max-cold-start",
         "Fail the cold-start check when launch-to-first-completion takes longer (seconds).",
         parse=_positive_float,
         metavar="SECONDS",
-    ),
-    OptionSpec(
+    )
+    model_manifest: str | None = option(
         "model-manifest",
         "sha256 manifest of the model files: verified when it exists, written when "
         "--write-model-manifest is given.",
         metavar="PATH",
-    ),
-    OptionSpec(
+    )
+    write_model_manifest: bool = option(
         "write-model-manifest",
         "Write the --model-manifest file from the current model files instead of checking it.",
-        flag_only=True,
+        switch=True,
         default=False,
-    ),
-    OptionSpec(
+    )
+    ray_address: str | None = option(
         "ray-address",
         "Run the batch suite's Ray Data pipelines on an existing Ray cluster "
         "(e.g. ray://host:10001); default: a local Ray instance started per run.",
         metavar="ADDRESS",
-    ),
-)
-
-VALUE_FLAGS: frozenset[str] = frozenset(
-    flag
-    for spec in OPTIONS
-    if not spec.flag_only
-    for flag in (spec.short_flag, spec.long_flag)
-    if flag is not None
-)
-"""Every flag of ours that takes a value (its next word is a value, not a test path)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated plugin settings for one pytest run."""
-
-    engine: str = "vllm"
-    endpoint: str | None = None
-    model: str | None = None
-    image: str | None = None
-    engine_args: tuple[str, ...] = ()
-    server_command: tuple[str, ...] = ()
-    server_timeout_s: float = DEFAULT_SERVER_TIMEOUT_S
-    server_port: int | None = None
-    server_scope: str = "session"
-    gpu: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    slos: tuple[SLO, ...] = ()
-    allow_errors: bool = False
-    load_scale: float = 1.0
-    burst: tuple[str, ...] = ()
-    report_dir: Path | None = None
-    min_driver_version: str | None = None
-    min_cuda_version: str | None = None
-    max_cold_start_s: float | None = None
-    model_manifest: str | None = None
-    write_model_manifest: bool = False
-    ray_address: str | None = None
+    )
 
     @property
     def uses_builtin_model(self) -> bool:
@@ -389,11 +384,26 @@ class Settings:
         return self.model is None and self.endpoint is None
 
 
+OPTIONS: tuple[OptionSpec, ...] = tuple(
+    replace(item.metadata[_SPEC], attr=item.name) for item in fields(Settings)
+)
+"""Every option, in the order of the Settings fields."""
+
+VALUE_FLAGS: frozenset[str] = frozenset(
+    flag
+    for spec in OPTIONS
+    if not spec.switch
+    for flag in (spec.short_flag, spec.long_flag)
+    if flag is not None
+)
+"""Every flag of ours that takes a value (its next word is a value, not a test path)."""
+
+
 def add_ini_keys(parser: pytest.Parser) -> None:
     """Register each option's ini key and the help group (flags come after the conftests)."""
     parser.getgroup(GROUP, GROUP_TITLE)
     for spec in OPTIONS:
-        if spec.flag_only:
+        if spec.switch:
             continue
         if spec.repeatable:
             parser.addini(spec.ini, spec.help, type="args", default=[])
@@ -401,29 +411,45 @@ def add_ini_keys(parser: pytest.Parser) -> None:
             parser.addini(spec.ini, spec.help, type="string", default=None)
 
 
-def _taken(parser: pytest.Parser, flag: str) -> bool:
-    """True when another plugin or a conftest already defines ``flag``."""
-    return flag in parser.optparser._option_string_actions
+def _declared_flags(parser: pytest.Parser) -> set[str] | None:
+    """Every flag other plugins and conftests have declared so far, or None if unknowable.
+
+    pytest has no public way to list declared options. The option groups (``Parser._groups``,
+    each with its ``options`` and their ``names()``) have the same shape from pytest 8.0 through
+    9.x; should that change, the answer is None and only the ``--gpuinfer-`` flags are added.
+    """
+    groups = getattr(parser, "_groups", None)
+    anonymous = getattr(parser, "_anonymous", None)
+    if not isinstance(groups, list):
+        return None
+    declared: set[str] = set()
+    try:
+        for group in [anonymous, *groups]:
+            for argument in getattr(group, "options", ()):
+                declared.update(argument.names())
+    except (AttributeError, TypeError):
+        return None
+    return declared
 
 
 def add_flags(parser: pytest.Parser) -> list[str]:
     """Add every option's flags, leaving out short forms someone else already defines.
 
-    Returns the short flags left out, so the header can say which names to use instead.
+    Returns the short flags left out, so errors can name the flag to use instead.
     """
     group = parser.getgroup(GROUP, GROUP_TITLE)
+    declared = _declared_flags(parser)
     yielded: list[str] = []
     for spec in OPTIONS:
+        if declared is not None and spec.long_flag in declared:
+            continue  # configured twice in one process (pytester in-process runs): already there
         names = [spec.long_flag]
-        short = spec.short_flag
-        if short is not None:
-            if _taken(parser, short):
-                yielded.append(short)
+        if spec.short_flag is not None:
+            if declared is None or spec.short_flag in declared:
+                yielded.append(spec.short_flag)
             else:
-                names.insert(0, short)
-        if _taken(parser, spec.long_flag):  # configured twice in one process: already there
-            continue
-        if spec.flag_only:
+                names.insert(0, spec.short_flag)
+        if spec.switch:
             group.addoption(*names, action="store_true", dest=spec.ini, help=spec.help)
         else:
             group.addoption(
@@ -437,13 +463,8 @@ def add_flags(parser: pytest.Parser) -> list[str]:
     return yielded
 
 
-def option_values_as_paths(args: Sequence[str]) -> list[str]:
-    """The words of ``args`` that follow one of our value flags in the space form."""
-    values: list[str] = []
-    for index, word in enumerate(args[:-1]):
-        if word in VALUE_FLAGS:
-            values.append(str(args[index + 1]))
-    return values
+YIELDED_FLAGS = pytest.StashKey[list[str]]()
+"""Short flags another plugin or conftest owns in this run (ours answer as --gpuinfer-...)."""
 
 
 def _flag_name(spec: OptionSpec, config: pytest.Config) -> str:
@@ -456,7 +477,7 @@ def _flag_name(spec: OptionSpec, config: pytest.Config) -> str:
 def _raw(config: pytest.Config, spec: OptionSpec) -> Any:
     """Command line first, then ini, then the default."""
     value = config.getoption(spec.ini, default=None)
-    if spec.flag_only:
+    if spec.switch:
         return bool(value)
     if value is None or value == []:
         value = config.getini(spec.ini)
@@ -465,10 +486,20 @@ def _raw(config: pytest.Config, spec: OptionSpec) -> Any:
     return value
 
 
+def given_options(config: pytest.Config) -> list[str]:
+    """The flags of ours this run sets, on the command line or in the ini file."""
+    given = []
+    for spec in OPTIONS:
+        raw = _raw(config, spec)
+        if raw is not spec.default and raw != spec.default:
+            given.append(_flag_name(spec, config))
+    return given
+
+
 def _value(config: pytest.Config, spec: OptionSpec) -> Any:
     """The parsed value of one option; a bad value is a one-line usage error naming the flag."""
     raw = _raw(config, spec)
-    if raw is None or spec.flag_only or raw is spec.default:
+    if raw is None or spec.switch or raw is spec.default:
         return raw
     try:
         return spec.parse(raw)
@@ -476,108 +507,123 @@ def _value(config: pytest.Config, spec: OptionSpec) -> Any:
         raise pytest.UsageError(f"{_flag_name(spec, config)} {exc}") from None
 
 
-YIELDED_FLAGS = pytest.StashKey[list[str]]()
-"""Short flags another plugin or conftest owns in this run (ours answer as --gpuinfer-...)."""
-
-
-def load_settings(config: pytest.Config, engines: Iterable[str]) -> Settings:
-    """Read and validate all options; a bad value raises a one-line pytest.UsageError."""
-    values = {spec.ini: _value(config, spec) for spec in OPTIONS}
-    known = list(engines)
-    engine = str(values["gpuinfer_engine"])
-    if engine not in known:
-        raise pytest.UsageError(
-            f"--engine {engine!r} is not known; choose one of: {', '.join(known)} "
-            "(or use --endpoint URL to attach to any OpenAI-compatible server)"
-        )
-    server_command = values["gpuinfer_server_command"] or ()
-    if server_command and engine != "command":
-        raise pytest.UsageError("--server-command is only used with --engine command")
-    endpoint = values["gpuinfer_endpoint"]
-    model = values["gpuinfer_model"]
-    if model and not endpoint:
-        try:
-            model = _model(model)
-        except OptionValueError as exc:
-            raise pytest.UsageError(f"{_flag_name(_spec('model'), config)} {exc}") from None
-    port = values["gpuinfer_server_port"]
-    if port is not None and not endpoint and port_in_use(port):
-        raise pytest.UsageError(
-            f"--server-port {port}: the port is already in use on 127.0.0.1; "
-            "free it or omit --server-port to use a free one"
-        )
-    api_key = values["gpuinfer_api_key"] or os.environ.get("OPENAI_API_KEY") or None
-    return Settings(
-        engine=engine,
-        endpoint=endpoint,
-        model=str(model) if model else None,
-        image=values["gpuinfer_image"],
-        engine_args=values["gpuinfer_engine_arg"],
-        server_command=server_command,
-        server_timeout_s=values["gpuinfer_server_timeout"],
-        server_port=port,
-        server_scope=values["gpuinfer_server_scope"],
-        gpu=values["gpuinfer_gpu"] or None,
-        api_key=api_key,
-        slos=values["gpuinfer_slo"],
-        allow_errors=values["gpuinfer_allow_errors"],
-        load_scale=values["gpuinfer_load_scale"],
-        burst=values["gpuinfer_burst"],
-        report_dir=values["gpuinfer_report"],
-        min_driver_version=values["gpuinfer_min_driver_version"],
-        min_cuda_version=values["gpuinfer_min_cuda_version"],
-        max_cold_start_s=values["gpuinfer_max_cold_start"],
-        model_manifest=values["gpuinfer_model_manifest"],
-        write_model_manifest=values["gpuinfer_write_model_manifest"],
-        ray_address=values["gpuinfer_ray_address"] or None,
-    )
-
-
 def _spec(name: str) -> OptionSpec:
     """The option declared as ``name``."""
     return next(spec for spec in OPTIONS if spec.name == name)
 
 
-def reconsider_rootdir(config: pytest.Config, args: list[str]) -> None:
-    """Find rootdir and ini file again without taking option values for test paths.
+def load_settings(config: pytest.Config) -> Settings:
+    """Read and validate every option; a bad value raises a one-line pytest.UsageError.
 
-    pytest finds its rootdir and ini file before any plugin has declared its options, so in
-    ``--model /models/m.gguf`` the path counts as a test path: the rootdir becomes the model's
-    folder and the project's configuration (addopts, markers, timeout) is silently lost. Here the
-    words after our value flags are left out and, when that changes the answer, the run is given
-    the configuration it should have had (ini values, addopts and the plugins they name).
+    Cheap when no option is given (no import beyond this module, no file or network access):
+    every pytest run with the plugin installed goes through here.
     """
-    from _pytest.config.findpaths import determine_setup
+    values = {spec.attr: _value(config, spec) for spec in OPTIONS}
+    if values["server_command"] and values["engine"] != "command":
+        raise pytest.UsageError(
+            f"{_flag_name(_spec('server-command'), config)} is only used with --engine command"
+        )
+    endpoint = values["endpoint"]
+    model = values["model"]
+    if model and not endpoint:
+        try:
+            values["model"] = _model(model)
+        except OptionValueError as exc:
+            raise pytest.UsageError(f"{_flag_name(_spec('model'), config)} {exc}") from None
+    port = values["server_port"]
+    if port is not None and not endpoint:
+        from pytest_gpuinfer.targets.process import port_in_use
 
-    values = set(option_values_as_paths(args))
+        if port_in_use(port):
+            raise pytest.UsageError(
+                f"{_flag_name(_spec('server-port'), config)} {port}: the port is already in use "
+                "on 127.0.0.1; free it or leave the option out to use a free one"
+            )
+    values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY") or None
+    values["gpu"] = values["gpu"] or None
+    values["ray_address"] = values["ray_address"] or None
+    return Settings(**values)
+
+
+def check_engine(config: pytest.Config, engine: str, known: Sequence[str]) -> None:
+    """A usage error naming the engines there are, when ``engine`` is not one of them."""
+    if engine not in known:
+        raise pytest.UsageError(
+            f"{_flag_name(_spec('engine'), config)} {engine!r} is not known; choose one of: "
+            f"{', '.join(known)} (or use --endpoint URL to attach to any OpenAI-compatible server)"
+        )
+
+
+def _space_form_values(args: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(flag, value) for each of our value flags written with its value as the next word."""
+    for index, word in enumerate(args[:-1]):
+        if word in VALUE_FLAGS:
+            yield word, str(args[index + 1])
+
+
+def _rootdir_without(config: pytest.Config, values: set[str]) -> Path | None:
+    """The rootdir pytest would have found had ``values`` not been taken for test paths.
+
+    pytest finds rootdir and ini file before any installed plugin declares its options, so the
+    value in ``--model /models/m`` counts as a test path there. This asks pytest's own finder
+    (``_pytest.config.findpaths.determine_setup``, whose keyword arguments differ between 8.x and
+    9.x: only those it takes are passed) for the answer without them. None when it cannot tell.
+    """
+    try:
+        from _pytest.config.findpaths import determine_setup
+    except ImportError:
+        return None
+    params = config.invocation_params
+    paths = [
+        arg
+        for arg in params.args
+        if isinstance(arg, str) and not arg.startswith("-") and arg not in values
+    ]
+    offered = {
+        "inifile": config.getoption("inifilename", None),
+        "override_ini": config.getoption("override_ini", None),
+        "args": paths,
+        "rootdir_cmd_arg": config.getoption("rootdir", None) or None,
+        "invocation_dir": params.dir,
+    }
+    try:
+        accepted = inspect.signature(determine_setup).parameters
+        found = determine_setup(**{key: v for key, v in offered.items() if key in accepted})
+        return Path(found[0])
+    except Exception:  # a pytest whose finder changed shape: say nothing rather than guess
+        return None
+
+
+def check_space_form_paths(config: pytest.Config) -> None:
+    """A usage error when an option's path value, given in the space form, moved the rootdir.
+
+    ``--model /models/m`` (space form) is read as a test path by pytest's rootdir discovery, which
+    runs before any installed plugin declares options: the rootdir becomes the model's folder and
+    the project's ini file (addopts, markers, timeouts) is silently not read. ``--model=/models/m``
+    avoids it. Only paths that exist take part in that discovery, so only they are checked.
+    """
+    values = {
+        value: flag
+        for flag, value in _space_form_values(config.invocation_params.args)
+        if os.path.exists(os.path.expanduser(value))
+    }
     if not values:
         return
-    namespace = config.known_args_namespace
-    paths = [p for p in namespace.file_or_dir if p not in values]
-    if len(paths) == len(namespace.file_or_dir):
+    expected = _rootdir_without(config, set(values))
+    if expected is None:
+        flag, value = next(iter(values.items()))[::-1]
+        warnings.warn(
+            pytest.PytestConfigWarning(
+                f"{flag} {value}: pytest may take the value for a test path when it looks for "
+                f"rootdir; write {flag}={value}"
+            ),
+            stacklevel=1,
+        )
         return
-    namespace.file_or_dir = paths  # the initial conftests come from these
-    rootpath, inipath, inicfg, ignored = determine_setup(
-        inifile=namespace.inifilename,
-        override_ini=namespace.override_ini,
-        args=paths,
-        rootdir_cmd_arg=namespace.rootdir or None,
-        invocation_dir=config.invocation_params.dir,
-    )
-    if (rootpath, inipath) == (config.rootpath, config.inipath):
-        return
-    config._rootpath = rootpath
-    config._inipath = inipath
-    config._inicfg = inicfg
-    config._ignored_config_files = ignored
-    config._inicache.clear()
-    config._parser.extra_info["rootdir"] = str(rootpath)
-    config._parser.extra_info["inifile"] = str(inipath)
-    addopts = list(config.getini("addopts"))
-    if addopts:
-        args[:] = addopts + args
-        config.pluginmanager.consider_preparse(addopts, exclude_only=False)
-    namespace = config._parser.parse_known_args(args, namespace=copy.copy(config.option))
-    namespace.file_or_dir = [p for p in namespace.file_or_dir if p not in values]
-    namespace.confcutdir = str(inipath.parent if inipath else rootpath)
-    config.known_args_namespace = namespace
+    if expected != config.rootpath:
+        value, flag = next(iter(values.items()))
+        raise pytest.UsageError(
+            f"{flag} {value}: pytest took the value for a test path, so the rootdir became "
+            f"{config.rootpath} instead of {expected} and that project's configuration was not "
+            f"read; write {flag}={value}"
+        )

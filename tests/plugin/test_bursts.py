@@ -137,14 +137,26 @@ def test_burst_marker_limits_reach_the_fixture(pytester: pytest.Pytester) -> Non
             assert burst_limits.max_queue == 3
             assert burst_limits.allow_drops == 0
 
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+
+
+def test_burst_marker_with_a_misspelt_limit_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """A typo in a limit name would leave that limit unjudged: it stops the run up front."""
+    pytester.makepyfile(
+        """
+        import pytest
+
         @pytest.mark.burst(max_quue=3)
         def test_typo(burst_limits):
             pass
         """
     )
     result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*unknown burst limits*max_quue*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_typo: @pytest.mark.burst: *max_quue*"])
 
 
 def test_every_load_run_samples_the_engine_gauges_several_times_a_second(

@@ -25,7 +25,7 @@ def test_passing_slos_pass_and_are_reported(pytester: pytest.Pytester, tmp_path:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "gpuinfer 0.1.0: target sim (simulator, not a real engine), model sim-model*",
+            "gpuinfer *: target sim (simulator, not a real engine), model sim-model*",
             "*test_load ?load 1?: 40/40 ok, 0 failed; TTFT p50/p95/p99 */*/* ms;*client *",
             "target: sim (simulator, not a real engine), model sim-model at http://127.0.0.1:*",
         ]

@@ -65,8 +65,8 @@ def test_leak_marker_rejects_positional_arguments(pytester: pytest.Pytester) -> 
         """
     )
     result = pytester.runpytest()
-    assert result.ret != 0
-    assert "leak marker takes keywords" in result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_bad: leak marker takes keywords max_growth_mb*"])
 
 
 VLLM_KV_TOO_BIG = """\

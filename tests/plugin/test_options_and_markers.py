@@ -124,7 +124,7 @@ def test_header_in_cpu_mode(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--engine=sim")
     result.stdout.fnmatch_lines(
         [
-            "gpuinfer 0.1.0: target sim (simulator, not a real engine), model sim-model*",
+            "gpuinfer *: target sim (simulator, not a real engine), model sim-model*",
             "gpuinfer: GPUs: *",
         ]
     )
@@ -246,28 +246,64 @@ def test_every_option_has_a_gpuinfer_alias(pytester: pytest.Pytester) -> None:
         ), f"{alias} is not listed beside {flag}"
 
 
-def test_option_value_in_space_form_is_not_a_test_path(
-    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """``--model /elsewhere/m.gguf`` (space form) keeps the project's rootdir and configuration."""
-    model_dir = tmp_path_factory.mktemp("models")
-    model_file = model_dir / "m.gguf"
-    model_file.write_bytes(b"GGUF")
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    project_mark: ours\n")
-    pytester.makepyfile(
-        """
-        import pytest
+@pytest.fixture
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model file outside the project folder."""
+    model = tmp_path_factory.mktemp("models") / "m.gguf"
+    model.write_bytes(b"GGUF")
+    return str(model)
 
-        @pytest.mark.project_mark
-        def test_configured(request, pytestconfig):
-            assert pytestconfig.inipath is not None and pytestconfig.inipath.name == "tox.ini"
-            assert str(pytestconfig.getoption("gpuinfer_model")).endswith("m.gguf")
-            assert not pytestconfig.pluginmanager.has_plugin("cacheprovider")
-        """
-    )
-    project = pytester.path
+
+CONFIGURED_PROJECT = """
+import pytest
+
+@pytest.mark.project_mark
+def test_configured(request, pytestconfig):
+    assert pytestconfig.inipath is not None and pytestconfig.inipath.name == "tox.ini"
+    assert str(pytestconfig.getoption("gpuinfer_model")).endswith("m.gguf")
+    assert not pytestconfig.pluginmanager.has_plugin("cacheprovider")
+"""
+
+
+def test_path_value_in_equals_form_keeps_the_project_configuration(
+    pytester: pytest.Pytester, model_file: str
+) -> None:
+    """``--model=/elsewhere/m.gguf`` keeps the project's rootdir, ini file and addopts."""
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    project_mark: ours\n")
+    pytester.makepyfile(CONFIGURED_PROJECT)
     result = pytester.runpytest_subprocess(
-        "--strict-markers", "--engine=sim", "--model", str(model_file)
+        "--strict-markers", "--engine=sim", f"--model={model_file}"
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"rootdir: {project}*", "configfile: tox.ini*"])
+    result.stdout.fnmatch_lines([f"rootdir: {pytester.path}*", "configfile: tox.ini*"])
+
+
+def test_path_value_in_space_form_that_moves_the_rootdir_is_a_usage_error(
+    pytester: pytest.Pytester, model_file: str
+) -> None:
+    """``--model /elsewhere/m.gguf`` would silently drop the project's configuration (pytest
+    reads the path as a test path before the plugin declares --model): say so and how to fix it."""
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    project_mark: ours\n")
+    pytester.makepyfile(CONFIGURED_PROJECT)
+    result = pytester.runpytest_subprocess(
+        "--strict-markers", "--engine=sim", "--model", model_file
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: --model {model_file}: pytest took the value for a test path*"
+            f"write --model={model_file}"
+        ]
+    )
+
+
+def test_path_value_in_space_form_with_test_paths_given_is_fine(
+    pytester: pytest.Pytester, model_file: str
+) -> None:
+    """With the project's test path on the command line the rootdir does not move: no error."""
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\nmarkers =\n    project_mark: ours\n")
+    test_file = pytester.makepyfile(CONFIGURED_PROJECT)
+    result = pytester.runpytest_subprocess(
+        str(test_file), "--strict-markers", "--engine=sim", "--model", model_file
+    )
+    result.assert_outcomes(passed=1)
