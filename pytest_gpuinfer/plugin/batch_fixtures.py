@@ -25,14 +25,15 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.batch.engines import BatchEngine, EngineSpec, make_rows
-from pytest_gpuinfer.batch.results import InputRow, Leftovers
-from pytest_gpuinfer.models.tinymodel import ensure_model
 from pytest_gpuinfer.plugin.state import RUN_STATE
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.batch.engines import BatchEngine, EngineSpec
+    from pytest_gpuinfer.batch.results import InputRow, Leftovers
 
 _REPORT_LINES = pytest.StashKey[list[str]]()
 
@@ -69,6 +70,8 @@ class BatchSettings:
 
     def spec(self, mode: str, **overrides: Any) -> EngineSpec:
         """An engine spec on this run's model, GPUs and (for Ray modes) cluster."""
+        from pytest_gpuinfer.batch.engines import EngineSpec
+
         spec = EngineSpec(
             mode=mode,
             model=self.model,
@@ -85,6 +88,8 @@ class BatchSettings:
 @pytest.fixture(scope="session")
 def batch_settings(pytestconfig: pytest.Config) -> BatchSettings:
     """The batch suite's settings for this run."""
+    from pytest_gpuinfer.models.tinymodel import ensure_model
+
     state = pytestconfig.stash[RUN_STATE]
     settings = state.settings
     model = settings.model or str(ensure_model())
@@ -104,6 +109,8 @@ def batch_rows(batch_settings: BatchSettings) -> Callable[[int, int], list[Input
     cache: dict[tuple[int, int], list[InputRow]] = {}
 
     def rows(count: int, prompt_tokens: int) -> list[InputRow]:
+        from pytest_gpuinfer.batch.engines import make_rows
+
         key = (count, prompt_tokens)
         if key not in cache:
             cache[key] = make_rows(batch_settings.model, count, prompt_tokens)
@@ -123,6 +130,8 @@ class BatchEngines:
         self, mode: str, *, memory_roots: tuple[int, ...] = (), **overrides: Any
     ) -> BatchEngine:
         """Start an engine (skips without Ray or vLLM)."""
+        from pytest_gpuinfer.batch.engines import BatchEngine
+
         require_modules("vllm", *(("ray",) if mode != "offline" else ()))
         engine = BatchEngine(
             self.settings.spec(mode, **overrides),
@@ -153,6 +162,8 @@ def batch_engines(batch_settings: BatchSettings) -> Iterator[BatchEngines]:
 @pytest.fixture(scope="session")
 def offline_batch_engine(batch_settings: BatchSettings) -> Iterator[BatchEngine]:
     """One vLLM offline engine for the whole session (the model loads once)."""
+    from pytest_gpuinfer.batch.engines import BatchEngine
+
     require_modules("vllm")
     spec = batch_settings.spec("offline", engine_kwargs=dict(OFFLINE_ENGINE_KWARGS))
     engine = BatchEngine(spec, log_dir=batch_settings.log_dir)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
-from pytest_gpuinfer.plugin.load_fixture import LOAD_RUNNERS, TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.targets import InferenceServer, TargetError, TargetManager
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+    from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
+    from pytest_gpuinfer.targets import InferenceServer, TargetManager
 
 
 def _server_scope(fixture_name: str, config: pytest.Config) -> Any:
@@ -55,6 +58,8 @@ def gpu(pytestconfig: pytest.Config) -> GPUInfo:
 @pytest.fixture(scope=_server_scope)
 def inference_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
     """The target under test: launched once per scope (session by default) or attached."""
+    from pytest_gpuinfer.targets import TargetError
+
     state = pytestconfig.stash[RUN_STATE]
     if state.server_failure is not None:
         first_line = state.server_failure.splitlines()[0]
@@ -88,7 +93,7 @@ def http_client(inference_server: InferenceServer) -> Iterator[Any]:
 @pytest.fixture
 def openai_client(inference_server: InferenceServer) -> Any:
     """The official ``openai`` Python client pointed at the server (skips if not installed)."""
-    openai = pytest.importorskip("openai", reason="the openai package is not installed")
+    openai = require("openai")
     return openai.OpenAI(
         base_url=f"{inference_server.base_url}/v1",
         api_key=inference_server.api_key or "not-needed",
@@ -103,6 +108,7 @@ def load_runner(
 ) -> TestLoadRunner:
     """Runs load against the server; each run is judged by the test's SLOs and reported."""
     from pytest_gpuinfer.load.runner import LoadRunner
+    from pytest_gpuinfer.plugin.load_fixture import LOAD_RUNNERS, TestLoadRunner, slos_for
 
     state = request.config.stash[RUN_STATE]
     runner = TestLoadRunner(

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.metrics import slo, units
 from pytest_gpuinfer.plugin import report_plugin
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+    from pytest_gpuinfer.metrics import slo
     from pytest_gpuinfer.targets import InferenceServer
 
 
@@ -30,30 +30,18 @@ class SLOViolation(AssertionError):
 
 def slos_for(item: pytest.Item, global_slos: tuple[slo.SLO, ...]) -> tuple[slo.SLO, ...]:
     """The SLOs that apply to a test: its ``@pytest.mark.slo(...)`` ones, then ``--slo`` ones."""
+    from pytest_gpuinfer.metrics import slo
+
     own: list[slo.SLO] = []
     for marker in item.iter_markers(name="slo"):
         own.extend(slo.parse_slos(marker.args))
     return (*own, *global_slos)
 
 
-def check_slo_markers(items: list[pytest.Item]) -> None:
-    """Parse every ``slo`` marker at collection so a bad expression is a usage error up front."""
-    for item in items:
-        for marker in item.iter_markers(name="slo"):
-            if not marker.args or marker.kwargs:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: @pytest.mark.slo takes SLO strings, "
-                    'e.g. @pytest.mark.slo("ttft_p95<500ms", "error_rate<1%")'
-                )
-            try:
-                slo.parse_slos(marker.args)
-            except slo.SLOSyntaxError as exc:
-                first = str(exc).splitlines()[0]
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slo: {first}") from None
-
-
 def result_line(result: LoadResult) -> str:
     """One line for the terminal summary: counts, key percentiles, throughput, self-check."""
+    from pytest_gpuinfer.metrics import units
+
     summary = result.summary
     ttft = summary.ttft
     ms = functools.partial(units.ms, digits=1)

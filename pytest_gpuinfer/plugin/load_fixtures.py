@@ -19,17 +19,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.load import bursts, locust_process
-from pytest_gpuinfer.load.shapes import LoadShape
 from pytest_gpuinfer.plugin import report_plugin
-from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.report.payloads import burst_payload
-from pytest_gpuinfer.targets import InferenceServer
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.load import bursts, locust_process
+    from pytest_gpuinfer.load.shapes import LoadShape
+    from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
+    from pytest_gpuinfer.targets import InferenceServer
 
 CI_LOAD_SCALE = 0.1
 """Shape durations under CI=true when --load-scale is not given (1.0)."""
@@ -77,6 +78,8 @@ def parse_limit_texts(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def burst_limits(request: pytest.FixtureRequest) -> bursts.BurstLimits:
     """This test's burst verdicts: zero drops by default, then the run's ``--burst KEY=VALUE``
     options (Settings.burst, when declared), then the test's ``burst`` marker."""
+    from pytest_gpuinfer.load import bursts
+
     limits = bursts.BurstLimits()
     settings = request.config.stash[RUN_STATE].settings
     try:
@@ -123,6 +126,8 @@ class BurstRunner:
         result = self.load_runner.run(
             schedule=shape.schedule, check_slos=False, max_tokens=max_tokens, **run_kwargs
         )
+        from pytest_gpuinfer.load import bursts
+
         report = bursts.analyze(result, shape, limits or self.limits)
         self.reports.append(report)
         self._record(report)
@@ -146,6 +151,8 @@ class BurstRunner:
         ):
             self.item.user_properties.append((prefix + name, value))
         self.item.add_report_section("call", f"gpuinfer burst {report.shape.name}", report.text())
+        from pytest_gpuinfer.report.payloads import burst_payload
+
         report_plugin.record(self.item, "burst", burst_payload(report, self.scale))
         self.item.config.stash.setdefault(_REPORTS, []).append(
             (self.item.nodeid, report.headline())
@@ -199,6 +206,8 @@ def locust_run(
             **kwargs.pop("env", {}),
         }
         out_dir = tmp_path / f"locust-{len(list(tmp_path.glob('locust-*')))}"
+        from pytest_gpuinfer.load import locust_process
+
         outcome = locust_process.run_locust(
             locustfile, inference_server.base_url, out_dir=out_dir, env=env, **kwargs
         )

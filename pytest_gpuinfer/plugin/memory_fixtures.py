@@ -16,29 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.hardware.gpu import GPUInfo
-from pytest_gpuinfer.memory.boundary import BoundaryResult
-from pytest_gpuinfer.memory.leak import (
-    DEFAULT_CPU_MAX_GROWTH_MB,
-    DEFAULT_GPU_MAX_GROWTH_MB,
-    LeakVerdict,
-    judge_growth,
-)
-from pytest_gpuinfer.memory.tracker import (
-    MemorySource,
-    MemoryTracker,
-    NVMLMemory,
-    ProcessTreeRSS,
-    process_tree_pids,
-)
 from pytest_gpuinfer.plugin import report_plugin
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.report.payloads import boundary_payload, memory_payload, note_payload
-from pytest_gpuinfer.targets import InferenceServer
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.hardware.gpu import GPUInfo
+    from pytest_gpuinfer.memory.boundary import BoundaryResult
+    from pytest_gpuinfer.memory.leak import LeakVerdict
+    from pytest_gpuinfer.memory.tracker import MemorySource, MemoryTracker
+    from pytest_gpuinfer.targets import InferenceServer
 
 DEFAULT_INTERVAL_S = 0.2
 DEFAULT_SETTLE_S = 1.0
@@ -46,6 +36,9 @@ DEFAULT_SETTLE_S = 1.0
 
 def source_for(target: InferenceServer | int, gpus: tuple[GPUInfo, ...]) -> MemorySource:
     """The memory source for a server or pid: NVML on ``gpus`` when there are any, else RSS."""
+    from pytest_gpuinfer.memory.tracker import NVMLMemory, ProcessTreeRSS, process_tree_pids
+    from pytest_gpuinfer.targets import InferenceServer
+
     if isinstance(target, InferenceServer):
         uuids = target.gpu_uuids or tuple(g.uuid for g in gpus)
         pid = target.process.pid if target.process is not None else None
@@ -79,6 +72,9 @@ class VramTracker:
         settle_timeout_s: float = 15.0,
     ) -> MemoryTracker:
         """Start sampling ``target`` and take a settled baseline (bounded by settle_timeout_s)."""
+        from pytest_gpuinfer.memory.tracker import MemoryTracker
+        from pytest_gpuinfer.targets import InferenceServer
+
         source = (
             source_for(target, self.gpus) if isinstance(target, InferenceServer | int) else target
         )
@@ -102,6 +98,8 @@ class VramTracker:
 def vram_tracker(request: pytest.FixtureRequest) -> Iterator[VramTracker]:
     """Memory trackers for this test (NVML by UUID on GPUs, process-tree RSS without); each
     tracker's timeline (with its leak verdict) goes into the run's report."""
+    from pytest_gpuinfer.report.payloads import memory_payload
+
     state = request.config.stash[RUN_STATE]
     watch = VramTracker(gpus=state.gpus_in_use)
     yield watch
@@ -143,13 +141,15 @@ class LeakLimits:
 
     def growth_limit_mb(self, source: MemorySource) -> float:
         """The limit for this source: the marker's, else the GPU or CPU default."""
+        from pytest_gpuinfer.memory.leak import DEFAULT_CPU_MAX_GROWTH_MB, DEFAULT_GPU_MAX_GROWTH_MB
+
         if self.max_growth_mb is not None:
             return self.max_growth_mb
         return DEFAULT_GPU_MAX_GROWTH_MB if source.kind == "vram" else DEFAULT_CPU_MAX_GROWTH_MB
 
 
 LEAK_WATCH = pytest.StashKey[tuple[VramTracker, LeakLimits]]()
-LEAK_VERDICTS = pytest.StashKey[list[LeakVerdict]]()
+LEAK_VERDICTS = pytest.StashKey[list["LeakVerdict"]]()
 
 
 @pytest.fixture(autouse=True)
@@ -175,6 +175,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     entry = item.stash.get(LEAK_WATCH, None)
     if entry is None:
         return result
+    from pytest_gpuinfer.memory.leak import judge_growth
+
     watch, limits = entry
     if not watch.trackers:
         pytest.fail(
@@ -213,6 +215,8 @@ def memory_report(request: pytest.FixtureRequest) -> Callable[..., None]:
     ``memory_report(text, result)`` with a BoundaryResult also puts its table in the report."""
 
     def add(text: str, result: BoundaryResult | None = None) -> None:
+        from pytest_gpuinfer.report.payloads import boundary_payload, note_payload
+
         reports = request.config.stash.setdefault(MEMORY_REPORTS, [])
         reports.append((request.node.nodeid, text))
         request.node.user_properties.append(("gpuinfer_memory", text))

@@ -20,19 +20,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_gpuinfer.load import prompts
-from pytest_gpuinfer.load.runner import LoadResult
-from pytest_gpuinfer.perf import baselines
-from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
 from pytest_gpuinfer.plugin import report_plugin
-from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner, slos_for
+from pytest_gpuinfer.plugin.load_fixture import slos_for
 from pytest_gpuinfer.plugin.state import RUN_STATE
-from pytest_gpuinfer.report.payloads import regression_payload
-from pytest_gpuinfer.targets import InferenceServer
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.load import prompts
+    from pytest_gpuinfer.load.runner import LoadResult
+    from pytest_gpuinfer.perf import baselines
+    from pytest_gpuinfer.perf.slos import SLOsInForce
+    from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
+    from pytest_gpuinfer.targets import InferenceServer
 
 
 def in_ci() -> bool:
@@ -96,6 +98,8 @@ class PerfWorkload:
         self, tokens: int, count: int = 64, *, varied: bool = True, seed: int = 0
     ) -> prompts.PromptSet:
         """``count`` prompts of exactly ``tokens`` target tokens (cached per seed)."""
+        from pytest_gpuinfer.load import prompts
+
         key = (tokens, count, varied, seed)
         if key not in self._cache:
             self._cache[key] = prompts.build_prompts(
@@ -132,6 +136,8 @@ def perf_workload(inference_server: InferenceServer) -> PerfWorkload:
 
 def workload_for(server: InferenceServer) -> PerfWorkload:
     """The (cached) workload helper of ``server``."""
+    from pytest_gpuinfer.load import prompts
+
     key = f"{server.base_url}|{server.model}|{id(server)}"
     if key not in _WORKLOADS:
         counter = prompts.token_counter_for(
@@ -158,6 +164,8 @@ def perf_slos(
     request: pytest.FixtureRequest, inference_server: InferenceServer, load_runner: TestLoadRunner
 ) -> Callable[[str], SLOsInForce]:
     """``perf_slos(scenario)``: the SLOs in force; ``load_runner`` is set to judge by them."""
+    from pytest_gpuinfer.perf.slos import slos_in_force
+
     state = request.config.stash[RUN_STATE]
     own = slos_for(request.node, state.settings.slos)
 
@@ -179,6 +187,8 @@ def machine_identity(
     config: pytest.Config, server: InferenceServer, configuration: str
 ) -> baselines.MachineIdentity:
     """The identity a baseline is stored under: GPUs, driver, engine, model, configuration."""
+    from pytest_gpuinfer.perf import baselines
+
     state = config.stash[RUN_STATE]
     gpus = state.gpus_in_use
     engine_args = " ".join(state.settings.engine_args)
@@ -209,6 +219,9 @@ class PerfBaseline:
 
     def check(self, name: str, result: LoadResult, configuration: str = "") -> str:
         """Save and/or compare ``result`` under ``name``; fail on a regression; return a note."""
+        from pytest_gpuinfer.perf import baselines
+        from pytest_gpuinfer.report.payloads import regression_payload
+
         __tracebackhide__ = True
         identity = machine_identity(self.config, self.server, configuration)
         notes: list[str] = []
@@ -252,6 +265,8 @@ def perf_baseline(
     request: pytest.FixtureRequest, pytestconfig: pytest.Config, inference_server: InferenceServer
 ) -> PerfBaseline:
     """Baseline storage and regression gate driven by pytest-benchmark's options."""
+    from pytest_gpuinfer.perf import baselines
+
     storage = pytestconfig.getoption("benchmark_storage", None) or "file://./.benchmarks"
     save = pytestconfig.getoption("benchmark_save", None) or pytestconfig.getoption(
         "benchmark_autosave", None

@@ -20,18 +20,17 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gpuinfer import __version__
-from pytest_gpuinfer.report import summary
-from pytest_gpuinfer.report.collector import ReportCollector
-from pytest_gpuinfer.report.machine import machine_section, target_section
-from pytest_gpuinfer.report.progress import ProgressLine
-from pytest_gpuinfer.targets import InferenceServer
 
-REPORT = pytest.StashKey[ReportCollector]()
+if TYPE_CHECKING:
+    from pytest_gpuinfer.report.collector import ReportCollector
+    from pytest_gpuinfer.report.progress import ProgressLine
+
+REPORT = pytest.StashKey["ReportCollector"]()
 _ATTRIBUTE = "gpuinfer_report"
 """The test-report attribute that carries a phase's results (a JSON string: xdist-safe)."""
 _PLUGIN_NAME = "gpuinfer-report"
@@ -55,6 +54,8 @@ def collector_of(config: pytest.Config) -> ReportCollector:
     if collector is not None:
         return collector
     from pytest_gpuinfer.plugin.state import RUN_STATE
+    from pytest_gpuinfer.report.collector import ReportCollector
+    from pytest_gpuinfer.report.machine import machine_section
 
     state = config.stash.get(RUN_STATE, None)
     report_dir = state.settings.report_dir if state is not None else None
@@ -134,6 +135,8 @@ def junit_properties(kind: str, payload: dict[str, Any]) -> list[tuple[str, Any]
 def progress_line(config: pytest.Config, label: str = "") -> ProgressLine:
     """A progress line on the terminal; quiet when the output is not a terminal, in xdist
     workers and under -q -q."""
+    from pytest_gpuinfer.report.progress import ProgressLine
+
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     enabled = (
         reporter is not None
@@ -219,6 +222,11 @@ class ReportPlugin:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         """Attach the results recorded in this phase (and the test's target) to its report."""
         report = yield
+        if self.config.stash.get(REPORT, None) is None:
+            return report  # nothing recorded and no report asked for: nothing to carry
+        from pytest_gpuinfer.report.machine import target_section
+        from pytest_gpuinfer.targets import InferenceServer
+
         data: dict[str, Any] = {
             "entries": collector_of(item.config).take_pending(item.nodeid),
             "markers": sorted(
@@ -241,6 +249,8 @@ class ReportPlugin:
         if is_xdist_worker(self.config):
             return
         raw = getattr(report, _ATTRIBUTE, None)
+        if raw is None and self.config.stash.get(REPORT, None) is None:
+            return
         data = json.loads(raw) if isinstance(raw, str) else {}
         collector = collector_of(self.config)
         collector.absorb(
@@ -261,7 +271,7 @@ class ReportPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Write the final report (status complete or interrupted) and render the HTML page."""
-        if is_xdist_worker(self.config):
+        if is_xdist_worker(self.config) or self.config.stash.get(REPORT, None) is None:
             return
         collector = collector_of(self.config)
         collector.run["exit_status"] = int(exitstatus)
@@ -281,8 +291,10 @@ class ReportPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """The end-of-run table: per suite its tests, verdicts and key metrics; where the
         report files are."""
-        if is_xdist_worker(self.config):
+        if is_xdist_worker(self.config) or self.config.stash.get(REPORT, None) is None:
             return
+        from pytest_gpuinfer.report import summary
+
         collector = collector_of(self.config)
         tests = list(collector.tests.values())
         if not any(t["results"] for t in tests) and collector.path is None:
@@ -299,9 +311,14 @@ class ReportPlugin:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the report's hooks for this run."""
+    """Register the report's hooks for this run; with a report folder, start the report now."""
     if not config.pluginmanager.has_plugin(_PLUGIN_NAME):
         config.pluginmanager.register(ReportPlugin(config), _PLUGIN_NAME)
+    from pytest_gpuinfer.plugin.state import RUN_STATE
+
+    state = config.stash.get(RUN_STATE, None)
+    if state is not None and state.settings.report_dir is not None:
+        collector_of(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -11,6 +11,11 @@ from types import SimpleNamespace
 import pytest
 from fake_nvml import H100, L4, make_fake_nvml
 
+# The plugin imports its layers lazily (an installed plugin must stay cheap). Import the ones these
+# tests monkeypatch here, once: pytester's in-process runs drop modules first imported inside them,
+# and a patch would land on a module object the next run no longer uses.
+import pytest_gpuinfer.hardware.gpu  # noqa: F401  (isort: keep after the fakes)
+
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")
 
 
