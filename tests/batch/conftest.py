@@ -8,11 +8,16 @@ remain (the ``batch_engines`` fixture fails the test otherwise). ``CI=true`` run
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+HERE = Path(__file__).parent
+"""This suite's folder (tests/batch in a checkout, pytest_gpuinfer/suites/batch installed)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test of this folder ``batch``."""
     for item in items:
-        if "tests/batch/" in item.nodeid.replace("\\", "/"):
+        if HERE in item.path.parents:
             item.add_marker(pytest.mark.batch)

@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
-from engine_env import require_launched_vllm
 
 from pytest_gpuinfer.models import gguf, tinymodel
+from pytest_gpuinfer.plugin.extras import install_hint
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer, capabilities
 from pytest_gpuinfer.targets.probe import (
@@ -27,6 +26,9 @@ from pytest_gpuinfer.targets.probe import (
     probe_for,
 )
 
+from .compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
+from .engine_env import require_launched_vllm
+
 FIRST_MODULES = ("test_cold_start.py",)
 """Modules moved to the front: the cold start must time the server's first completion."""
 
@@ -34,9 +36,13 @@ LAST_MODULES = ("test_offline_engine.py", "test_batch_format.py")
 """Modules moved to the end: each starts a second engine in a subprocess (about a minute)."""
 
 
+HERE = Path(__file__).parent
+"""This suite's folder (tests/compat in a checkout, pytest_gpuinfer/suites/compat installed)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark compat tests; cold start runs first, the slow subprocess checks last."""
-    compat = [i for i in items if "tests/compat/" in i.nodeid.replace("\\", "/")]
+    compat = [i for i in items if HERE in i.path.parents]
     for item in compat:
         item.add_marker(pytest.mark.compat)
     first = [i for i in compat if Path(str(i.path)).name in FIRST_MODULES]
@@ -150,7 +156,10 @@ def optional_tokenizer(pytestconfig: pytest.Config) -> Any:
 def local_tokenizer(model_dir: Path, optional_tokenizer: Any) -> Any:
     """The model's transformers tokenizer; skips when it cannot be loaded here."""
     if optional_tokenizer is None:
-        pytest.skip("transformers is not installed, so the local tokenizer cannot be loaded")
+        pytest.skip(
+            "transformers is not installed, so the local tokenizer cannot be loaded: "
+            + install_hint("transformers")
+        )
     return optional_tokenizer
 
 

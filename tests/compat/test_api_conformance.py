@@ -14,7 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import (
+
+from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import ServerProbe, error_message, first_difference
+
+from .compat_helpers import (
     TokenCounter,
     check_finish,
     finish_retry,
@@ -23,9 +27,6 @@ from compat_helpers import (
     stream_events,
     xfail_if_known_deviation,
 )
-
-from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, error_message, first_difference
 
 PROMPT = "The inference server streams tokens back to"
 MESSAGES = [

@@ -14,7 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import (
+
+from pytest_gpuinfer.plugin.extras import require
+from pytest_gpuinfer.targets import InferenceServer
+from pytest_gpuinfer.targets.probe import ServerProbe, error_message
+
+from .compat_helpers import (
     KNOWN_DEVIATIONS,
     STRICT_ENV,
     assert_healthy,
@@ -23,10 +28,7 @@ from compat_helpers import (
     xfail_if_known_deviation,
 )
 
-from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, error_message
-
-hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed")
+hypothesis = require("hypothesis")
 from hypothesis import HealthCheck, given  # noqa: E402
 from hypothesis import settings as hyp_settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

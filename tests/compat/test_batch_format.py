@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from compat_helpers import run_engine_process
-from engine_env import OFFLINE_TIMEOUT_S, offline_setup
 
 from pytest_gpuinfer.targets import InferenceServer
+
+from .compat_helpers import run_engine_process
+from .engine_env import OFFLINE_TIMEOUT_S, offline_setup
 
 MAX_TOKENS = 6
 CONTEXT_MESSAGE = re.compile(r"context|max_model_len|maximum.{0,40}(length|tokens)", re.I)

@@ -10,11 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import COLD_START_KEY
 
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import error_message
+
+from .compat_helpers import COLD_START_KEY
 
 
 def test_cold_start_to_first_completion(

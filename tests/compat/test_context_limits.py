@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import assert_healthy, check_finish, post_ok, xfail_if_known_deviation
 
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe, error_message
+
+from .compat_helpers import assert_healthy, check_finish, post_ok, xfail_if_known_deviation
 
 CONTEXT_MESSAGE = re.compile(r"context|max_model_len|maximum.{0,40}(length|tokens)", re.I)
 """What a rejection must talk about: the context length."""

@@ -9,6 +9,7 @@ import pytest
 
 from pytest_gpuinfer.hardware import gpu as gpu_module
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.plugin.options import Settings, parse_version
 from pytest_gpuinfer.targets import InferenceServer
@@ -77,7 +78,7 @@ def _environ(pid: int) -> dict[str, str]:
 
 def _process_tree(pid: int) -> set[int]:
     """``pid`` and all its descendants (psutil)."""
-    psutil = pytest.importorskip("psutil", reason="psutil is not installed")
+    psutil = require("psutil")
     try:
         root = psutil.Process(pid)
         return {pid, *(child.pid for child in root.children(recursive=True))}

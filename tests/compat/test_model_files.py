@@ -21,6 +21,7 @@ from pytest_gpuinfer.models.tinymodel import (
     file_digests,
     write_model,
 )
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe, first_difference
@@ -45,7 +46,7 @@ HARD_TEXTS: dict[str, str] = {
 
 def test_model_config_loads(model_dir: Path) -> None:
     """config.json loads with transformers and names an architecture and a model type."""
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    transformers = require("transformers")
     config = transformers.AutoConfig.from_pretrained(str(model_dir))
     architectures = list(getattr(config, "architectures", None) or [])
     assert architectures, f"{model_dir}/config.json lists no architectures"

@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from compat_helpers import assert_healthy, at_most, known_deviation, xfail_if_all_known
 
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.targets import InferenceServer
+
+from .compat_helpers import assert_healthy, at_most, known_deviation, xfail_if_all_known
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 FUZZED = (*ROUTES, "/tokenize", "/detokenize", "/extras/tokenize", "/extras/detokenize")
@@ -57,9 +59,7 @@ def test_schemathesis_negative_bodies_get_4xx(
     engine_identity: tuple[str, str | None],
 ) -> None:
     """Bodies that violate the server's own schema get a 4xx, never a 5xx, for each route."""
-    schemathesis = pytest.importorskip(
-        "schemathesis", reason="schemathesis is not installed (optional: pip install schemathesis)"
-    )
+    schemathesis = require("schemathesis")
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hyp_settings
 
@@ -203,8 +203,8 @@ def violates_body_schema(case: Any) -> bool:
 
 def test_only_bodies_schemathesis_marks_invalid_count_as_violating() -> None:
     """A negative case whose body schemathesis marks valid is not counted as violating."""
-    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    schemathesis = require("schemathesis")
+    jsonschema = require("jsonschema")
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hyp_settings
 
@@ -258,6 +258,7 @@ def test_only_bodies_schemathesis_marks_invalid_count_as_violating() -> None:
 def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
     """Booleans and numeric strings for numbers, 0/1 and yes/no for booleans, are lax-valid;
     other type errors are not."""
+    require("jsonschema")
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "t", "version": "1"},

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from compat_helpers import sse_events, xfail_if_known_deviation
 
 from pytest_gpuinfer.metrics.engine_gauges import detect_engine, engine_gauges, parse_metrics
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ServerProbe
+
+from .compat_helpers import sse_events, xfail_if_known_deviation
 
 BUILTIN_MAX_MODEL_LEN = 1024
 """The context the plugin launches the built-in model with."""

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from docker_helpers import labelled_containers
 
 from pytest_gpuinfer.targets import docker as docker_target
+
+from .docker_helpers import labelled_containers
 
 SIM_IMAGE = os.environ.get("GPUINFER_DOCKER_SIM_IMAGE", "gpuinfer/sim:local")
 """The simulator image (NOT a real engine), for lifecycle tests."""

@@ -19,9 +19,10 @@ from typing import Any
 
 import docker.errors
 import pytest
-from docker_helpers import labelled_containers
 
 from pytest_gpuinfer.targets import docker as docker_target
+
+from .docker_helpers import labelled_containers
 
 pytestmark = pytest.mark.usefixtures("no_new_containers")
 

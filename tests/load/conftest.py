@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +15,14 @@ BASELINE_SHARE = 0.15
 """Baseline rate as a share of the measured capacity: 5x stays under it, 10x goes over it."""
 
 
+HERE = Path(__file__).parent
+"""This suite's folder (tests/load in a checkout, pytest_gpuinfer/suites/load installed)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests collected from this folder as load tests."""
     for item in items:
-        if "tests/load/" in item.nodeid.replace("\\", "/"):
+        if HERE in item.path.parents:
             item.add_marker(pytest.mark.load)
 
 

@@ -12,11 +12,12 @@ import pytest
 
 from pytest_gpuinfer.load.locust_process import LocustRun
 from pytest_gpuinfer.load.shapes import standard_shape
+from pytest_gpuinfer.plugin.extras import install_hint
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("locust") is None,
-    reason="locust is not installed (pip install -e '.[load]')",
+    reason=f"locust is not installed: {install_hint('locust')}",
 )  # found, never imported: locust patches the standard library with gevent
 
 

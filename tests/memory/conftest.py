@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,13 +31,16 @@ SMALL_KV_ARGS = (
 )
 
 
+HERE = Path(__file__).parent
+"""This suite's folder (tests/memory in a checkout, pytest_gpuinfer/suites/memory installed)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark leak tests ``leak`` and boundary/startup tests ``oom``."""
     for item in items:
-        path = item.nodeid.replace("\\", "/")
-        if "tests/memory/" not in path:
+        if HERE not in item.path.parents:
             continue
-        name = path.rsplit("/", 1)[-1]
+        name = item.path.name
         if name.startswith(("test_oom", "test_startup")):
             item.add_marker(pytest.mark.oom)
         if name.startswith(("test_leak", "test_gpu_memory")):

@@ -16,6 +16,7 @@ from pytest_gpuinfer.hardware.gpu import GPUInfo
 from pytest_gpuinfer.memory.hog import MemoryHog
 from pytest_gpuinfer.memory.leak import judge_batches, run_batches
 from pytest_gpuinfer.memory.tracker import NVMLMemory, process_tree_pids
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.memory_fixtures import VramTracker
 
 HOG_MB = 512
@@ -25,7 +26,7 @@ BATCHES = 5
 @pytest.fixture
 def cuda_hog(request: pytest.FixtureRequest, gpu: GPUInfo) -> Iterator[MemoryHog]:
     """A hog allocating 512 MB per batch on ``gpu`` (pinned by UUID), leaking or not."""
-    pytest.importorskip("torch", reason="PyTorch is not installed: the hog allocates through it")
+    require("torch", "the hog allocates through it")
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu.uuid
     try:
@@ -79,7 +80,7 @@ def test_leak_marker_with_nvml_passes_a_steady_gpu_process(
 def test_leak_marker_with_nvml_fails_a_leaking_gpu_process(
     pytester: pytest.Pytester, gpu: GPUInfo
 ) -> None:
-    pytest.importorskip("torch", reason="PyTorch is not installed: the hog allocates through it")
+    require("torch", "the hog allocates through it")
     pytester.makepyfile(
         f"""
         import os

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+HERE = Path(__file__).parent
+"""This suite's folder (tests/perf in a checkout, pytest_gpuinfer/suites/perf installed)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests collected from this folder as perf tests."""
     for item in items:
-        if "tests/perf/" in item.nodeid.replace("\\", "/"):
+        if HERE in item.path.parents:
             item.add_marker(pytest.mark.perf)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_gpuinfer.perf import parity
+from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes
 from pytest_gpuinfer.targets import InferenceServer
 
@@ -26,7 +27,7 @@ def test_side_by_side_with_vllm_bench_serve(
         )
     if not inference_server.model_path:
         pytest.skip("vllm bench serve needs the model's tokenizer files (a launched server)")
-    pytest.importorskip("vllm.benchmarks.serve", reason="vLLM's benchmark module is not installed")
+    require("vllm.benchmarks.serve", "vLLM's benchmark module")
     workload = parity.ParityWorkload(
         input_len=128, output_len=64, concurrency=16, num_prompts=perf_sizes.parity_requests
     )

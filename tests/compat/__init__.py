@@ -1,0 +1,1 @@
+"""The compat suite (shipped in the wheel as pytest_gpuinfer.suites.compat)."""

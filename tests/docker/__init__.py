@@ -1,0 +1,1 @@
+"""The docker suite (shipped in the wheel as pytest_gpuinfer.suites.docker)."""
