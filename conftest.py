@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from pytest_gpuinfer.plugin.ci import in_ci
+
 try:
     from hypothesis import HealthCheck, settings
 except ImportError:  # hypothesis is a dev extra; the plugin itself does not need it
@@ -14,6 +16,4 @@ else:
     )
     settings.register_profile("dev", max_examples=100, deadline=None)
     settings.register_profile("thorough", max_examples=1000, deadline=None)
-    settings.load_profile(
-        os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
-    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if in_ci() else "dev"))

@@ -15,15 +15,19 @@
   (the highest queue reading before the burst) and stays there, and (b) the latency of the
   requests arriving from then on is back within tolerance of the pre-burst p95: the p95 of every
   later request's latency (TTFT by default) is at most ``pre_p95 * (1 + p95_tolerance) +
-  p95_slack_s``. ``None`` when the run ended before both held.
+  p95_slack_s``. ``None`` when the run ended before both held. When a figure it needs is
+  missing (no queue readings after the burst, no completed request before it to take the
+  pre-burst p95 from, no arrival after it), recovery is not measured and says why
+  (``recovery_unmeasured``): it is never 0 s by default.
 * **Timeline**: one row per second (bucket) with sent, completed, failed, in flight (client, at
   the end of the bucket), queue depth, running and KV usage (highest engine reading in the
   bucket) and the latency p95 of the requests scheduled in the bucket; as JSON and CSV.
 
-Verdicts (:class:`BurstLimits`): at most ``allow_drops`` dropped requests (0 by default), and,
-when set, recovery under ``max_recovery_s``, queue depth at most ``max_queue`` and preemptions
-(a delta over the run) at most ``max_preemptions``. :meth:`BurstReport.check` raises
-:class:`BurstViolation` naming each broken verdict with the timeline rows that broke it.
+Verdicts (:class:`BurstLimits`): at most ``allow_drops`` dropped requests (0 by default);
+recovery under ``max_recovery_s`` (NOT JUDGED without that limit, or when recovery could not be
+measured); and, when set, queue depth at most ``max_queue`` and preemptions (a delta over the
+run) at most ``max_preemptions``. :meth:`BurstReport.check` raises :class:`BurstViolation`
+naming each failed verdict with the timeline rows that broke it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pytest_gpuinfer.load.shapes import PHASES, LoadShape, Phase
 from pytest_gpuinfer.metrics import stats
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.verdicts import (
+    Unjudged,
+    Verdict,
+    all_passed,
+    failures,
+    judged,
+    not_judged,
+)
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
@@ -131,15 +143,6 @@ class PhaseStats:
     e2e: stats.Distribution
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One judged figure."""
-
-    name: str
-    passed: bool
-    message: str
-
-
 @dataclass
 class BurstReport:
     """Everything measured in one burst run, with its verdicts."""
@@ -167,6 +170,8 @@ class BurstReport:
     latency_recovered_s: float | None
     """Seconds from the burst end until later arrivals' p95 was back within tolerance."""
     recovery_s: float | None
+    recovery_unmeasured: str | None
+    """Why recovery could not be measured (None when it was)."""
     timeline: list[TimelineRow]
     bucket_s: float
     verdicts: list[Verdict] = field(default_factory=list)
@@ -178,14 +183,17 @@ class BurstReport:
 
     @property
     def passed(self) -> bool:
-        """True when every verdict passed."""
-        return all(v.passed for v in self.verdicts)
+        """True when every verdict passed (a NOT JUDGED one is not a pass)."""
+        return all_passed(self.verdicts)
 
     def headline(self) -> str:
         """The figures a reader wants first, on one line."""
-        recovery = (
-            "not recovered by the end" if self.recovery_s is None else f"{self.recovery_s:.2f} s"
-        )
+        if self.recovery_unmeasured is not None:
+            recovery = f"not measured ({self.recovery_unmeasured})"
+        elif self.recovery_s is None:
+            recovery = "not recovered by the end"
+        else:
+            recovery = f"{self.recovery_s:.2f} s"
         queue = "-" if self.max_queue is None else f"{self.max_queue:g}"
         preempt = "-" if self.preemptions is None else f"{self.preemptions:g}"
         return (
@@ -244,6 +252,7 @@ class BurstReport:
                 "queue_recovered_s": self.queue_recovered_s,
                 "latency_recovered_s": self.latency_recovered_s,
                 "recovery_s": self.recovery_s,
+                "recovery_unmeasured": self.recovery_unmeasured,
                 "phases": {
                     name: {
                         "requests": p.requests,
@@ -255,7 +264,7 @@ class BurstReport:
                 },
                 "bucket_s": self.bucket_s,
                 "timeline": [asdict(row) for row in self.timeline],
-                "verdicts": [asdict(v) for v in self.verdicts],
+                "verdicts": [v.to_dict() for v in self.verdicts],
                 "passed": self.passed,
             }
         )
@@ -263,7 +272,7 @@ class BurstReport:
     def check(self) -> BurstReport:
         """Raise :class:`BurstViolation` naming every failed verdict and its timeline figures."""
         __tracebackhide__ = True
-        failed = [v for v in self.verdicts if not v.passed]
+        failed = failures(self.verdicts)
         if failed:
             lines = [
                 f"burst {self.shape.name!r} failed {len(failed)} of {len(self.verdicts)} checks:"
@@ -325,10 +334,9 @@ def _max_in(series: list[tuple[float, float]], start: float, end: float) -> floa
 def _queue_recovered_at(
     series: list[tuple[float, float]], burst_end: float, baseline: float
 ) -> float | None:
-    """First time at or after the burst end from which the queue stays <= baseline."""
+    """First time at or after the burst end from which the queue stays <= baseline (None when
+    it never did; call only with readings after the burst end)."""
     after = [(t, v) for t, v in series if t >= burst_end]
-    if not after:
-        return burst_end
     at: float | None = burst_end
     for t, v in after:
         if v > baseline:
@@ -339,14 +347,11 @@ def _queue_recovered_at(
 
 
 def _latency_recovered_at(
-    records: list[RequestRecord], metric: LatencyMetric, burst_end: float, limit: float | None
+    records: list[RequestRecord], metric: LatencyMetric, burst_end: float, limit: float
 ) -> float | None:
-    """Earliest arrival after the burst end from which the p95 of all later latencies <= limit."""
-    if limit is None:
-        return burst_end
+    """Earliest arrival after the burst end from which the p95 of all later latencies <= limit
+    (None when it never was; call only with arrivals after the burst end)."""
     later = sorted((r for r in records if r.scheduled >= burst_end), key=lambda r: r.scheduled)
-    if not later:
-        return burst_end
     window: list[float] = []
     recovered_at: float | None = None
     for record in reversed(later):
@@ -408,15 +413,22 @@ def analyze(
     latency_limit = (
         None if pre_p95 is None else pre_p95 * (1 + limits.p95_tolerance) + limits.p95_slack_s
     )
-    queue_at = _queue_recovered_at(queue_series, burst_end, baseline_queue)
-    latency_at = _latency_recovered_at(records, limits.latency, burst_end, latency_limit)
-    queue_recovered = None if queue_at is None else max(0.0, queue_at - burst_end)
-    latency_recovered = None if latency_at is None else max(0.0, latency_at - burst_end)
-    recovery = (
-        None
-        if queue_recovered is None or latency_recovered is None
-        else max(queue_recovered, latency_recovered)
-    )
+    missing = []
+    if not any(t >= burst_end for t, _ in queue_series):
+        missing.append("no queue readings after the burst")
+    if latency_limit is None:
+        missing.append(f"no completed request before the burst to take the {limits.latency} p95")
+    if not any(r.scheduled >= burst_end for r in records):
+        missing.append("no arrival after the burst")
+    queue_recovered = latency_recovered = recovery = None
+    if not missing:
+        assert latency_limit is not None
+        queue_at = _queue_recovered_at(queue_series, burst_end, baseline_queue)
+        latency_at = _latency_recovered_at(records, limits.latency, burst_end, latency_limit)
+        queue_recovered = None if queue_at is None else max(0.0, queue_at - burst_end)
+        latency_recovered = None if latency_at is None else max(0.0, latency_at - burst_end)
+        if queue_recovered is not None and latency_recovered is not None:
+            recovery = max(queue_recovered, latency_recovered)
 
     timeline = _timeline(
         records,
@@ -450,6 +462,7 @@ def analyze(
         queue_recovered_s=queue_recovered,
         latency_recovered_s=latency_recovered,
         recovery_s=recovery,
+        recovery_unmeasured="; ".join(missing) or None,
         timeline=timeline,
         bucket_s=bucket_s,
     )
@@ -519,23 +532,19 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
         message += "; seconds with failures:\n" + _rows_where(
             report, (row.failed > 0 for row in report.timeline)
         )
-    out.append(Verdict("drops", passed, message))
-    if limits.max_recovery_s is not None:
-        recovery = report.recovery_s
-        passed = recovery is not None and recovery <= limits.max_recovery_s
-        why = (
-            f"queue back at baseline ({report.baseline_queue:g}) "
-            f"{_seconds(report.queue_recovered_s)} after the burst, latency p95 within "
-            f"{_ms(report.latency_limit_s or math.nan)} ms {_seconds(report.latency_recovered_s)}"
-            " after it"
+    out.append(
+        judged(
+            "drops",
+            passed,
+            message,
+            measured=report.dropped,
+            limit=limits.allow_drops,
+            unit="requests",
+            source="BurstLimits.allow_drops (the burst marker, --burst, default 0)",
+            count=report.sent,
         )
-        message = f"recovery: {_seconds(recovery)} (limit {limits.max_recovery_s:g} s): {why}"
-        if not passed:
-            burst_end = report.shape.burst_end_s
-            message += "; timeline from the burst end:\n" + _rows_where(
-                report, (row.t_s + report.bucket_s > burst_end for row in report.timeline)
-            )
-        out.append(Verdict("recovery", passed, message))
+    )
+    out.append(_recovery_verdict(report))
     if limits.max_queue is not None:
         peak = report.max_queue
         passed = peak is not None and peak <= limits.max_queue
@@ -548,19 +557,82 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
             message += "; seconds over the limit:\n" + _rows_where(
                 report, (row.queue is not None and row.queue > limit for row in report.timeline)
             )
-        out.append(Verdict("queue", passed, message))
+        out.append(
+            judged(
+                "queue",
+                passed,
+                message,
+                measured=peak,
+                limit=limits.max_queue,
+                unit="requests",
+                source="BurstLimits.max_queue (the burst marker or --burst)",
+            )
+        )
     if limits.max_preemptions is not None:
         delta = report.preemptions
         passed = delta is not None and delta <= limits.max_preemptions
         out.append(
-            Verdict(
+            judged(
                 "preemptions",
                 passed,
                 f"preemptions during the run: {'not exposed' if delta is None else f'{delta:g}'}"
                 f" (limit {limits.max_preemptions:g})",
+                measured=delta,
+                limit=limits.max_preemptions,
+                unit="preemptions",
+                source="BurstLimits.max_preemptions (the burst marker or --burst)",
             )
         )
     return out
+
+
+def _recovery_verdict(report: BurstReport) -> Verdict:
+    """Recovery against max_recovery_s; NOT JUDGED without a limit or without the data."""
+    limits = report.limits
+    source = "BurstLimits.max_recovery_s (the burst marker or --burst)"
+    limit = limits.max_recovery_s
+    if report.recovery_unmeasured is not None:
+        reason = Unjudged.NO_DATA if limit is not None else Unjudged.NO_LIMIT
+        return not_judged(
+            "recovery",
+            reason,
+            f"recovery not measured: {report.recovery_unmeasured}"
+            + ("" if limit is not None else "; and no max_recovery_s to judge it by"),
+            limit=limit,
+            unit="s",
+            source=source if limit is not None else "",
+        )
+    recovery = report.recovery_s
+    why = (
+        f"queue back at baseline ({report.baseline_queue:g}) "
+        f"{_seconds(report.queue_recovered_s)} after the burst, latency p95 within "
+        f"{_ms(report.latency_limit_s or math.nan)} ms {_seconds(report.latency_recovered_s)}"
+        " after it"
+    )
+    if limit is None:
+        return not_judged(
+            "recovery",
+            Unjudged.NO_LIMIT,
+            f"recovery: {_seconds(recovery)}: {why}; no max_recovery_s to judge it by",
+            measured=recovery,
+            unit="s",
+        )
+    passed = recovery is not None and recovery <= limit
+    message = f"recovery: {_seconds(recovery)} (limit {limit:g} s): {why}"
+    if not passed:
+        burst_end = report.shape.burst_end_s
+        message += "; timeline from the burst end:\n" + _rows_where(
+            report, (row.t_s + report.bucket_s > burst_end for row in report.timeline)
+        )
+    return judged(
+        "recovery",
+        passed,
+        message,
+        measured=recovery,
+        limit=limit,
+        unit="s",
+        source=source,
+    )
 
 
 def _seconds(value: float | None) -> str:

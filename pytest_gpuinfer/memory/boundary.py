@@ -7,14 +7,21 @@ bisects between the last passing and the first failing value, so it needs about
 ``2 * log2(max_value / start)`` probes. After every failing probe a *canary* must succeed (the
 target recovered); when it does not, the search stops and says "not recoverable", with the log
 tail. The batch suite reuses this module with its own probes.
+
+:func:`class_verdict` judges what a search is named for: the failure class past the boundary.
+A search expects certain classes (a clean 4xx for an over-long prompt; a clean 4xx or a
+preemption storm for a batch too big for the KV cache); any other failing probe (a 5xx, a hang,
+a crash) fails it, naming the value and what was seen, and so does a target that did not recover.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 
 class Outcome(StrEnum):
@@ -131,6 +138,59 @@ class BoundaryResult:
             lines.append("--- log tail ---")
             lines.append(self.log_tail.rstrip() or "(no log available)")
         return "\n".join(lines)
+
+
+GRACEFUL = frozenset({Outcome.CLIENT_ERROR, Outcome.PREEMPTION_STORM})
+"""The failure classes of a target that refuses or queues work it cannot hold, and stays up."""
+
+
+def class_verdict(
+    result: BoundaryResult, expected: Collection[Outcome], *, source: str = ""
+) -> Verdict:
+    """Every failing probe of ``result`` in ``expected``, and the target recovered after each.
+
+    NOT JUDGED when nothing failed up to ``max_value`` (no failure class to judge).
+    """
+    name = f"{result.dimension} failure class"
+    wanted = " or ".join(sorted(o.value for o in expected))
+    failed = [p for p in result.probes if p.outcome.failed]
+    first = result.first_failure
+    if not result.recoverable:
+        return judged(
+            name,
+            False,
+            f"{result.stopped_reason}: the canary failed after the probe at "
+            f"{result.probes[-1].value} ({result.probes[-1].outcome.value})",
+            measured=None if first is None else first.value,
+            unit=result.dimension,
+            source=source,
+        )
+    if first is None:
+        return not_judged(
+            name,
+            Unjudged.NO_DATA,
+            f"no {result.dimension} up to {result.max_value} failed: no failure class to judge "
+            f"(expected {wanted})",
+            unit=result.dimension,
+            source=source,
+        )
+    unexpected = [p for p in failed if p.outcome not in expected]
+    if unexpected:
+        shown = "; ".join(
+            f"{p.value}: {p.outcome.value}" + (f" ({p.detail})" if p.detail else "")
+            for p in unexpected
+        )
+        message = f"expected {wanted} past the boundary, got {shown}"
+    else:
+        message = f"first failure at {first.value}: {first.outcome.value}, as expected ({wanted})"
+    return judged(
+        name,
+        not unexpected,
+        message,
+        measured=first.value,
+        unit=result.dimension,
+        source=source,
+    )
 
 
 TABLE_HEADER = f"{'dimension':<16} {'safe limit':>10} {'first failing (class)':>28} {'probes':>7}"

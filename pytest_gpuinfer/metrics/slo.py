@@ -11,10 +11,11 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pytest_gpuinfer.metrics import stats, units
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 GRAMMAR = """\
 SLO grammar:
@@ -79,6 +80,8 @@ class SLO:
     op: str
     limit: float
     text: str
+    source: str = field(default="", compare=False)
+    """Where this SLO came from (a marker, --slo, a target's defaults); not part of its value."""
 
     @property
     def name(self) -> str:
@@ -97,6 +100,10 @@ class SLO:
     def canonical(self) -> str:
         """The SLO in base units (seconds, fraction, per second); parses back to an equal SLO."""
         return f"{self.name}{self.op}{self.limit!r}{_BASE_UNIT[_FAMILY[self.metric]]}"
+
+    def sourced(self, source: str) -> SLO:
+        """This SLO saying where it came from (kept when it already says so)."""
+        return self if self.source else replace(self, source=source)
 
 
 def _parse_stat(text: str, metric: str, stat: str | None) -> str | None:
@@ -213,15 +220,11 @@ def parse_slos(texts: Iterable[str] | str) -> list[SLO]:
     return out
 
 
-@dataclass(frozen=True)
-class SLOVerdict:
-    """The outcome of judging one SLO against a run summary."""
+SLOVerdict = Verdict
+"""An SLO's verdict is the package's one :class:`~pytest_gpuinfer.metrics.verdicts.Verdict`."""
 
-    slo: SLO
-    passed: bool
-    measured: float
-    count: int
-    message: str
+LATENCY_NOT_JUDGED = "latency"
+"""The name of the NOT JUDGED verdict a run gets when no latency SLO applies to it."""
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -236,11 +239,29 @@ def _few_samples_note(stat: str | None, count: int) -> str | None:
     need = stats.min_samples(float(stat[1:]))
     if count >= need:
         return None
-    return f"only {count} samples: {stat} needs {need}, so it is near the max"
+    return f"only {count} samples: {stat} needs {need}"
 
 
-def evaluate(slo: SLO, summary: stats.Summary) -> SLOVerdict:
-    """Judge one SLO against a run summary."""
+def _verdict(slo: SLO, passed: bool, measured: float, count: int, message: str) -> Verdict:
+    """A judged SLO verdict with its figures and source."""
+    return judged(
+        slo.text,
+        passed,
+        message,
+        measured=measured,
+        limit=slo.limit,
+        unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
+        source=slo.source,
+        count=count,
+    )
+
+
+def evaluate(slo: SLO, summary: stats.Summary) -> Verdict:
+    """Judge one SLO against a run summary.
+
+    A percentile from fewer samples than it needs (p99 from under 100) is NOT JUDGED: it is
+    the sample's maximum, which says nothing either way about the 99th percentile.
+    """
     value = summary.metric(slo.metric)
     if isinstance(value, stats.Distribution):
         assert slo.stat is not None
@@ -251,20 +272,31 @@ def evaluate(slo: SLO, summary: stats.Summary) -> SLOVerdict:
         count = summary.requests if slo.metric == "error_rate" else summary.completed
     if slo.metric == "goodput" and summary.goodput is None:
         msg = f"{slo.name}: no per-request SLOs to judge goodput against (n={count})"
-        return SLOVerdict(slo, False, measured, count, msg)
+        return _verdict(slo, False, measured, count, msg)
     if math.isnan(measured):
-        return SLOVerdict(slo, False, measured, count, f"{slo.name}: no samples (n={count})")
-    passed = _OPS[slo.op](measured, slo.limit)
+        return _verdict(slo, False, measured, count, f"{slo.name}: no samples (n={count})")
     shown = ">" if measured > slo.limit else ("<" if measured < slo.limit else "=")
-    note = _few_samples_note(slo.stat, count)
-    msg = (
+    figures = (
         f"{slo.name} = {_fmt(slo.metric, measured)} {shown} limit {_fmt(slo.metric, slo.limit)}"
-        f" ({note or f'n={count}'})"
     )
-    return SLOVerdict(slo, passed, measured, count, msg)
+    note = _few_samples_note(slo.stat, count)
+    if note is not None:
+        return not_judged(
+            slo.text,
+            Unjudged.TOO_FEW_SAMPLES,
+            f"{figures} ({note}); run more requests to judge it",
+            measured=measured,
+            limit=slo.limit,
+            unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
+            source=slo.source,
+            count=count,
+        )
+    return _verdict(
+        slo, _OPS[slo.op](measured, slo.limit), measured, count, f"{figures} (n={count})"
+    )
 
 
-def evaluate_all(slos: Sequence[SLO], summary: stats.Summary) -> list[SLOVerdict]:
+def evaluate_all(slos: Sequence[SLO], summary: stats.Summary) -> list[Verdict]:
     """Judge every SLO against a run summary."""
     return [evaluate(slo, summary) for slo in slos]
 
@@ -290,18 +322,47 @@ def meets(slo: SLO, record: RequestRecord) -> bool:
 
 
 NO_FAILED_REQUESTS = SLO(
-    "error_rate", None, "<=", 0.0, "error_rate<=0 (default: no failed request)"
+    "error_rate",
+    None,
+    "<=",
+    0.0,
+    "error_rate<=0 (default: no failed request)",
+    "default of every load run: a load test in CI fails when requests fail",
 )
 """The verdict every run gets unless an ``error_rate`` SLO or ``allow_errors`` says otherwise."""
 
 
+def latency_not_judged(summary: stats.Summary) -> Verdict:
+    """The NOT JUDGED verdict of a run that no latency SLO applies to, with its figures."""
+    ttft, tpot, e2e = summary.ttft, summary.tpot, summary.e2e
+    figures = (
+        f"TTFT p95 {units.ms(ttft.p95, 1)} ms, TPOT p95 {units.ms(tpot.p95, 1)} ms, "
+        f"E2E p95 {units.ms(e2e.p95, 1)} ms (n={ttft.count})"
+    )
+    return not_judged(
+        LATENCY_NOT_JUDGED,
+        Unjudged.NO_LIMIT,
+        f"no latency SLO applies to this run: {figures}; set one with --slo, "
+        "@pytest.mark.slo or the gpuinfer_slo ini key",
+        measured=ttft.p95,
+        unit="s",
+        count=ttft.count,
+    )
+
+
+def unjudged_latency(slos: Sequence[SLO], summary: stats.Summary) -> list[Verdict]:
+    """``[latency NOT JUDGED]`` when no latency SLO is among ``slos``, else nothing."""
+    return [] if any(s.per_request for s in slos) else [latency_not_judged(summary)]
+
+
 def judge_run(
     slos: Sequence[SLO], summary: stats.Summary, *, allow_errors: bool = False
-) -> list[SLOVerdict]:
+) -> list[Verdict]:
     """Judge a load run: its SLOs, and by default that no request failed.
 
     A load test in CI must fail when requests fail, whatever its latency SLOs say; an explicit
-    ``error_rate`` SLO replaces that default, and ``allow_errors`` turns it off.
+    ``error_rate`` SLO replaces that default, and ``allow_errors`` turns it off. (Whether a run
+    with no latency SLO reads NOT JUDGED for latency is :func:`unjudged_latency`'s.)
     """
     verdicts = evaluate_all(slos, summary)
     if allow_errors or any(s.metric == "error_rate" for s in slos):
@@ -316,17 +377,11 @@ def judge_run(
             "fails a load run unless an error_rate SLO or allow_errors (--allow-errors) allows it"
         )
     verdicts.append(
-        SLOVerdict(NO_FAILED_REQUESTS, failed == 0, summary.error_rate, summary.requests, message)
+        _verdict(NO_FAILED_REQUESTS, failed == 0, summary.error_rate, summary.requests, message)
     )
     return verdicts
 
 
-def verdict_dict(verdict: SLOVerdict) -> dict[str, object]:
-    """Plain-JSON form of a verdict (NaN becomes None)."""
-    return {
-        "slo": verdict.slo.text,
-        "passed": verdict.passed,
-        "measured": verdict.measured if math.isfinite(verdict.measured) else None,
-        "count": verdict.count,
-        "message": verdict.message,
-    }
+def verdict_dict(verdict: Verdict) -> dict[str, object]:
+    """Plain-JSON form of an SLO verdict: the shared form plus ``slo`` (schema 1.0 readers)."""
+    return {"slo": verdict.name, **verdict.to_dict()}

@@ -37,6 +37,7 @@ import numpy as np
 
 from pytest_gpuinfer.load.runner import LoadResult
 from pytest_gpuinfer.metrics import stats
+from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 SCHEMA = "pytest-gpuinfer-baseline/1"
 DEFAULT_METRICS = ("ttft.p95", "tpot.p95", "e2e.p95", "throughput")
@@ -276,6 +277,26 @@ class RegressionReport:
         """True when any metric regressed beyond tolerance and noise."""
         return any(row.regressed for row in self.rows)
 
+    def verdicts(self) -> list[Verdict]:
+        """One verdict per metric: FAIL when worse beyond the tolerance and beyond noise; NOT
+        JUDGED when a run had too few samples for the statistic."""
+        out = []
+        for row in self.rows:
+            f = row.finding
+            name = f"regression {f.metric}"
+            message = f"{f.message}; noise test {row.noise.method} {row.noise.detail}".rstrip()
+            figures: dict[str, Any] = {
+                "measured": f.change,
+                "limit": self.tolerance,
+                "unit": "fraction worse",
+                "source": f"baseline {self.baseline_path}, tolerance {self.tolerance:.0%}",
+            }
+            if f.few_samples and not row.regressed:
+                out.append(not_judged(name, Unjudged.TOO_FEW_SAMPLES, message, **figures))
+            else:
+                out.append(judged(name, not row.regressed, message, **figures))
+        return out
+
     def table(self) -> str:
         """Old vs new per metric."""
         header = (
@@ -344,6 +365,19 @@ def compare(
             )
         rows.append(RegressionRow(finding, noise))
     return RegressionReport(name, baseline_path, rows, tolerance)
+
+
+def no_baseline(name: str, why: str, measured: LoadResult) -> Verdict:
+    """The NOT JUDGED regression verdict of a run not compared with a baseline, and why."""
+    summary = measured.summary
+    return not_judged(
+        f"regression {name}",
+        Unjudged.NO_BASELINE,
+        f"this run: TTFT p95 {summary.ttft.p95 * 1e3:.1f} ms, "
+        f"{summary.request_throughput:.2f} req/s; {why}",
+        measured=summary.ttft.p95,
+        unit="s",
+    )
 
 
 def scaled_entry(entry: Mapping[str, Any], factor: float) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.client import UsageMode
 from pytest_gpuinfer.load.gauges import DEFAULT_INTERVAL_S
 from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 
 @dataclass(frozen=True)
@@ -297,18 +298,10 @@ def side_by_side(rows: Sequence[ToolFigures]) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class ParityVerdict:
-    """Whether this suite agrees with the reference tool over alternating runs."""
-
-    agrees: bool
-    message: str
-
-
-def judge(ours: Sequence[ToolFigures], theirs: Sequence[ToolFigures]) -> ParityVerdict:
+def judge(ours: Sequence[ToolFigures], theirs: Sequence[ToolFigures]) -> Verdict:
     """Throughput within the run-to-run spread, and TTFT p50 not higher beyond that spread."""
     if not ours or not theirs:
-        return ParityVerdict(False, "no runs to compare")
+        return not_judged("parity", Unjudged.NO_DATA, "no runs to compare")
     ours_rps = [r.request_throughput for r in ours]
     theirs_rps = [r.request_throughput for r in theirs]
     spread = max(
@@ -334,10 +327,24 @@ def judge(ours: Sequence[ToolFigures], theirs: Sequence[ToolFigures]) -> ParityV
             f"TTFT p50 is higher here ({ours_ttft * 1e3:.1f} vs {theirs_ttft * 1e3:.1f} ms, "
             f"spread {ttft_spread * 1e3:.1f} ms)"
         )
+    source = "the run-to-run spread of both tools (at least 10 %)"
     if problems:
-        return ParityVerdict(False, "; ".join(problems))
-    return ParityVerdict(
+        return judged(
+            "parity",
+            False,
+            "; ".join(problems),
+            measured=rps_gap,
+            limit=spread,
+            unit="req/s",
+            source=source,
+        )
+    return judged(
+        "parity",
         True,
         f"agree: throughput gap {rps_gap:+.1f} req/s within spread {spread:.1f}; "
         f"TTFT p50 {ours_ttft * 1e3:.1f} vs {theirs_ttft * 1e3:.1f} ms",
+        measured=rps_gap,
+        limit=spread,
+        unit="req/s",
+        source=source,
     )

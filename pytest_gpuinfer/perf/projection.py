@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_gpuinfer.metrics.verdicts import Verdict, judged
+
 _T_ONE_SIDED_95 = {
     1: 6.314,
     2: 2.920,
@@ -74,6 +76,21 @@ class Projection:
                 + ("FITS" if self.fits else "DOES NOT FIT")
                 + " in the window at the pessimistic bound",
             ]
+        )
+
+    def verdict(self, source: str = "") -> Verdict:
+        """Whether the work fits the window at the pessimistic bound (a PROJECTION's verdict)."""
+        return judged(
+            "SLA window",
+            self.fits,
+            f"PROJECTION: {self.requests:,} requests take {_duration(self.pessimistic_s)} at the "
+            f"pessimistic {self.lower_bound_rps:.2f} req/s (95 % lower bound of "
+            f"{len(self.measured_rps)} runs); window {_duration(self.window_s)}",
+            measured=self.pessimistic_s,
+            limit=self.window_s,
+            unit="s",
+            source=source or "the window asked for",
+            count=len(self.measured_rps),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from pytest_gpuinfer.load.runner import LoadResult
 from pytest_gpuinfer.metrics import slo
 from pytest_gpuinfer.metrics.stats import Summary
+from pytest_gpuinfer.metrics.verdicts import Verdict, judged
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Candidate:
     params: dict[str, Any]
     result: LoadResult | None = None
     error: str | None = None
-    verdicts: list[slo.SLOVerdict] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     """Figures beyond the run's summary (e.g. server start time, memory)."""
 
@@ -105,6 +106,41 @@ class Ranking:
         else:
             lines.append(f"best: {self.best.label} ({self.objective.fmt(self.score(self.best))})")
         return "\n".join(lines)
+
+    def verdicts(self, *, every_candidate_runs: bool = True) -> list[Verdict]:
+        """'candidates ran' (each that raised is named; a matrix needs every cell) and 'best',
+        the winner by the objective among those meeting the SLOs."""
+        out = []
+        if every_candidate_runs:
+            broken = [c for c in self.candidates if c.result is None]
+            out.append(
+                judged(
+                    "candidates ran",
+                    not broken,
+                    "; ".join(f"{c.label}: {c.error}" for c in broken)
+                    if broken
+                    else f"all {len(self.candidates)} ran",
+                    measured=len(broken),
+                    limit=0,
+                    unit="candidates that raised",
+                    source="every cell of a matrix must run",
+                )
+            )
+        best = self.best
+        slos = ", ".join(s.text for s in self.slos) or "no SLOs"
+        out.append(
+            judged(
+                "best",
+                best is not None,
+                f"{best.label} ({self.objective.fmt(self.score(best))}) meets {slos}"
+                if best is not None
+                else f"no candidate met {slos}",
+                measured=None if best is None else self.score(best) * self.objective.scale,
+                unit=self.objective.unit,
+                source="the SLOs in force",
+            )
+        )
+        return out
 
     def score(self, cand: Candidate) -> float:
         """The objective's figure for a candidate (NaN without a run)."""

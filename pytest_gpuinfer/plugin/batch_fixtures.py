@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.state import RUN_STATE
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def batch_settings(pytestconfig: pytest.Config) -> BatchSettings:
         model=model,
         ray_address=settings.ray_address,
         gpu_uuids=tuple(g.uuid for g in state.gpus_in_use),
-        ci=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+        ci=in_ci(),
         log_dir=state.work_dir / "batch",
         report_dir=settings.report_dir,
     )

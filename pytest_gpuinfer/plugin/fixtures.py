@@ -11,6 +11,7 @@ import pytest
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.verdicts import VerdictGate
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
@@ -38,6 +39,13 @@ def gpuinfer_inventory_of(config: pytest.Config) -> GPUInventory:
 def gpuinfer_settings(pytestconfig: pytest.Config) -> Settings:
     """The run's validated options (engine, model, endpoint, SLOs, report dir, ...)."""
     return gpuinfer_settings_of(pytestconfig)
+
+
+@pytest.fixture
+def gpuinfer_verdicts(pytestconfig: pytest.Config) -> VerdictGate:
+    """Applies verdicts to the test: FAIL fails it; NOT JUDGED is reported as such, skipped
+    naming the noise when too noisy, and fails under --gpuinfer-require-judgement."""
+    return VerdictGate(pytestconfig)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pytest_gpuinfer.plugin import report_plugin
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
     from pytest_gpuinfer.metrics import slo
+    from pytest_gpuinfer.metrics.verdicts import Verdict
     from pytest_gpuinfer.targets import InferenceServer
 
 
@@ -29,13 +30,14 @@ class SLOViolation(AssertionError):
 
 
 def slos_for(item: pytest.Item, global_slos: tuple[slo.SLO, ...]) -> tuple[slo.SLO, ...]:
-    """The SLOs that apply to a test: its ``@pytest.mark.slo(...)`` ones, then ``--slo`` ones."""
+    """The SLOs that apply to a test: its ``@pytest.mark.slo(...)`` ones, then ``--slo`` ones,
+    each saying where it came from."""
     from pytest_gpuinfer.metrics import slo
 
     own: list[slo.SLO] = []
     for marker in item.iter_markers(name="slo"):
-        own.extend(slo.parse_slos(marker.args))
-    return (*own, *global_slos)
+        own.extend(s.sourced("@pytest.mark.slo") for s in slo.parse_slos(marker.args))
+    return (*own, *(s.sourced("--slo or the gpuinfer_slo ini key") for s in global_slos))
 
 
 def result_line(result: LoadResult) -> str:
@@ -80,13 +82,16 @@ class TestLoadRunner:
         """Run load (arguments as LoadRunner.run); fail the test when a verdict fails.
 
         The verdicts are the test's SLOs plus, unless an ``error_rate`` SLO or ``allow_errors``
-        (``--allow-errors``) says otherwise, "no request failed".
+        (``--allow-errors``) says otherwise, "no request failed"; without a latency SLO the
+        run's latency reads NOT JUDGED. With ``check_slos=False`` the caller judges the run by
+        its own verdicts (a burst, a matrix cell): it is neither judged nor checked here.
         """
         __tracebackhide__ = True
         kwargs.setdefault("slos", self.slos)
         kwargs.setdefault("progress", report_plugin.live_progress(self.item.config, "load"))
         result = self.runner.run(**kwargs)
-        result.judge(self.slos, allow_errors=self.allow_errors)
+        if check_slos:
+            self._judge(result)
         self.results.append(result)
         self._record(result)
         if result.client_bound:
@@ -101,13 +106,16 @@ class TestLoadRunner:
             self.check(result)
         return result
 
-    def check(self, result: LoadResult) -> list[slo.SLOVerdict]:
-        """Raise SLOViolation listing the verdicts ``result`` failed (judging it if needed)."""
+    def check(self, result: LoadResult) -> list[Verdict]:
+        """Raise SLOViolation listing the verdicts ``result`` failed (judging it if needed);
+        NOT JUDGED ones fail only when the run requires judgement."""
         __tracebackhide__ = True
+        from pytest_gpuinfer.plugin.verdicts import settle_unjudged
+
         verdicts = result.verdicts
         if verdicts is None:
-            verdicts = result.judge(self.slos, allow_errors=self.allow_errors)
-        failed = [v for v in verdicts if not v.passed]
+            verdicts = self._judge(result)
+        failed = [v for v in verdicts if v.failed]
         if failed:
             lines = [f"missed {len(failed)} of {len(verdicts)} SLOs:"]
             lines += [f"  {v.message}" for v in failed]
@@ -117,29 +125,23 @@ class TestLoadRunner:
                     f"is the client's: {result.self_check.text()}"
                 )
             raise SLOViolation("\n".join(lines))
+        settle_unjudged(self.item.config, verdicts)
+        return verdicts
+
+    def _judge(self, result: LoadResult) -> list[Verdict]:
+        """The run's SLO verdicts, and latency NOT JUDGED when no latency SLO applies."""
+        from pytest_gpuinfer.metrics import slo
+
+        verdicts = result.judge(self.slos, allow_errors=self.allow_errors)
+        verdicts.extend(slo.unjudged_latency(self.slos, result.summary))
         return verdicts
 
     def _record(self, result: LoadResult) -> None:
-        """Put key figures in JUnit properties and write the full result as JSON."""
+        """Hand the run to the report (its kind adds the JUnit properties); write it as JSON."""
         index = len(self.results)
-        summary = result.summary
-        prefix = f"load{index}_" if index > 1 else "load_"
-        for name, value in (
-            ("requests", summary.requests),
-            ("failed", summary.failed),
-            ("ttft_p50_ms", summary.ttft.p50 * 1e3),
-            ("ttft_p95_ms", summary.ttft.p95 * 1e3),
-            ("ttft_p99_ms", summary.ttft.p99 * 1e3),
-            ("itl_p95_ms", summary.itl_token.p95 * 1e3),
-            ("e2e_p95_ms", summary.e2e.p95 * 1e3),
-            ("throughput_rps", summary.request_throughput),
-            ("client_bound", result.client_bound),
-        ):
-            self.item.user_properties.append((prefix + name, value))
         from pytest_gpuinfer.report.jsonable import jsonable
-        from pytest_gpuinfer.report.payloads import load_payload
 
-        report_plugin.record(self.item, "load", load_payload(result))
+        report_plugin.record(self.item, "load", result)
         if self.report_dir is not None:  # the per-run file also keeps every request record
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.item.nodeid).strip("_")
             path = self.report_dir / "loads" / f"{name}-{index}.json"

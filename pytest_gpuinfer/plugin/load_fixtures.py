@@ -6,7 +6,9 @@
   ``@pytest.mark.burst(max_recovery_s=..., max_queue=..., allow_drops=0, ...)`` marker.
 * ``burst_runner``: runs a :class:`~pytest_gpuinfer.load.shapes.LoadShape` through ``load_runner``
   (so the engine's gauges are sampled), measures it, writes the JSON and the timeline CSV to the
-  report directory, puts the headline figures in the test's report and judges the verdicts.
+  report directory, puts the headline figures in the test's report and judges the verdicts: a
+  FAIL fails the test; a NOT JUDGED recovery (no limit, or no data) is reported as such, and
+  fails the test under ``--gpuinfer-require-judgement``.
 * ``locust_run``: runs ``locust`` against the server as a separate process (standalone, or one
   master and N local workers), bounded in time, and reads its CSV statistics back. Locust is
   never imported here: it patches the standard library with gevent.
@@ -14,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuinfer.plugin import report_plugin
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.state import RUN_STATE
+from pytest_gpuinfer.plugin.verdicts import settle_unjudged
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load import bursts, locust_process
@@ -43,18 +46,16 @@ def _node_file_name(nodeid: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
 
 
-def resolve_load_scale(given: float, ci: str | None) -> float:
+def resolve_load_scale(given: float, ci: bool) -> float:
     """The scale to use: the given one, or :data:`CI_LOAD_SCALE` under CI when none was given."""
-    if given == 1.0 and (ci or "").lower() in ("true", "1", "yes"):
-        return CI_LOAD_SCALE
-    return given
+    return CI_LOAD_SCALE if given == 1.0 and ci else given
 
 
 @pytest.fixture(scope="session")
 def load_scale(pytestconfig: pytest.Config) -> float:
     """Multiplier for every burst-shape duration (``--load-scale``; small under CI=true)."""
     settings = pytestconfig.stash[RUN_STATE].settings
-    return resolve_load_scale(settings.load_scale, os.environ.get("CI"))
+    return resolve_load_scale(settings.load_scale, in_ci())
 
 
 def parse_limit_texts(texts: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -133,23 +134,13 @@ class BurstRunner:
         self._record(report)
         if check:
             report.check()
+            settle_unjudged(self.item.config, report.verdicts)
         return report
 
     def _record(self, report: bursts.BurstReport) -> None:
-        """Headline figures into the report's properties and sections; JSON and CSV to disk."""
+        """The burst into the run's report (its kind adds the JUnit properties), the test's
+        report sections and the terminal summary; JSON and CSV to disk."""
         index = len(self.reports)
-        prefix = f"burst{index}_" if index > 1 else "burst_"
-        for name, value in (
-            ("shape", report.shape.name),
-            ("sent", report.sent),
-            ("dropped", report.dropped),
-            ("peak_throughput_rps", round(report.peak_throughput_rps, 3)),
-            ("max_queue", report.max_queue),
-            ("queue_source", report.queue_source),
-            ("recovery_s", report.recovery_s),
-            ("preemptions", report.preemptions),
-        ):
-            self.item.user_properties.append((prefix + name, value))
         self.item.add_report_section("call", f"gpuinfer burst {report.shape.name}", report.text())
         from pytest_gpuinfer.report.payloads import burst_payload
 

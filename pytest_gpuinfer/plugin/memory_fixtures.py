@@ -26,7 +26,7 @@ from pytest_gpuinfer.plugin.state import RUN_STATE
 if TYPE_CHECKING:
     from pytest_gpuinfer.hardware.gpu import GPUInfo
     from pytest_gpuinfer.memory.boundary import BoundaryResult
-    from pytest_gpuinfer.memory.leak import LeakVerdict
+    from pytest_gpuinfer.memory.leak import LeakCheck
     from pytest_gpuinfer.memory.tracker import MemorySource, MemoryTracker
     from pytest_gpuinfer.targets import InferenceServer
 
@@ -147,9 +147,15 @@ class LeakLimits:
             return self.max_growth_mb
         return DEFAULT_GPU_MAX_GROWTH_MB if source.kind == "vram" else DEFAULT_CPU_MAX_GROWTH_MB
 
+    def growth_limit_source(self) -> str:
+        """Where :meth:`growth_limit_mb` comes from."""
+        if self.max_growth_mb is not None:
+            return "@pytest.mark.leak(max_growth_mb=...)"
+        return "the leak marker's default for this memory (memory/leak.py: the one-off allowance)"
+
 
 LEAK_WATCH = pytest.StashKey[tuple[VramTracker, LeakLimits]]()
-LEAK_VERDICTS = pytest.StashKey[list["LeakVerdict"]]()
+LEAK_VERDICTS = pytest.StashKey[list["LeakCheck"]]()
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +201,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             max_growth_mb=limits.growth_limit_mb(tracker.source),
             settle_s=limits.settle_s,
             release_timeout_s=limits.release_timeout_s,
-            since=tracker.baseline_at,
+            limit_source=limits.growth_limit_source(),
         )
         verdicts.append(verdict)
         item.user_properties.append(("memory_growth_mb", round(verdict.growth_bytes / 1e6, 1)))

@@ -318,6 +318,14 @@ class Settings:
         switch=True,
         default=False,
     )
+    require_judgement: bool = option(
+        "require-judgement",
+        "Fail every verdict that reads NOT JUDGED (no SLO or limit, no baseline, too few "
+        "samples, too noisy) instead of reporting it: a run that must judge everything.",
+        switch=True,
+        default=False,
+        short=False,
+    )
     burst: tuple[str, ...] = option(
         "burst",
         "Limit for every burst_runner run (repeatable), KEY=VALUE: allow_drops, max_recovery_s, "

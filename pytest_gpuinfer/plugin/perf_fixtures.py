@@ -11,12 +11,13 @@
   the end of the test.
 * ``perf_baseline``: with pytest-benchmark's ``--benchmark-save``/``--benchmark-autosave`` it
   stores a result per machine identity; with ``--benchmark-compare[=NUM]`` it compares and fails
-  on a regression (tolerance from ``--benchmark-compare-fail=mean:N%``, default 10 %).
+  on a regression (tolerance from ``--benchmark-compare-fail=mean:N%``, default 10 %). Asking
+  for a comparison with no stored baseline is an error; without ``--benchmark-compare`` the
+  regression verdict reads NOT JUDGED (no baseline) with the run's figures.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuinfer.plugin import report_plugin
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.load_fixture import slos_for
 from pytest_gpuinfer.plugin.state import RUN_STATE
 
@@ -35,11 +37,6 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.perf.slos import SLOsInForce
     from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
     from pytest_gpuinfer.targets import InferenceServer
-
-
-def in_ci() -> bool:
-    """True on CI (``CI=true``), where the suite runs its short versions."""
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -218,36 +215,59 @@ class PerfBaseline:
     """The test whose comparisons go into the run's report."""
 
     def check(self, name: str, result: LoadResult, configuration: str = "") -> str:
-        """Save and/or compare ``result`` under ``name``; fail on a regression; return a note."""
+        """Save and/or compare ``result`` under ``name``; fail on a regression; return a note.
+
+        ``--benchmark-compare`` with no stored baseline for this identity and name fails the
+        test (a comparison asked for and not made is not a pass); without it the regression
+        verdict is recorded as NOT JUDGED.
+        """
         from pytest_gpuinfer.perf import baselines
-        from pytest_gpuinfer.report.payloads import regression_payload
+        from pytest_gpuinfer.report.payloads import no_baseline_payload
 
         __tracebackhide__ = True
+        from pytest_gpuinfer.plugin.verdicts import enforce
+
         identity = machine_identity(self.config, self.server, configuration)
+        where = baselines.storage_dir(self.root, identity)
         notes: list[str] = []
         if self.compare_with is not None:
             path = baselines.find(self.root, identity, self.compare_with)
             entry = baselines.load_entry(path, name) if path is not None else None
             if path is None or entry is None:
-                notes.append(
-                    f"no baseline for {name} under {baselines.storage_dir(self.root, identity)}"
+                found = f"{path} has no entry {name!r}" if path is not None else f"none in {where}"
+                pytest.fail(
+                    f"--benchmark-compare={self.compare_with}: no stored baseline to compare "
+                    f"{name!r} with ({found}); store one first with --benchmark-save or "
+                    "--benchmark-autosave on this machine identity",
+                    pytrace=False,
                 )
-            else:
-                report = baselines.compare(
-                    name, result, entry, baseline_path=str(path), tolerance=self.tolerance
-                )
-                self.reports.append(report)
-                notes.append(report.table())
-                if self.item is not None:
-                    report_plugin.record(self.item, "regression", regression_payload(report))
-                if report.regressed:
-                    pytest.fail(report.table(), pytrace=False)
+            report = baselines.compare(
+                name, result, entry, baseline_path=str(path), tolerance=self.tolerance
+            )
+            self.reports.append(report)
+            notes.append(report.table())
+            if self.item is not None:
+                report_plugin.record(self.item, "regression", report)
+            if report.regressed:
+                pytest.fail(report.table(), pytrace=False)
+            enforce(self.config, report.verdicts())
+        else:
+            why = (
+                "not compared: no --benchmark-compare; the latest stored baseline for this "
+                f"machine identity would be in {where}"
+            )
+            verdict = baselines.no_baseline(name, why, result)
+            notes.append(f"{verdict.label}  {verdict.name}: {verdict.message}")
+            if self.item is not None:
+                report_plugin.record(self.item, "regression", no_baseline_payload(verdict))
         if self.save_label is not None:
             saved = baselines.save(
                 self.root, identity, [baselines.baseline_entry(name, result)], self.save_label
             )
             notes.append(f"baseline saved: {saved}")
-        return "\n".join(notes) or "no --benchmark-save/--benchmark-compare: baseline not used"
+        if self.compare_with is None:
+            enforce(self.config, [verdict])
+        return "\n".join(notes)
 
 
 def _tolerance(config: pytest.Config) -> float:

@@ -5,8 +5,8 @@ date after every test, renders report.html at the end, and prints the summary ta
 Public API for fixtures and tests:
 
 * ``record(item, kind, payload)``: hand a result of the running test to the report (kinds in
-  :data:`pytest_gpuinfer.report.KINDS`; payloads from :mod:`pytest_gpuinfer.report.payloads`
-  or any plain-JSON dict). Key figures also become JUnit properties.
+  :data:`pytest_gpuinfer.report.kinds.KINDS`; the object a suite produced, or a plain-JSON
+  dict). Its key figures and each verdict's status also become JUnit properties.
 * ``live_progress(config, label)``: a LoadRunner progress callback that prints on a terminal
   and stays quiet otherwise (None when quiet); ``progress_line(config, label)`` for any loop.
 * the ``gpuinfer_report`` fixture: ``gpuinfer_report.record(kind, payload)`` and
@@ -91,45 +91,38 @@ def _xdist_worker_count(config: pytest.Config) -> int | None:
 
 
 def record(item: pytest.Item, kind: str, payload: Any) -> dict[str, Any]:
-    """Hand a result of ``item`` to the run's report; its key figures become JUnit properties."""
+    """Hand a result of ``item`` to the run's report; its key figures and verdicts become JUnit
+    properties (``<kind>[N]_<figure>``, ``<kind>[N]_verdict_<name>``: PASS, FAIL or NOT JUDGED)."""
     entry = collector_of(item.config).record(item.nodeid, kind, payload)
     prefix = f"{kind}{entry['index']}_" if entry["index"] > 1 else f"{kind}_"
-    for name, value in junit_properties(kind, entry["payload"]):
+    for name, value in junit_properties(entry):
         item.user_properties.append((prefix + name, value))
     return entry
 
 
-def junit_properties(kind: str, payload: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Key figures of a result as JUnit properties (load and burst add theirs in their
-    fixtures, under the same ``<kind>[N]_`` names)."""
-    if kind == "memory":
-        props: list[tuple[str, Any]] = [
-            ("peak_mb", round(payload.get("peak_mb") or 0.0, 1)),
-            ("samples", payload.get("sample_count")),
+def junit_properties(entry: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A recorded result's key figures, then per verdict its status and a count of each status
+    (NOT JUDGED is its own count, never among the passed)."""
+    import re
+
+    from pytest_gpuinfer.metrics.verdicts import tally
+    from pytest_gpuinfer.report.kinds import kind
+
+    known = kind(entry["kind"])
+    payload = entry["payload"]
+    props = list(known.junit(payload))
+    verdicts = known.verdicts(payload)
+    for verdict in verdicts:
+        slug = re.sub(r"\W+", "_", verdict.name).strip("_").lower()
+        props.append((f"verdict_{slug}", verdict.label))
+    if verdicts:
+        counts = tally(verdicts)
+        props += [
+            ("verdicts_passed", counts.passed),
+            ("verdicts_failed", counts.failed),
+            ("verdicts_not_judged", counts.not_judged),
         ]
-        if payload.get("leak"):
-            props.append(("growth_mb", round(payload["leak"]["growth_mb"], 1)))
-            props.append(("leak_passed", payload["leak"]["passed"]))
-        return props
-    if kind == "boundary":
-        failure = payload.get("first_failure") or {}
-        return [
-            ("dimension", payload.get("dimension")),
-            ("safe_value", payload.get("safe_value")),
-            ("first_failure", failure.get("value")),
-            ("failure_class", failure.get("outcome")),
-            ("probes", len(payload.get("probes") or ())),
-            ("recoverable", payload.get("recoverable")),
-        ]
-    if kind in ("matrix", "sweep"):
-        return [("best", payload.get("best")), ("candidates", len(payload.get("candidates") or ()))]
-    if kind in ("batches", "batch"):
-        return [("passed", payload.get("passed"))]
-    if kind == "projection":
-        return [("fits", payload.get("fits"))]
-    if kind == "regression":
-        return [("regressed", payload.get("regressed"))]
-    return []
+    return props
 
 
 def progress_line(config: pytest.Config, label: str = "") -> ProgressLine:
@@ -301,6 +294,8 @@ class ReportPlugin:
             return
         terminalreporter.section("gpuinfer summary")
         for line in summary.table(summary.suite_rows(tests)):
+            terminalreporter.write_line(line)
+        for line in summary.unsettled(tests):
             terminalreporter.write_line(line)
         if collector.path is not None:
             terminalreporter.write_line(f"report: {collector.path}")

@@ -17,25 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpuinfer.report.jsonable import jsonable
+from pytest_gpuinfer.report.kinds import kind
 
 SCHEMA_ID = "pytest-gpuinfer-report"
-SCHEMA_VERSION = "1.0"
-"""Bumped on any change a reader must know about (major: incompatible; minor: additions)."""
-
-KINDS = (
-    "load",
-    "burst",
-    "memory",
-    "boundary",
-    "matrix",
-    "sweep",
-    "batches",
-    "projection",
-    "regression",
-    "batch",
-    "note",
-)
-"""What a recorded result can be (see docs/report.md and schema.json for each payload)."""
+SCHEMA_VERSION = "1.1"
+"""Bumped on any change a reader must know about (major: incompatible; minor: additions).
+1.1: every verdict carries ``status`` (PASS, FAIL, NOT JUDGED), ``reason``, ``measured``,
+``limit``, ``unit`` and ``source``; ``passed`` is true for PASS only; matrix, sweep,
+projection, boundary and regression payloads carry ``verdicts`` too."""
 
 SUITES = ("compat", "perf", "load", "memory", "docker", "batch", "plugin")
 _MARKER_SUITES = {"oom": "memory", "leak": "memory"}
@@ -68,14 +57,17 @@ class ReportCollector:
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: int = 0
 
-    def record(self, nodeid: str, kind: str, payload: Any) -> dict[str, Any]:
-        """Keep a result of test ``nodeid`` until its report carries it; returns the entry."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown report kind {kind!r}; known: {', '.join(KINDS)}")
+    def record(self, nodeid: str, kind_name: str, payload: Any) -> dict[str, Any]:
+        """Keep a result of test ``nodeid`` until its report carries it; returns the entry.
+
+        ``payload`` is the object a suite produced (its kind builds the JSON) or a plain dict.
+        """
+        built = kind(kind_name).build(payload)
         entries = self.pending.setdefault(nodeid, [])
-        index = 1 + sum(1 for e in entries if e["kind"] == kind)
-        index += sum(1 for e in self.tests.get(nodeid, {}).get("results", ()) if e["kind"] == kind)
-        entry = {"kind": kind, "index": index, "payload": jsonable(payload)}
+        index = 1 + sum(1 for e in entries if e["kind"] == kind_name)
+        done = self.tests.get(nodeid, {}).get("results", ())
+        index += sum(1 for e in done if e["kind"] == kind_name)
+        entry = {"kind": kind_name, "index": index, "payload": built}
         entries.append(entry)
         return entry
 

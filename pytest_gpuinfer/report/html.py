@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from pytest_gpuinfer.report import summary
 from pytest_gpuinfer.report.collector import write_atomically
+from pytest_gpuinfer.report.kinds import KINDS, Entry, HtmlParts
 
 FIGURE_WIDTH = 640
 """Pixels; fixed, so plots keep their size however the page is opened (two side by side on a
@@ -44,6 +45,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:0.85em}
 .plots{display:flex;flex-wrap:wrap;gap:8px} .plots>div{flex:0 0 auto}
 .note{color:#57606a;font-size:0.9em} .worse{color:#cf222e} .better{color:#1a7f37}
+td.PASS{color:#1a7f37} td.FAIL{color:#cf222e;font-weight:bold} td.NOT_JUDGED{color:#9a6700}
 """
 
 
@@ -380,14 +382,17 @@ def boundary_table(payload: dict[str, Any]) -> str:
 
 
 def _verdict_table(test: dict[str, Any]) -> str:
-    """The test's verdicts: name, PASS/FAIL, measured vs limit."""
+    """The test's verdicts: name, PASS / FAIL / NOT JUDGED (reason), measured vs limit, source."""
     verdicts = summary.verdicts_of(test)
     if not verdicts:
         return ""
-    return _table(
-        ["verdict", "", "measured vs limit"],
-        [[v.name, "PASS" if v.passed else "FAIL", v.message] for v in verdicts],
+    rows = "".join(
+        f"<tr><td>{_e(v.name)}</td><td class='{v.status.name}'>{_e(v.label)}</td>"
+        f"<td>{_e(v.message)}</td><td>{_e(v.source or '-')}</td></tr>"
+        for v in verdicts
     )
+    head = "<tr><th>verdict</th><th></th><th>measured vs limit</th><th>limit from</th></tr>"
+    return f"<table>{head}{rows}</table>"
 
 
 def _load_table(test: dict[str, Any]) -> str:
@@ -495,35 +500,66 @@ def test_section(test: dict[str, Any], baseline: dict[str, Any] | None = None) -
     if test.get("message") and test["outcome"] != "passed":
         parts.append(f"<pre>{_e(test['message'])}</pre>")
     parts.append(_verdict_table(test))
-    parts.append(_load_table(test))
-    if baseline is not None:
-        parts.append(_comparison_table(test, baseline))
-    plots = latency_figures(test, baseline)
-    cells = matrix_cells(test)
-    if cells:
-        plots.append(matrix_figure(cells))
+    plots: list[str] = []
+    by_kind: dict[str, list[Entry]] = {}
     for entry in test.get("results", ()):
-        kind, payload, index = entry["kind"], entry["payload"], entry["index"]
-        if kind == "burst":
-            shape = (payload.get("shape") or {}).get("name", "burst")
-            parts.append(f"<p>{_e(payload.get('headline'))}</p>")
-            plots.append(burst_figure(payload, f"burst {index}: {shape}"))
-        elif kind == "memory":
-            plots.append(memory_figure(payload, f"memory {index}: {payload.get('source')}"))
-        elif kind == "boundary":
-            parts.append(boundary_table(payload))
-        elif kind in ("matrix", "sweep", "batches", "batch", "projection", "regression"):
-            text = payload.get("table") or payload.get("text")
-            if text:
-                parts.append(f"<h4>{_e(kind)}</h4><pre>{_e(text)}</pre>")
-            elif kind != "matrix":
-                parts.append(f"<h4>{_e(kind)}</h4>" + _key_value_table(payload))
-        elif kind == "note":
-            parts.append(f"<h4>{_e(payload.get('title'))}</h4><pre>{_e(payload.get('text'))}</pre>")
+        by_kind.setdefault(entry["kind"], []).append(entry)
+    for name, entries in by_kind.items():
+        known = KINDS.get(name)
+        if known is None:
+            continue
+        blocks, figures = known.html(test, entries, baseline)
+        parts.extend(blocks)
+        plots.extend(figures)
     if plots:
         parts.append('<div class="plots">' + "".join(f"<div>{p}</div>" for p in plots) + "</div>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def load_parts(
+    test: dict[str, Any], entries: Sequence[Entry], baseline: dict[str, Any] | None
+) -> HtmlParts:
+    """The load runs of a test: their table, the comparison with the baseline, latency plots,
+    and a matrix heatmap when the runs vary in concurrency and lengths."""
+    parts = [_load_table(test)]
+    if baseline is not None:
+        parts.append(_comparison_table(test, baseline))
+    plots = latency_figures(test, baseline)
+    if not any(e["kind"] == "matrix" for e in test.get("results", ())):
+        plots += matrix_plots(test)
+    return parts, plots
+
+
+def burst_parts(entries: Sequence[Entry]) -> HtmlParts:
+    """Each burst's headline and its timeline figure."""
+    parts, plots = [], []
+    for entry in entries:
+        payload = entry["payload"]
+        shape = (payload.get("shape") or {}).get("name", "burst")
+        parts.append(f"<p>{_e(payload.get('headline'))}</p>")
+        plots.append(burst_figure(payload, f"burst {entry['index']}: {shape}"))
+    return parts, plots
+
+
+def matrix_plots(test: dict[str, Any]) -> list[str]:
+    """The matrix heatmap of a test (from its matrix, else its varied load runs), if any."""
+    cells = matrix_cells(test)
+    return [matrix_figure(cells)] if cells else []
+
+
+def text_parts(kind: str, entries: Sequence[Entry]) -> list[str]:
+    """Each result's table or text as a preformatted block (else its scalar fields)."""
+    parts = []
+    for entry in entries:
+        payload = entry["payload"]
+        title = payload.get("title") if kind == "note" else kind
+        text = payload.get("table") or payload.get("text")
+        if text:
+            parts.append(f"<h4>{_e(title)}</h4><pre>{_e(text)}</pre>")
+        else:
+            parts.append(f"<h4>{_e(title)}</h4>" + _key_value_table(payload))
+    return parts
 
 
 def _key_value_table(payload: dict[str, Any]) -> str:

@@ -15,10 +15,11 @@ from typing import Any
 from pytest_gpuinfer.load.bursts import BurstReport
 from pytest_gpuinfer.load.runner import LoadResult
 from pytest_gpuinfer.memory.boundary import BoundaryResult
-from pytest_gpuinfer.memory.leak import LeakVerdict
+from pytest_gpuinfer.memory.leak import LeakCheck
 from pytest_gpuinfer.memory.tracker import MB, MemoryTracker
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.stats import request_latencies, request_samples
+from pytest_gpuinfer.metrics.verdicts import Verdict
 from pytest_gpuinfer.perf.baselines import RegressionReport
 from pytest_gpuinfer.report.jsonable import jsonable
 
@@ -87,7 +88,7 @@ def burst_payload(report: BurstReport, load_scale: float | None = None) -> dict[
     return out
 
 
-def memory_payload(tracker: MemoryTracker, verdict: LeakVerdict | None = None) -> dict[str, Any]:
+def memory_payload(tracker: MemoryTracker, verdict: LeakCheck | None = None) -> dict[str, Any]:
     """A memory timeline (seconds from its first sample, MB), its phases and leak verdict."""
     samples = tracker.samples
     t0 = samples[0].t if samples else 0.0
@@ -124,18 +125,21 @@ def memory_payload(tracker: MemoryTracker, verdict: LeakVerdict | None = None) -
             "passed": verdict.passed,
             "growth_mb": verdict.growth_bytes / MB,
             "max_growth_mb": verdict.max_growth_bytes / MB,
-            "slope_mb_per_unit": verdict.slope_mb_per_unit,
+            "per_unit_mb": verdict.per_unit_mb,
             "unit": verdict.unit,
             "reasons": list(verdict.reasons),
+            "verdicts": [v.to_dict() for v in verdict.verdicts],
         }
     return jsonable(out)
 
 
-def boundary_payload(result: BoundaryResult) -> dict[str, Any]:
-    """An OOM/limit boundary search: safe value, first failure and its class, every probe."""
+def boundary_payload(result: BoundaryResult, verdicts: Sequence[Verdict] = ()) -> dict[str, Any]:
+    """An OOM/limit boundary search: safe value, first failure and its class, every probe, and
+    the verdicts judged on it (the failure class it was named for)."""
     failure = result.first_failure
     return jsonable(
         {
+            "verdicts": [v.to_dict() for v in verdicts],
             "dimension": result.dimension,
             "start": result.start,
             "max_value": result.max_value,
@@ -161,6 +165,19 @@ def boundary_payload(result: BoundaryResult) -> dict[str, Any]:
     )
 
 
+def no_baseline_payload(verdict: Verdict) -> dict[str, Any]:
+    """A regression check that had no stored baseline: its NOT JUDGED verdict, no rows."""
+    return {
+        "name": verdict.name,
+        "baseline_path": None,
+        "tolerance": None,
+        "regressed": False,
+        "rows": [],
+        "table": verdict.message,
+        "verdicts": [verdict.to_dict()],
+    }
+
+
 def note_payload(title: str, text: str) -> dict[str, Any]:
     """A block of text a test wanted in the report (a table, a recommendation)."""
     return {"title": title, "text": text}
@@ -170,6 +187,7 @@ def regression_payload(report: RegressionReport) -> dict[str, Any]:
     """A baseline comparison: per metric baseline, current, change, noise test and outcome."""
     return jsonable(
         {
+            "verdicts": [v.to_dict() for v in report.verdicts()],
             "name": report.name,
             "baseline_path": report.baseline_path,
             "tolerance": report.tolerance,

@@ -35,6 +35,9 @@ class SimConfig:
     crash_after: int | None = None
     hang: bool = False
     malformed_stream: bool = False
+    leak_kb_per_request: float = 0.0
+    """Memory the simulator keeps for good per inference request (a leak on purpose, for
+    checking the leak verdicts; the bytes are written, so they count in its RSS)."""
     max_model_len: int = 1024
     model: str = "sim-model"
     seed: int = 0
@@ -53,3 +56,5 @@ class SimConfig:
             raise ValueError("error_rate must be within [0, 1]")
         if self.crash_after is not None and self.crash_after < 0:
             raise ValueError("crash_after must be >= 0 or None")
+        if self.leak_kb_per_request < 0:
+            raise ValueError("leak_kb_per_request must be >= 0")

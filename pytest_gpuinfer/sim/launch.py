@@ -118,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crash-after", type=int, default=defaults.crash_after)
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--malformed-stream", action="store_true")
+    parser.add_argument(
+        "--leak-kb-per-request",
+        type=float,
+        default=defaults.leak_kb_per_request,
+        help="keep this much memory for good per inference request (a leak, on purpose)",
+    )
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     parser.add_argument("--model", default=defaults.model)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -137,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         crash_after=args.crash_after,
         hang=args.hang,
         malformed_stream=args.malformed_stream,
+        leak_kb_per_request=args.leak_kb_per_request,
         max_model_len=args.max_model_len,
         model=args.model,
         seed=args.seed,

@@ -67,6 +67,7 @@ class SimServer:
         self._kv_reserved = 0
         self._admitting = False
         self._served = 0
+        self._leaked: list[bytes] = []
         self._crashed = False
         self.closed = False
         self._status_counts: dict[int, int] = {}
@@ -381,6 +382,8 @@ class SimServer:
         endpoint = INFERENCE_PATHS[1] if chat else INFERENCE_PATHS[0]
         record = RequestRecord(request_id, endpoint, request.received)
         self._records.append(record)
+        if config.leak_kb_per_request:  # written bytes, so they are resident
+            self._leaked.append(b"\x01" * int(config.leak_kb_per_request * 1000))
         if config.crash_after is not None and self._served >= config.crash_after:
             self._crash(None)
             return

@@ -9,16 +9,16 @@ GiB (1 GiB is about two million tokens of the built-in model), so the block coun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.fixtures import ServerFactory, gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer, TargetError
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = in_ci()
 """CI runs the short versions (fewer batches, smaller search ranges)."""
 
 SMALL_MAX_MODEL_LEN = 512

@@ -8,7 +8,6 @@ fill allocator pools and caches once, which is not a leak.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
@@ -16,10 +15,11 @@ import pytest
 from pytest_gpuinfer.memory.http_probes import OpenAIBoundaryProbes
 from pytest_gpuinfer.memory.leak import judge_batches, run_batches
 from pytest_gpuinfer.memory.tracker import MemoryTracker
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.memory_fixtures import LeakLimits, VramTracker
 from pytest_gpuinfer.targets import InferenceServer
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = in_ci()
 BATCHES = 6 if IN_CI else 12
 REQUESTS_PER_BATCH = 16
 MAX_TOKENS = 32

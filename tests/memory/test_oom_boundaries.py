@@ -9,7 +9,6 @@ failing probe that a canary request still succeeds. The table of safe limits lan
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,10 +22,11 @@ from pytest_gpuinfer.memory.boundary import (
     search_boundary,
 )
 from pytest_gpuinfer.memory.http_probes import OpenAIBoundaryProbes
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets.probe import ProbeError, ServerProbe, exact_length_prompt
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = in_ci()
 PROBE_TIMEOUT_S = 60.0
 BATCH_MAX = 64 if IN_CI else 128
 BATCH_PROMPT_TOKENS = 200

@@ -9,19 +9,19 @@ within a bound in a ``TargetError``, and the reason read from the log must be ab
 
 from __future__ import annotations
 
-import os
 import time
 
 import psutil
 import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInventory
+from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.fixtures import ServerFactory
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.targets import TargetError
 from pytest_gpuinfer.targets.startup_failure import is_memory_reason
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = in_ci()
 STARTUP_BOUND_S = 300.0
 """A failing launch must be over within this (a healthy start takes about 60 s on 2 cores)."""
 

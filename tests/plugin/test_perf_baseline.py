@@ -50,3 +50,67 @@ def test_save_then_compare_with_doctored_baselines(
     slower = pytester.runpytest(*SIM, storage, "--benchmark-compare=3")
     slower.assert_outcomes(passed=1)
     slower.stdout.fnmatch_lines(["*ttft.p95 * ok", "*throughput * ok"])
+
+
+SUITE = Path(__file__).parents[1] / "perf" / "test_regression.py"
+
+
+def test_suite_gate_without_a_baseline_reads_not_judged_and_fails_when_judgement_is_required(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    storage = f"--benchmark-storage=file://{tmp_path}"
+    plain = pytester.runpytest(*SIM, storage)
+    plain.assert_outcomes(passed=1)
+    plain.stdout.fnmatch_lines(
+        [
+            "other*1 passed*0/1 passed, 1 NOT JUDGED*",
+            "NOT JUDGED (no baseline)  *regression latency c=4 in=128 out=32: this run: "
+            "TTFT p95 * ms, * req/s; not compared: no --benchmark-compare*",
+        ]
+    )
+    required = pytester.runpytest(*SIM, storage, "--gpuinfer-require-judgement")
+    required.assert_outcomes(failed=1)
+    required.stdout.fnmatch_lines(
+        [
+            "*judgement required (--gpuinfer-require-judgement), but NOT JUDGED:",
+            "*NOT JUDGED (no baseline)  regression latency c=4 in=128 out=32: *TTFT p95 * ms*",
+        ]
+    )
+
+
+def test_suite_gate_asked_to_compare_with_no_baseline_is_an_error(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    result = pytester.runpytest(
+        *SIM, f"--benchmark-storage=file://{tmp_path}", "--benchmark-compare"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*--benchmark-compare=True: no stored baseline to compare 'latency c=4 in=128 out=32' "
+            "with (none in *gpuinfer*); store one first with --benchmark-save*"
+        ]
+    )
+
+
+def test_suite_gate_fails_against_a_faster_stored_baseline_naming_the_figures(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    storage = f"--benchmark-storage=file://{tmp_path}"
+    pytester.runpytest(*SIM, storage, "--benchmark-save=base").assert_outcomes(passed=1)
+    (stored,) = tmp_path.glob("gpuinfer/*/0001_base.json")
+    document = json.loads(stored.read_text())
+    document["benchmarks"] = [baselines.scaled_entry(document["benchmarks"][0], 0.5)]
+    stored.with_name("0002_doctored.json").write_text(json.dumps(document))
+    result = pytester.runpytest(*SIM, storage, "--benchmark-compare=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*regression check of latency c=4 in=128 out=32 against *0002_doctored.json*",
+            "metric * baseline * current * change * noise test * verdict",
+            "* ms * ms *+*% * REGRESSED",
+        ]
+    )

@@ -19,6 +19,7 @@ from pytest_gpuinfer.metrics.slo import (
     meets,
     parse_slo,
     parse_slos,
+    unjudged_latency,
 )
 from pytest_gpuinfer.metrics.stats import summarize
 
@@ -195,13 +196,31 @@ class TestEvaluate:
         assert v.passed
         assert v.message == "ttft_p95 = 250 ms < limit 500 ms (n=300)"
 
-    def test_too_few_samples_still_judged_and_said(self) -> None:
+    def test_too_few_samples_is_not_judged_either_way(self) -> None:
         summary = summarize([record(float(i), 0.1) for i in range(37)])
         v = evaluate(parse_slo("ttft_p99<500ms"), summary)
-        assert v.passed
-        assert v.message.endswith("(only 37 samples: p99 needs 100, so it is near the max)")
+        assert v.label == "NOT JUDGED (too few samples)" and not v.passed and not v.failed
+        assert v.message == (
+            "ttft_p99 = 100 ms < limit 500 ms (only 37 samples: p99 needs 100); "
+            "run more requests to judge it"
+        )
+        over = evaluate(parse_slo("ttft_p99<50ms"), summary)
+        assert not over.judged and over.measured == approx(0.1)
         enough = evaluate(parse_slo("ttft_p90<500ms"), summary)
-        assert enough.message.endswith("(n=37)")
+        assert enough.passed and enough.message.endswith("(n=37)")
+
+    def test_latency_without_an_slo_is_not_judged_with_its_figures(self) -> None:
+        summary = summarize([record(float(i), 0.25) for i in range(40)])
+        (verdict,) = unjudged_latency(parse_slos(["error_rate<1%"]), summary)
+        assert verdict.label == "NOT JUDGED (no limit)"
+        assert verdict.message.startswith("no latency SLO applies to this run: TTFT p95 250.0 ms")
+        assert unjudged_latency(parse_slos(["ttft_p95<1s"]), summary) == []
+
+    def test_verdicts_say_where_their_limit_came_from(self) -> None:
+        slo = parse_slo("ttft_p95<500ms").sourced("@pytest.mark.slo")
+        v = evaluate(slo, summarize([record(float(i), 0.6) for i in range(40)]))
+        assert (v.status.value, v.limit, v.unit, v.source) == ("FAIL", 0.5, "s", slo.source)
+        assert slo == parse_slo("ttft_p95<500ms")  # where it came from is not its value
 
     def test_any_percentile(self) -> None:
         summary = summarize([record(float(i), 0.001 * (i + 1)) for i in range(100)])
