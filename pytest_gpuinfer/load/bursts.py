@@ -24,10 +24,13 @@
   bucket) and the latency p95 of the requests scheduled in the bucket; as JSON and CSV.
 
 Verdicts (:class:`BurstLimits`): at most ``allow_drops`` dropped requests (0 by default);
-recovery under ``max_recovery_s`` (NOT JUDGED without that limit, or when recovery could not be
-measured); and, when set, queue depth at most ``max_queue`` and preemptions (a delta over the
-run) at most ``max_preemptions``. :meth:`BurstReport.check` raises :class:`BurstViolation`
-naming each failed verdict with the timeline rows that broke it.
+recovery under ``max_recovery_s`` (NOT JUDGED without that limit, when recovery could not be
+measured, or when only the latency part missed the limit on a run the load engine's self-check
+flagged as client-bound or on a busy machine: the engine's queue, which the client's delay
+cannot touch, was back in time, so the slow latency may be the machine's); and, when set, queue
+depth at most ``max_queue`` and preemptions (a delta over the run) at most ``max_preemptions``.
+:meth:`BurstReport.check` raises :class:`BurstViolation` naming each failed verdict with the
+timeline rows that broke it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class BurstLimits:
     """Latency is recovered when p95 <= pre-burst p95 * (1 + tolerance) + slack."""
     p95_slack_s: float = 0.05
     latency: LatencyMetric = "ttft"
+    recovery_source: str = "the burst marker or --burst"
+    """Where ``max_recovery_s`` came from (shown with the recovery verdict)."""
 
     def __post_init__(self) -> None:
         """Reject limits that cannot be met or make no sense."""
@@ -172,6 +177,8 @@ class BurstReport:
     recovery_s: float | None
     recovery_unmeasured: str | None
     """Why recovery could not be measured (None when it was)."""
+    noise: str | None
+    """The self-check's reasons when the client or the machine limited the run (else None)."""
     timeline: list[TimelineRow]
     bucket_s: float
     verdicts: list[Verdict] = field(default_factory=list)
@@ -253,6 +260,7 @@ class BurstReport:
                 "latency_recovered_s": self.latency_recovered_s,
                 "recovery_s": self.recovery_s,
                 "recovery_unmeasured": self.recovery_unmeasured,
+                "noise": self.noise,
                 "phases": {
                     name: {
                         "requests": p.requests,
@@ -277,7 +285,7 @@ class BurstReport:
             lines = [
                 f"burst {self.shape.name!r} failed {len(failed)} of {len(self.verdicts)} checks:"
             ]
-            lines += [f"  {v.message}" for v in failed]
+            lines += [f"  {v.name}: {v.message}" for v in failed]
             lines += ["", self.text()]
             raise BurstViolation("\n".join(lines))
         return self
@@ -463,6 +471,7 @@ def analyze(
         latency_recovered_s=latency_recovered,
         recovery_s=recovery,
         recovery_unmeasured="; ".join(missing) or None,
+        noise="; ".join(result.self_check.reasons) if result.client_bound else None,
         timeline=timeline,
         bucket_s=bucket_s,
     )
@@ -523,7 +532,7 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
     errors = ", ".join(f"{count} {kind}" for kind, count in sorted(report.errors.items()))
     passed = report.dropped <= limits.allow_drops
     message = (
-        f"drops: {report.dropped} of {report.sent} requests dropped "
+        f"{report.dropped} of {report.sent} requests dropped "
         f"({report.failed} failed, {report.timed_out} timed out"
         + (f"; {errors}" if errors else "")
         + f"), allowed {limits.allow_drops}"
@@ -549,7 +558,7 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
         peak = report.max_queue
         passed = peak is not None and peak <= limits.max_queue
         message = (
-            f"queue depth: max {'-' if peak is None else f'{peak:g}'} "
+            f"max {'-' if peak is None else f'{peak:g}'} "
             f"(limit {limits.max_queue:g}; {report.queue_label})"
         )
         if not passed:
@@ -575,7 +584,7 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
             judged(
                 "preemptions",
                 passed,
-                f"preemptions during the run: {'not exposed' if delta is None else f'{delta:g}'}"
+                f"{'not exposed' if delta is None else f'{delta:g}'} during the run"
                 f" (limit {limits.max_preemptions:g})",
                 measured=delta,
                 limit=limits.max_preemptions,
@@ -589,14 +598,14 @@ def _verdicts(report: BurstReport) -> list[Verdict]:
 def _recovery_verdict(report: BurstReport) -> Verdict:
     """Recovery against max_recovery_s; NOT JUDGED without a limit or without the data."""
     limits = report.limits
-    source = "BurstLimits.max_recovery_s (the burst marker or --burst)"
+    source = f"max_recovery_s: {limits.recovery_source}"
     limit = limits.max_recovery_s
     if report.recovery_unmeasured is not None:
         reason = Unjudged.NO_DATA if limit is not None else Unjudged.NO_LIMIT
         return not_judged(
             "recovery",
             reason,
-            f"recovery not measured: {report.recovery_unmeasured}"
+            f"not measured: {report.recovery_unmeasured}"
             + ("" if limit is not None else "; and no max_recovery_s to judge it by"),
             limit=limit,
             unit="s",
@@ -613,12 +622,27 @@ def _recovery_verdict(report: BurstReport) -> Verdict:
         return not_judged(
             "recovery",
             Unjudged.NO_LIMIT,
-            f"recovery: {_seconds(recovery)}: {why}; no max_recovery_s to judge it by",
+            f"{_seconds(recovery)}: {why}; no max_recovery_s to judge it by",
             measured=recovery,
             unit="s",
         )
     passed = recovery is not None and recovery <= limit
-    message = f"recovery: {_seconds(recovery)} (limit {limit:g} s): {why}"
+    message = f"{_seconds(recovery)} (limit {limit:g} s): {why}"
+    queue_late = report.queue_source == "engine" and (
+        report.queue_recovered_s is None or report.queue_recovered_s > limit
+    )
+    if not passed and report.noise is not None and not queue_late:
+        return not_judged(
+            "recovery",
+            Unjudged.NOISY,
+            f"{message}; the engine's queue was back in time, and the load engine's self-check "
+            f"flagged the run ({report.noise}): the slow latency may be the machine's; rerun "
+            "longer or on a quieter machine",
+            measured=recovery,
+            limit=limit,
+            unit="s",
+            source=source,
+        )
     if not passed:
         burst_end = report.shape.burst_end_s
         message += "; timeline from the burst end:\n" + _rows_where(

@@ -174,13 +174,14 @@ def class_verdict(
             unit=result.dimension,
             source=source,
         )
-    unexpected = [p for p in failed if p.outcome not in expected]
+    unexpected = sorted((p for p in failed if p.outcome not in expected), key=lambda p: p.value)
     if unexpected:
-        shown = "; ".join(
-            f"{p.value}: {p.outcome.value}" + (f" ({p.detail})" if p.detail else "")
-            for p in unexpected
-        )
-        message = f"expected {wanted} past the boundary, got {shown}"
+        head = unexpected[0]
+        message = f"expected {wanted} past the boundary, got {head.value}: {head.outcome.value}"
+        message += f" ({head.detail})" if head.detail else ""
+        if len(unexpected) > 1:
+            rest = ", ".join(f"{p.value}: {p.outcome.value}" for p in unexpected[1:])
+            message += f"; also {rest}"
     else:
         message = f"first failure at {first.value}: {first.outcome.value}, as expected ({wanted})"
     return judged(

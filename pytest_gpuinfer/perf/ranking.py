@@ -108,16 +108,17 @@ class Ranking:
         return "\n".join(lines)
 
     def verdicts(self, *, every_candidate_runs: bool = True) -> list[Verdict]:
-        """'candidates ran' (each that raised is named; a matrix needs every cell) and 'best',
-        the winner by the objective among those meeting the SLOs."""
+        """'candidates ran' (each that raised or completed no request is named; a matrix
+        needs every cell) and 'best', the winner by the objective among those meeting the SLOs."""
         out = []
         if every_candidate_runs:
-            broken = [c for c in self.candidates if c.result is None]
+            broken = {c.label: _why_not_run(c) for c in self.candidates}
+            broken = {label: why for label, why in broken.items() if why is not None}
             out.append(
                 judged(
                     "candidates ran",
                     not broken,
-                    "; ".join(f"{c.label}: {c.error}" for c in broken)
+                    "; ".join(f"{label}: {why}" for label, why in broken.items())
                     if broken
                     else f"all {len(self.candidates)} ran",
                     measured=len(broken),
@@ -168,6 +169,17 @@ class Ranking:
                 for c in self.candidates
             ],
         }
+
+
+def _why_not_run(cand: Candidate) -> str | None:
+    """Why a candidate has no figures to rank: it raised, or no request of it completed."""
+    if cand.result is None:
+        return f"raised {cand.error}"
+    summary = cand.result.summary
+    if summary.completed == 0:
+        errors = ", ".join(f"{k}={v}" for k, v in sorted(summary.errors.items()))
+        return f"no request completed ({summary.failed} failed: {errors or 'no answer'})"
+    return None
 
 
 def _ms(seconds: float) -> str:

@@ -9,8 +9,10 @@
 - ``offline_batch_engine`` (session): one vLLM offline engine shared by the matrix, limit and
   projection tests, so its model loads once; its KV cache is capped (``OFFLINE_KV_BLOCKS``) so
   the batch-size limit is reached in seconds.
-- ``batch_report`` (function): ``batch_report(name, result)`` writes the result as JSON (under
-  ``--gpuinfer-report``/batch) and as JUnit properties, and prints it in the terminal summary.
+- ``batch_report`` (function): ``batch_report(name, result, kind=...)`` writes the result as
+  JSON (under ``--gpuinfer-report``/batch) and as JUnit properties, prints it in the terminal
+  summary, and hands it to the run's report as a result of that kind (``batch`` by default;
+  ``matrix`` for a ranking, ``projection`` for an SLA window) with the verdicts it carries.
 
 These tests own their engines: none of them needs the session's ``inference_server``. Without
 Ray or vLLM installed they skip, naming what is missing.
@@ -192,8 +194,14 @@ class BatchReport:
         self.lines = lines
         self.written: list[Path] = []
 
-    def __call__(self, name: str, result: Any, text: str | None = None) -> Path | None:
-        """Record ``result`` (anything with ``to_dict()``) under ``name``."""
+    def __call__(
+        self, name: str, result: Any, text: str | None = None, kind: str = "batch"
+    ) -> Path | None:
+        """Record ``result`` (anything with ``to_dict()``) under ``name``, and in the run's
+        report as a result of ``kind``."""
+        from pytest_gpuinfer.plugin import report_plugin
+
+        report_plugin.record(self.item, kind, result)
         document: dict[str, Any] = result.to_dict()
         document["test"] = self.item.nodeid
         headline = text or (result.describe() if hasattr(result, "describe") else "")

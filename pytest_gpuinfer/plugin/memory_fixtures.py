@@ -14,7 +14,7 @@ waited for, up to ``release_timeout_s``, before the verdict.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.memory.boundary import BoundaryResult
     from pytest_gpuinfer.memory.leak import LeakCheck
     from pytest_gpuinfer.memory.tracker import MemorySource, MemoryTracker
+    from pytest_gpuinfer.metrics.verdicts import Verdict
     from pytest_gpuinfer.targets import InferenceServer
 
 DEFAULT_INTERVAL_S = 0.2
@@ -62,6 +63,8 @@ class VramTracker:
     gpus: tuple[GPUInfo, ...]
     interval_s: float = DEFAULT_INTERVAL_S
     trackers: list[MemoryTracker] = field(default_factory=list)
+    checks: dict[int, LeakCheck] = field(default_factory=dict)
+    """Leak checks a test judged on its trackers (by tracker id), for the run's report."""
 
     def start(
         self,
@@ -82,6 +85,10 @@ class VramTracker:
         self.trackers.append(tracker)
         tracker.take_baseline(settle_s, timeout_s=settle_timeout_s)
         return tracker
+
+    def judged(self, tracker: MemoryTracker, check: LeakCheck) -> None:
+        """Keep the leak check a test made on ``tracker``: it goes into the report with it."""
+        self.checks[id(tracker)] = check
 
     @property
     def tracker(self) -> MemoryTracker | None:
@@ -106,7 +113,9 @@ def vram_tracker(request: pytest.FixtureRequest) -> Iterator[VramTracker]:
     watch.stop_all()
     verdicts = request.node.stash.get(LEAK_VERDICTS, [])
     for index, tracker in enumerate(watch.trackers):
-        verdict = verdicts[index] if index < len(verdicts) else None
+        verdict = watch.checks.get(id(tracker))
+        if verdict is None and index < len(verdicts):
+            verdict = verdicts[index]
         report_plugin.record(request.node, "memory", memory_payload(tracker, verdict))
 
 
@@ -218,16 +227,19 @@ MEMORY_REPORTS = pytest.StashKey[list[tuple[str, str]]]()
 @pytest.fixture
 def memory_report(request: pytest.FixtureRequest) -> Callable[..., None]:
     """Add a block of text (a boundary table, a per-batch table) to the run's memory summary;
-    ``memory_report(text, result)`` with a BoundaryResult also puts its table in the report."""
+    ``memory_report(text, result, verdicts)`` with a BoundaryResult also puts its table and the
+    verdicts judged on it (its failure class) in the report."""
 
-    def add(text: str, result: BoundaryResult | None = None) -> None:
+    def add(
+        text: str, result: BoundaryResult | None = None, verdicts: Sequence[Verdict] = ()
+    ) -> None:
         from pytest_gpuinfer.report.payloads import boundary_payload, note_payload
 
         reports = request.config.stash.setdefault(MEMORY_REPORTS, [])
         reports.append((request.node.nodeid, text))
         request.node.user_properties.append(("gpuinfer_memory", text))
         if result is not None:
-            report_plugin.record(request.node, "boundary", boundary_payload(result))
+            report_plugin.record(request.node, "boundary", boundary_payload(result, verdicts))
         else:
             report_plugin.record(request.node, "note", note_payload("memory", text))
 

@@ -35,6 +35,10 @@ class SimConfig:
     crash_after: int | None = None
     hang: bool = False
     malformed_stream: bool = False
+    slow_after: int | None = None
+    """After this many inference requests the simulator runs ``slow_factor`` times slower (a
+    server that degrades mid-run, for checking the consistency verdicts)."""
+    slow_factor: float = 4.0
     leak_kb_per_request: float = 0.0
     """Memory the simulator keeps for good per inference request (a leak on purpose, for
     checking the leak verdicts; the bytes are written, so they count in its RSS)."""
@@ -56,5 +60,9 @@ class SimConfig:
             raise ValueError("error_rate must be within [0, 1]")
         if self.crash_after is not None and self.crash_after < 0:
             raise ValueError("crash_after must be >= 0 or None")
+        if self.slow_after is not None and self.slow_after < 0:
+            raise ValueError("slow_after must be >= 0 or None")
+        if self.slow_factor <= 0:
+            raise ValueError("slow_factor must be > 0")
         if self.leak_kb_per_request < 0:
             raise ValueError("leak_kb_per_request must be >= 0")

@@ -119,6 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--malformed-stream", action="store_true")
     parser.add_argument(
+        "--slow-after",
+        type=int,
+        default=defaults.slow_after,
+        help="after this many inference requests, run --slow-factor times slower",
+    )
+    parser.add_argument("--slow-factor", type=float, default=defaults.slow_factor)
+    parser.add_argument(
         "--leak-kb-per-request",
         type=float,
         default=defaults.leak_kb_per_request,
@@ -143,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         crash_after=args.crash_after,
         hang=args.hang,
         malformed_stream=args.malformed_stream,
+        slow_after=args.slow_after,
+        slow_factor=args.slow_factor,
         leak_kb_per_request=args.leak_kb_per_request,
         max_model_len=args.max_model_len,
         model=args.model,

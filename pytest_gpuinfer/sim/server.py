@@ -5,6 +5,7 @@ and injected failures, on the running event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -382,6 +383,13 @@ class SimServer:
         endpoint = INFERENCE_PATHS[1] if chat else INFERENCE_PATHS[0]
         record = RequestRecord(request_id, endpoint, request.received)
         self._records.append(record)
+        if config.slow_after is not None and len(self._records) > config.slow_after:
+            self.config = config = dataclasses.replace(  # degraded from now on
+                config,
+                ttft_s=config.ttft_s * config.slow_factor,
+                itl_s=config.itl_s * config.slow_factor,
+                slow_after=None,
+            )
         if config.leak_kb_per_request:  # written bytes, so they are resident
             self._leaked.append(b"\x01" * int(config.leak_kb_per_request * 1000))
         if config.crash_after is not None and self._served >= config.crash_after:

@@ -1,7 +1,9 @@
 """Configuration matrix: concurrency x prompt/output lengths, one run per cell, the best cell.
 
 The best cell is the highest request throughput that meets the SLOs in force (the test's own, else
-the defaults for the target); every other cell is listed with the reason it lost.
+the defaults for the target); every other cell is listed with the reason it lost. Verdicts: every
+cell ran (a cell that raised fails the test, naming its error; it is not just a row) and a best
+cell exists.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from typing import Any
 
 from pytest_gpuinfer.perf.matrix import Cell, cells, run_matrix
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
+from pytest_gpuinfer.plugin.verdicts import VerdictGate
 
 
 def test_configuration_matrix(
     gpuinfer_report: Any,
+    gpuinfer_verdicts: VerdictGate,
     load_runner: Any,
     perf_slos: Any,
     perf_workload: PerfWorkload,
     perf_sizes: PerfSizes,
 ) -> None:
-    """Every cell runs; the table and the best cell with reasons are printed; one cell wins."""
+    """Every cell runs; the table and the best cell with reasons are printed; a cell wins."""
     chosen = perf_slos("concurrency")
     matrix = cells(perf_sizes.matrix_concurrency, perf_sizes.matrix_lengths)
 
@@ -38,8 +42,4 @@ def test_configuration_matrix(
     gpuinfer_report.record("matrix", ranking)
     print()
     print(ranking.table(f"configuration matrix ({len(matrix)} cells)"))
-    not_run = [c.label for c in ranking.candidates if c.result is None]
-    assert not not_run, f"cells that did not run: {[ranking.reasons[c] for c in not_run]}"
-    assert ranking.best is not None, "no cell met the SLOs:\n" + ranking.table()
-    losers = [c for c in ranking.candidates if c is not ranking.best]
-    assert all(ranking.reasons[c.label] for c in losers)
+    gpuinfer_verdicts.check(ranking.verdicts(), "configuration matrix failed:")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -38,9 +39,23 @@ def truth_ttfts(url: str, result: LoadResult) -> list[float]:
     ]
 
 
+def miss_is_the_machines(errors: Sequence[float], *, busy: bool, lateness_s: float) -> bool:
+    """A missed bound is excused only on a busy machine and only by as much as the client's own
+    measured lateness (``errors`` are the amounts by which each bound was missed)."""
+    return busy and all(e <= lateness_s for e in errors)
+
+
+def test_a_far_off_attempt_is_not_excused_by_a_busy_machine() -> None:
+    """20 ms off with a client at most 3 ms late: failed, busy or not; 2 ms off: excused."""
+    assert not miss_is_the_machines([0.020, -0.001, -0.0005], busy=True, lateness_s=0.003)
+    assert miss_is_the_machines([0.002, -0.001, -0.0005], busy=True, lateness_s=0.003)
+    assert not miss_is_the_machines([0.002, -0.001, -0.0005], busy=False, lateness_s=0.003)
+
+
 def ttft_attempt() -> tuple[bool, bool, str]:
-    """One accuracy run at concurrency 16: whether the bounds held, whether the machine was busy
-    (the client waited for a CPU), and the figures."""
+    """One accuracy run at concurrency 16: whether the bounds held, whether a miss is explained
+    by the machine (the self-check saw the client wait for a CPU, and every error is within the
+    client's own measured lateness), and the figures."""
     args = ("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "64")
     with simulator(*args) as url:
         result = LoadRunner(url, "sim-model").run(
@@ -50,19 +65,23 @@ def ttft_attempt() -> tuple[bool, bool, str]:
     assert result.summary.completed == 128 and truth.count == 128
     measured = result.ttft
     check = result.self_check
-    held = (
-        abs(measured.p50 - truth.p50) < 0.002
-        and abs(measured.p99 - truth.p99) < 0.002
-        and abs(result.itl.p50 - 0.010) < 0.001
-        and not result.client_bound
+    errors = (
+        abs(measured.p50 - truth.p50) - 0.002,
+        abs(measured.p99 - truth.p99) - 0.002,
+        abs(result.itl.p50 - 0.010) - 0.001,
     )
+    held = all(e < 0 for e in errors) and not result.client_bound
     busy = any(reason.startswith("machine busy") for reason in check.reasons)
+    # the client's own lateness: how late its event loop ran a due wake-up, at worst
+    lateness = check.loop_lag.max if check.loop_lag.count else 0.0
+    explained = miss_is_the_machines(errors, busy=busy, lateness_s=lateness)
     figures = (
         f"TTFT p50 {measured.p50 * 1e3:.3f} vs truth {truth.p50 * 1e3:.3f} ms, "
         f"p99 {measured.p99 * 1e3:.3f} vs {truth.p99 * 1e3:.3f} ms, "
-        f"ITL p50 {result.itl.p50 * 1e3:.3f} ms; {check.text()}"
+        f"ITL p50 {result.itl.p50 * 1e3:.3f} ms; client lateness up to {lateness * 1e3:.1f} ms"
+        f"{'' if explained or held else ' (does NOT explain the error)'}; {check.text()}"
     )
-    return held, busy, figures
+    return held, explained, figures
 
 
 def test_ttft_matches_the_simulator_at_concurrency_16() -> None:
@@ -72,22 +91,24 @@ def test_ttft_matches_the_simulator_at_concurrency_16() -> None:
     lockstep and both sides queue a burst of 16 requests; the simulator's truth runs from each
     request's first byte, so its own accept backlog before that would not be counted. On a
     shared 2-core machine other processes can keep client or server off the CPU for
-    milliseconds, so the run is tried up to three times and
-    must meet every bound once; when every failed try was flagged by the self-check as run on a
-    busy machine, the test is skipped with the figures instead of judging the client by them.
+    milliseconds, so the run is tried up to three times and must meet every bound once. A miss
+    is excused only when the self-check saw the client wait for a CPU AND the error is within
+    the client's own measured lateness (its event loop's worst delay): then the test is skipped
+    with the figures, naming the CPU wait. An attempt further off than the machine explains
+    fails the test, busy or not.
     """
     attempts = []
-    all_busy = True
+    all_explained = True
     for _ in range(3):
-        held, busy, figures = ttft_attempt()
+        held, explained, figures = ttft_attempt()
         if held:
             return
         attempts.append(figures)
-        all_busy = all_busy and busy
+        all_explained = all_explained and explained
     report = "\n".join(attempts)
-    if all_busy:
+    if all_explained:
         pytest.skip(f"machine too busy to judge timing accuracy:\n{report}")
-    pytest.fail(f"no attempt met the bounds:\n{report}")
+    pytest.fail(f"no attempt met the bounds, and not every miss is the machine's:\n{report}")
 
 
 def test_per_token_itl_when_chunks_carry_several_tokens() -> None:

@@ -125,7 +125,7 @@ def test_queue_and_recovery_verdicts_print_the_rows_that_broke_them(limited_sim:
     # a 10x spike over capacity queues, so recovery takes time and a 0 s limit always fails
     recovery = verdicts["recovery"]
     assert recovery.failed and recovery.measured is not None and recovery.measured > 0
-    assert recovery.message.startswith(f"recovery: {recovery.measured:.2f} s (limit 0 s)")
+    assert recovery.message.startswith(f"{recovery.measured:.2f} s (limit 0 s)")
     assert "timeline from the burst end" in recovery.message
 
 
@@ -237,3 +237,39 @@ def test_locust_runs_only_against_loopback(tmp_path: Path) -> None:
         locust_process.run_locust(
             "tests/load/locustfile.py", "http://10.0.0.1:8000", out_dir=tmp_path, run_time_s=1
         )
+
+
+LOAD_SUITE = Path(__file__).parents[1] / "load"
+
+
+def _load_suite(pytester: pytest.Pytester) -> None:
+    """The load suite's burst test and its conftest, as the suite ships them."""
+    pytester.makeconftest((LOAD_SUITE / "conftest.py").read_text())
+    pytester.makepyfile(test_inner_bursts=(LOAD_SUITE / "test_burst_shapes.py").read_text())
+
+
+def test_burst_suite_fails_a_server_that_does_not_recover_naming_its_figures(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One sequence at a time (about 10 req/s) and a baseline of 5 req/s: the 10x spike queues
+    far more than the 6 s after it can drain; the engine's own queue gauge shows it late, so a
+    busy machine cannot excuse it."""
+    _load_suite(pytester)
+    monkeypatch.setenv("GPUINFER_BASELINE_RPS", "5")
+    result = pytester.runpytest(
+        "--engine=sim",
+        "--engine-arg=--max-num-seqs=1",
+        "--engine-arg=--ttft-ms=20",
+        "--engine-arg=--itl-ms=5",
+        "--load-scale=0.1",
+        "-k",
+        "spike10x",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*burst 'spike10x' failed:",
+            "*FAIL  recovery: never (within the run) (limit 6 s): queue back at baseline (0) "
+            "* s after the burst, latency p95 within * ms never (within the run) after it;*",
+        ]
+    )

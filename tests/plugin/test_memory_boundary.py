@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from pytest_gpuinfer.memory.boundary import (
+    GRACEFUL,
     Outcome,
     ProbeResult,
+    class_verdict,
     format_table,
     recommend_batch,
     search_boundary,
@@ -169,3 +171,101 @@ def test_progress_gets_a_line_per_probe() -> None:
     assert len(lines) == result.probe_count
     assert lines[0] == "batch: probe 1 at 1: ok"
     assert lines[-1].startswith(f"batch: probe {result.probe_count} at ")
+
+
+MISBEHAVING = '''
+import json, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pytest_gpuinfer.memory.boundary import GRACEFUL, Outcome, class_verdict, search_boundary
+from pytest_gpuinfer.memory.http_probes import OpenAIBoundaryProbes
+
+MODE = "{mode}"
+LIMIT = 40
+
+
+class Handler(BaseHTTPRequestHandler):
+    """A misbehaving server: past LIMIT words a clean 400, a 500, or no answer (a hang)."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200 if self.path == "/health" else 404, {{}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if len(body["prompt"].split()) <= LIMIT:
+            self._send(200, {{"choices": [{{"text": "ok", "finish_reason": "length"}}]}})
+        elif MODE == "4xx":
+            self._send(400, {{"error": {{"message": "prompt is longer than the context"}}}})
+        elif MODE == "5xx":
+            self._send(500, {{"error": {{"message": "CUDA error: an illegal memory access"}}}})
+        else:
+            time.sleep(3)
+
+
+@pytest.fixture
+def url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{{server.server_address[1]}}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("expected", ["context", "graceful"])
+def test_prompt_boundary(url, gpuinfer_verdicts, expected):
+    probes = OpenAIBoundaryProbes(url, "m", timeout_s=1.0)
+    result = search_boundary(
+        "prompt tokens",
+        probes.prompt_length_probe(lambda n: "w " * n),
+        start=8,
+        max_value=128,
+        canary=probes.canary,
+    )
+    classes = {{Outcome.CLIENT_ERROR}} if expected == "context" else GRACEFUL
+    gpuinfer_verdicts.check([class_verdict(result, classes)], result.describe())
+'''
+
+
+@pytest.mark.parametrize(
+    ("mode", "seen"),
+    [("5xx", "5xx (1/1 requests failed; HTTP 500: CUDA error*"), ("hang", "timeout (*")],
+)
+def test_a_boundary_that_is_a_5xx_or_a_hang_fails_its_class_naming_the_value(
+    pytester: pytest.Pytester, mode: str, seen: str
+) -> None:
+    """Past 40 words the server answers 500 or hangs: both searches (a context limit, a
+    graceful limit) fail, naming the first failing value (41) and what it did."""
+    pytester.makepyfile(MISBEHAVING.format(mode=mode))
+    # in a subprocess: in-process runs re-import httpcore's modules, and httpx then misses
+    # their timeout exceptions
+    result = pytester.runpytest_subprocess("--engine=sim")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [f"*FAIL  prompt tokens failure class: expected * past the boundary, got 41: {seen}"]
+    )
+
+
+def test_a_clean_refusal_at_the_boundary_passes_its_class(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(MISBEHAVING.format(mode="4xx"))
+    pytester.runpytest("--engine=sim").assert_outcomes(passed=2)
+
+
+def test_a_search_that_never_failed_has_no_class_to_judge() -> None:
+    result = search_boundary("batch size", threshold_probe(1000), start=1, max_value=64)
+    verdict = class_verdict(result, GRACEFUL)
+    assert verdict.label == "NOT JUDGED (no data)"
+    assert verdict.message.startswith("no batch size up to 64 failed")

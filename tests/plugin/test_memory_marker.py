@@ -3,6 +3,8 @@ one passes; startup-failure reasons are read from engine logs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_gpuinfer.targets.startup_failure import explain_startup_failure, startup_failure_reason
@@ -102,3 +104,36 @@ def test_startup_failure_reason_prefers_a_memory_error() -> None:
     assert startup_failure_reason(log) == (
         "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     )
+
+
+MEMORY_SUITE = Path(__file__).parents[1] / "memory" / "test_leak_batches.py"
+
+
+@pytest.mark.parametrize(
+    ("leak_kb", "outcome"), [(200, "failed"), (0, "passed")], ids=["leaking", "steady"]
+)
+def test_leak_suite_fails_a_server_keeping_0_2_mb_per_request(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, leak_kb: int, outcome: str
+) -> None:
+    """The memory suite's batch test at its CI size (8 x 32 requests) against a simulator that
+    keeps 200 KB per request: growth per request fails, naming the measured rate; a steady
+    simulator passes."""
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_inner_leak=MEMORY_SUITE.read_text())
+    result = pytester.runpytest(
+        "--engine=sim",
+        f"--engine-arg=--leak-kb-per-request={leak_kb}",
+        "-k",
+        "grow_with_requests",
+    )
+    result.assert_outcomes(**{outcome: 1})
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(
+            [
+                "*memory leak check FAILED:",
+                "*FAIL  memory per request: memory grew +* KB per request (median of 8 batches "
+                "of 32 requests; growth by batch *), limit 50 KB/request",
+            ]
+        )
+        rate = float(result.stdout.str().split("memory grew +")[1].split(" KB")[0])
+        assert 150 <= rate <= 300, rate

@@ -18,7 +18,11 @@ SIM = (
 )
 
 
-def test_latency_suite_passes_on_defaults_and_prints_the_table(pytester: pytest.Pytester) -> None:
+def test_latency_suite_on_a_target_without_slos_reads_not_judged_for_latency(
+    pytester: pytest.Pytester,
+) -> None:
+    """The simulator has no latency SLOs: its latency is reported and NOT JUDGED, never counted
+    among the passed verdicts (only "no failed requests" passes)."""
     pytester.makepyfile(test_inner_latency=(PERF / "test_latency.py").read_text())
     result = pytester.runpytest(*SIM, "-s")
     result.assert_outcomes(passed=2)
@@ -28,9 +32,35 @@ def test_latency_suite_passes_on_defaults_and_prints_the_table(pytester: pytest.
             "metric ?ms? * p50 * p99.9",
             "ttft  *",
             "lengths: output tokens min/p50/max 32/32/32 (asked 32; 0 ended short)*",
-            "SLOs (defaults for sim: no failed requests): error_rate<=0%",
+            "SLOs (defaults for sim: no failed requests): error_rate<=0%; latency NOT JUDGED: "
+            "no latency SLO for this target (set --slo)",
         ]
     )
+    result.stdout.fnmatch_lines(
+        [
+            "other  2      2 passed  2/4 passed, 2 NOT JUDGED  *",
+            "NOT JUDGED (no limit)  *test_latency_at_fixed_concurrency: latency: no latency SLO "
+            "applies to this run: TTFT p95 * ms, TPOT p95 * ms, E2E p95 * ms (n=*)*",
+        ]
+    )
+    assert "2/2 passed" not in result.stdout.str()
+
+
+def test_latency_suite_fails_without_slos_when_judgement_is_required(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_inner_latency=(PERF / "test_latency.py").read_text())
+    result = pytester.runpytest(*SIM, "--gpuinfer-require-judgement")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*judgement required (--gpuinfer-require-judgement), but NOT JUDGED:",
+            "*NOT JUDGED (no limit)  latency: no latency SLO applies to this run: TTFT p95 * ms*",
+        ]
+    )
+    # a p95 from the rate test's 18 measured requests is NOT JUDGED (it needs 20); a p90 is
+    judged = pytester.runpytest(*SIM, "--gpuinfer-require-judgement", "--slo", "ttft_p90<5s")
+    judged.assert_outcomes(passed=2)
 
 
 def test_slo_on_the_command_line_fails_with_measured_vs_limit(pytester: pytest.Pytester) -> None:
@@ -81,7 +111,7 @@ def sim():
     thread.join(timeout=10)
 
 
-def test_batches(sim):
+def test_batches(sim, gpuinfer_verdicts):
     runner = LoadRunner(sim.base_url, "sim-model", gauge_interval_s=None)
 
     def batch(index):
@@ -93,13 +123,21 @@ def test_batches(sim):
 
     report = run_batches(batch, 4, server_pid=None)
     print(report.table())
-    assert report.passed, "\\n".join(report.failures())
+    gpuinfer_verdicts.check(report.verdicts)
 """
 
 
 def test_batches_pass_on_a_steady_simulator(pytester: pytest.Pytester) -> None:
+    """Steady batches pass the spread; a busy machine may make it NOT JUDGED, and then the
+    test is skipped naming the CPU wait, never passed."""
     pytester.makepyfile(BATCHES.format(slow_batch=0))
-    result = pytester.runpytest("--engine=sim", "-s")
+    result = pytester.runpytest("--engine=sim", "-s", "-rs")
+    outcomes = result.parseoutcomes()
+    if outcomes.get("skipped"):
+        result.stdout.fnmatch_lines(
+            ["*too noisy to judge*throughput spread: spread *the client waited * ms for a CPU*"]
+        )
+        return
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["PASS  throughput spread: spread *"])
 
@@ -110,4 +148,65 @@ def test_batches_fail_and_name_batch_3_when_the_simulator_slows_there(
     pytester.makepyfile(BATCHES.format(slow_batch=3))
     result = pytester.runpytest("--engine=sim")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*throughput spread* batch 3 ran at * req/s against a median*"])
+    result.stdout.fnmatch_lines(
+        ["*FAIL  throughput spread: spread *% >= *%: batch 3 ran at * req/s against a median*"]
+    )
+
+
+def test_batches_suite_fails_a_server_that_degrades_in_its_third_batch(
+    pytester: pytest.Pytester,
+) -> None:
+    """The suite's own test against a simulator that runs 4x slower from its 100th request
+    (batch 3 of 3 x 40): the spread fails however busy the machine, naming batch 3."""
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    result = pytester.runpytest(
+        *SIM, "--engine-arg=--slow-after=100", "--engine-arg=--slow-factor=4"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*verdicts failed:",
+            "*FAIL  throughput spread: spread *% >= *%: batch 3 ran at * req/s against a "
+            "median of * (-*%)*",
+        ]
+    )
+
+
+def test_sla_projection_fails_a_server_too_slow_for_the_window(
+    pytester: pytest.Pytester,
+) -> None:
+    """One sequence at a time, 0.95 s each: about 1 req/s, so 100,000 requests need over a day
+    at the pessimistic bound; the batches test fails on its SLA window, naming both."""
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    result = pytester.runpytest(
+        "--engine=sim",
+        "--engine-arg=--max-num-seqs=1",
+        "--engine-arg=--ttft-ms=950",
+        "--engine-arg=--itl-ms=0",
+        "--engine-arg=--output-tokens=1",
+        "--load-scale=0.025",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL  SLA window: PROJECTION: 100,000 requests take * h at the pessimistic "
+            "* req/s (95 % lower bound of 3 runs); window 24.00 h",
+        ]
+    )
+
+
+def test_matrix_fails_when_cells_cannot_run_naming_them(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context too short for the 128-token cells: those cells complete no request, which fails
+    the matrix (they are not just rows that lost)."""
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_inner_matrix=(PERF / "test_matrix.py").read_text())
+    result = pytester.runpytest(*SIM, "--engine-arg=--max-model-len=120")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*configuration matrix failed:",
+            "*FAIL  candidates ran: c=1 in=128 out=32: no request completed (20 failed: http=20)*",
+        ]
+    )
