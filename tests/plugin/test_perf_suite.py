@@ -210,3 +210,23 @@ def test_matrix_fails_when_cells_cannot_run_naming_them(
             "*FAIL  candidates ran: c=1 in=128 out=32: no request completed (20 failed: http=20)*",
         ]
     )
+
+
+def test_batches_suite_fails_when_requests_fail_naming_the_batches(
+    pytester: pytest.Pytester,
+) -> None:
+    """A simulator failing 10 % of requests: "all succeeded" fails, naming each batch's count."""
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    result = pytester.runpytest(*SIM, "--engine-arg=--error-rate=0.1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FAIL  all succeeded: batch 1: * of 40 failed*"])
+
+
+def test_matrix_fails_when_no_cell_meets_the_slos(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_inner_matrix=(PERF / "test_matrix.py").read_text())
+    result = pytester.runpytest(*SIM, "--slo", "ttft_p50<0.001ms")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FAIL  best: no candidate met ttft_p50<0.001ms*"])

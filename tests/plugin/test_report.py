@@ -316,3 +316,71 @@ def test_load_progress_shows_on_a_terminal(pytester: pytest.Pytester) -> None:
     os.close(leader)
     assert process.wait(timeout=120) == 0, output.decode(errors="replace")[-2000:]
     assert b"gpuinfer progress load: " in output and b"requests done" in output
+
+
+def test_not_judged_is_never_counted_as_passed_in_json_junit_or_terminal(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A load run without a latency SLO: its latency verdict is NOT JUDGED (no limit) in the
+    report's JSON (status, reason, passed false), in JUnit (its own count and status) and in
+    the terminal table; only "no failed requests" counts as passed."""
+    pytester.makepyfile(
+        """
+        def test_no_slo(load_runner):
+            load_runner.run(concurrency=2, requests=30, max_tokens=4)
+        """
+    )
+    out = tmp_path / "reports"
+    result = pytester.runpytest(*SIM, f"--gpuinfer-report={out}", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    document = _report(out)
+    assert document["schema_version"] == "1.1"
+    (entry,) = _by_test(document)["test_no_slo"]["results"]
+    no_failures, latency = entry["payload"]["verdicts"]
+    assert (latency["name"], latency["status"], latency["reason"]) == (
+        "latency",
+        "NOT JUDGED",
+        "no limit",
+    )
+    assert latency["passed"] is False and latency["measured"] > 0 and latency["unit"] == "s"
+    assert no_failures["status"] == "PASS" and no_failures["source"].startswith("default")
+    junit = (pytester.path / "junit.xml").read_text()
+    for name, value in (
+        ("load_verdict_latency", "NOT JUDGED (no limit)"),
+        ("load_verdicts_passed", "1"),
+        ("load_verdicts_not_judged", "1"),
+        ("load_verdicts_failed", "0"),
+    ):
+        assert f'name="{name}" value="{value}"' in junit, name
+    result.stdout.fnmatch_lines(
+        [
+            "other*1 passed*1/2 passed, 1 NOT JUDGED*",
+            "NOT JUDGED (no limit)  *test_no_slo: latency: no latency SLO applies to this run*",
+        ]
+    )
+
+
+def test_every_kind_is_one_object_reading_its_own_and_older_payloads() -> None:
+    """The registry knows every kind the schema allows; verdicts of schema 1.0 payloads still
+    read (a 1.0 NOT JUDGED batches verdict stays NOT JUDGED, never a pass)."""
+    from pytest_gpuinfer.report.kinds import KINDS, entry_verdicts, kind
+
+    kinds_in_schema = schema()["$defs"]["result"]["properties"]["kind"]["enum"]
+    assert list(KINDS) == kinds_in_schema
+    old = {
+        "kind": "batches",
+        "payload": {
+            "verdicts": [
+                {"name": "throughput spread", "passed": False, "message": "m", "judged": False}
+            ]
+        },
+    }
+    (verdict,) = entry_verdicts(old)
+    assert verdict.label == "NOT JUDGED (too noisy)" and not verdict.passed
+    memory = {
+        "kind": "memory",
+        "payload": {"leak": {"passed": True, "growth_mb": 3.0, "max_growth_mb": 200.0}},
+    }
+    assert [v.label for v in entry_verdicts(memory)] == ["PASS"]
+    with pytest.raises(ValueError, match="unknown report kind 'lod'"):
+        kind("lod")
