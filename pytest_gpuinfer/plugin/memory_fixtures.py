@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.metrics.verdicts import Verdict
     from pytest_gpuinfer.targets import InferenceServer
 
+if TYPE_CHECKING:
+    from pytest_gpuinfer.metrics.verdicts import Verdict
+
 DEFAULT_INTERVAL_S = 0.2
 DEFAULT_SETTLE_S = 1.0
 
