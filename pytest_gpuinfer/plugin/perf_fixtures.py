@@ -235,8 +235,9 @@ class PerfBaseline:
             entry = baselines.load_entry(path, name) if path is not None else None
             if path is None or entry is None:
                 found = f"{path} has no entry {name!r}" if path is not None else f"none in {where}"
+                asked = "" if self.compare_with is True else f"={self.compare_with}"
                 pytest.fail(
-                    f"--benchmark-compare={self.compare_with}: no stored baseline to compare "
+                    f"--benchmark-compare{asked}: no stored baseline to compare "
                     f"{name!r} with ({found}); store one first with --benchmark-save or "
                     "--benchmark-autosave on this machine identity",
                     pytrace=False,

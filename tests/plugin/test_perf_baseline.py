@@ -89,7 +89,7 @@ def test_suite_gate_asked_to_compare_with_no_baseline_is_an_error(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*--benchmark-compare=True: no stored baseline to compare 'latency c=4 in=128 out=32' "
+            "*--benchmark-compare: no stored baseline to compare 'latency c=4 in=128 out=32' "
             "with (none in *gpuinfer*); store one first with --benchmark-save*"
         ]
     )
