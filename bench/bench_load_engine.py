@@ -8,6 +8,11 @@ steals the other's core. Prints:
 * the achieved rate when 200 req/s are asked for open-loop (Poisson and constant);
 * TTFT and ITL error, client-measured minus the simulator's own timestamps, at p50/p99, at
   concurrency 16 with TTFT 50 ms, ITL 10 ms and 64-token outputs;
+* dataset vs synthetic: capacity (zero-latency simulator) and TTFT error with a ShareGPT-format
+  file of varied lengths beside the same runs with one fixed prompt, in the same run (the
+  instrument must cost no more with real workloads: within 10 %);
+* trace replay: the dispatch error (sent minus recorded time) of a Mooncake-format trace at
+  1,000 req/s (p99 must stay under 1 ms);
 * with ``--stacks``: the same zero-latency workload through other HTTP stacks (aiohttp, httpx) and
   event loops, which is how the client's stack was chosen.
 
@@ -23,7 +28,9 @@ import contextlib
 import functools
 import json
 import os
+import random
 import sys
+import tempfile
 import time
 import timeit
 import urllib.request
@@ -31,7 +38,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pytest_gpuinfer.load.client import InferenceClient, RequestSpec, SSEDecoder
-from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.load.prompts import WordCounter
+from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner
+from pytest_gpuinfer.load.schedule import ClosedLoop, Constant, Poisson, TraceTimes
+from pytest_gpuinfer.load.workloads import Dataset, Prompts, Trace, Workload
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.stats import Distribution, distribution
 from pytest_gpuinfer.sim import run_in_process
@@ -114,7 +124,9 @@ def bench_max_rate(concurrencies: list[int], requests: int) -> None:
     with simulator(*zero_latency_args()) as url:
         runner = LoadRunner(url, MODEL)
         for concurrency in concurrencies:
-            result = runner.run(concurrency=concurrency, requests=requests, max_tokens=16)
+            result = runner.run(
+                ClosedLoop(concurrency), Prompts(PROMPT, 16), Limits(requests=requests)
+            )
             check = result.self_check
             summary = result.summary
             per_thousand = check.cpu_s / len(result.records) * 1000
@@ -133,8 +145,8 @@ def bench_open_loop(rate: float, requests: int) -> None:
     print(f"\n== open loop at {rate:.0f} req/s, simulator TTFT 5 ms, ITL 1 ms, 16 tokens ==")
     with simulator("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "16") as url:
         runner = LoadRunner(url, MODEL)
-        for arrival in ("poisson", "constant"):
-            result = runner.run(rate=rate, arrival=arrival, requests=requests, max_tokens=16)
+        for arrival, schedule in (("poisson", Poisson(rate)), ("constant", Constant(rate))):
+            result = runner.run(schedule, Prompts(PROMPT, 16), Limits(requests=requests))
             records = result.records
             scheduled = sorted(r.scheduled for r in records)
             sent = sorted(r.sent for r in records if r.sent is not None)
@@ -153,15 +165,19 @@ def bench_open_loop(rate: float, requests: int) -> None:
             )
 
 
-def bench_accuracy(requests: int, ramp_s: float) -> LoadResult:
-    """TTFT and ITL measured by the client against the simulator's own timestamps."""
+def bench_accuracy(
+    requests: int, ramp_s: float, workload: Workload | None = None, label: str = ""
+) -> tuple[LoadResult, Distribution]:
+    """TTFT and ITL measured by the client against the simulator's own timestamps; returns the
+    result and the per-request TTFT error."""
     start = "all slots at once" if ramp_s == 0 else f"slots started over {ramp_s * 1e3:.0f} ms"
     print(
-        f"\n== accuracy at concurrency 16: simulator TTFT 50 ms, ITL 10 ms, 64 tokens; {start} =="
+        f"\n== accuracy at concurrency 16: simulator TTFT 50 ms, ITL 10 ms, 64 tokens; {start}"
+        f"{label} =="
     )
     with simulator("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "64") as url:
-        result = LoadRunner(url, MODEL).run(
-            concurrency=16, requests=requests, max_tokens=64, ramp_s=ramp_s
+        result = LoadRunner(url, MODEL, counter=WordCounter()).run(
+            ClosedLoop(16, ramp_s), workload or Prompts(PROMPT, 64), Limits(requests=requests)
         )
         truth = server_rows(url)
     rows = [(r, truth[r.request_id]) for r in result.records if r.ok and r.request_id in truth]
@@ -208,7 +224,110 @@ def bench_accuracy(requests: int, ramp_s: float) -> LoadResult:
         f"{ms(itl.p50 - 0.010)}/{ms(itl.p99 - 0.010)}; server's own write lag p50/p99 "
         f"{ms(server_lag.p50)}/{ms(server_lag.p99)}"
     )
-    return result
+    return result, ttft_error
+
+
+# --- workloads: a dataset and a replayed trace ------------------------------------------------
+
+WORDS = ("the", "a", "and", "of", "is", "in", "on", "it", "we", "to")
+
+
+def sharegpt_file(directory: str, rows: int, seed: int = 0) -> str:
+    """A ShareGPT-format file of ``rows`` conversations, prompts of 4-256 words, replies 8-128."""
+    rng = random.Random(seed)
+
+    def words(count: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(count))
+
+    data = [
+        {
+            "id": f"bench-{i}",
+            "conversations": [
+                {"from": "human", "value": words(rng.randint(4, 256))},
+                {"from": "gpt", "value": words(rng.randint(8, 128))},
+            ],
+        }
+        for i in range(rows)
+    ]
+    path = os.path.join(directory, "sharegpt.json")
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(data, out)
+    return path
+
+
+def mooncake_file(directory: str, rate: float, requests: int, seed: int = 0) -> str:
+    """A Mooncake-format trace: Poisson arrivals at ``rate`` (whole milliseconds, as published),
+    prompts of 16-token blocks that repeat across requests, 16-token outputs."""
+    rng = random.Random(seed)
+    path = os.path.join(directory, "mooncake.jsonl")
+    at = 0.0
+    with open(path, "w", encoding="utf-8") as out:
+        for _ in range(requests):
+            blocks = rng.randint(1, 8)
+            hash_ids = [rng.randint(0, 63) for _ in range(blocks)]
+            row = {
+                "timestamp": int(at * 1000),
+                "input_length": blocks * 16 - rng.randint(0, 15),
+                "output_length": 16,
+                "hash_ids": hash_ids,
+            }
+            out.write(json.dumps(row) + "\n")
+            at += rng.expovariate(rate)
+    return path
+
+
+def bench_dataset(concurrency: int, requests: int, accuracy_requests: int) -> None:
+    """Capacity and TTFT error with a ShareGPT dataset beside the same runs with one prompt."""
+    print(
+        f"\n== dataset vs synthetic: capacity at concurrency {concurrency} (zero-latency "
+        "simulator, outputs up to 16 tokens), then TTFT error (TTFT 50 ms, ITL 10 ms) =="
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        path = sharegpt_file(directory, 2000)
+        dataset = Dataset(path, ignore_eos=True)
+        capacity: dict[str, float] = {}
+        with simulator(*zero_latency_args()) as url:
+            runner = LoadRunner(url, MODEL, counter=WordCounter())
+            for name, workload in (("synthetic", Prompts(PROMPT, 16)), ("dataset", dataset)):
+                result = runner.run(ClosedLoop(concurrency), workload, Limits(requests=requests))
+                check = result.self_check
+                capacity[name] = result.summary.request_throughput
+                print(
+                    f"{name:9s}: {result.summary.completed} ok, {capacity[name]:7.0f} req/s, "
+                    f"client CPU {check.cpu_s / len(result.records) * 1000:.3f} s per 1,000 "
+                    f"requests; {result.lengths.text().splitlines()[0]}"
+                )
+        errors = {}
+        for name, workload in (("synthetic", Prompts(PROMPT, 64)), ("dataset", dataset)):
+            _, errors[name] = bench_accuracy(accuracy_requests, 0.1, workload, f"; {name}")
+    ratio = capacity["dataset"] / capacity["synthetic"]
+    print(
+        f"\ndataset/synthetic: capacity {ratio:.1%} "
+        f"({'within' if abs(ratio - 1) <= 0.10 else 'NOT within'} 10 %); TTFT error p50 "
+        f"{ms(errors['dataset'].p50)} vs {ms(errors['synthetic'].p50)}, p99 "
+        f"{ms(errors['dataset'].p99)} vs {ms(errors['synthetic'].p99)}"
+    )
+
+
+def bench_trace(rate: float, requests: int) -> None:
+    """Dispatch error of a Mooncake trace replayed at its recorded times (``rate`` req/s)."""
+    print(
+        f"\n== trace replay: Mooncake-format trace at {rate:.0f} req/s (ms timestamps), "
+        "simulator TTFT 5 ms, ITL 1 ms, 16 tokens =="
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        workload = Trace(mooncake_file(directory, rate, requests), block_tokens=16)
+        with simulator("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "16") as url:
+            runner = LoadRunner(url, MODEL, counter=WordCounter())
+            result = runner.run(TraceTimes(workload.load()), workload)
+    error = result.dispatch_error
+    check = result.self_check
+    print(
+        f"{len(result.records)} requests, {result.summary.failed} failed; dispatch error "
+        f"(sent - recorded time) p50/p99/max {ms(error.p50)}/{ms(error.p99)}/{ms(error.max)} "
+        f"({'under' if error.p99 < 0.001 else 'NOT under'} 1 ms at p99); client CPU "
+        f"{check.cpu_fraction:.0%}; {result.lengths.text().splitlines()[0]}"
+    )
 
 
 # --- other HTTP stacks, for the choice of the client's stack -----------------------------------
@@ -387,6 +506,8 @@ def main() -> int:
             functools.partial(bench_open_loop, 200.0, int(2000 * scale)),
             functools.partial(bench_accuracy, int(320 * scale), 0.0),
             functools.partial(bench_accuracy, int(320 * scale), 0.1),
+            functools.partial(bench_dataset, 64, int(20000 * scale), int(320 * scale)),
+            functools.partial(bench_trace, 1000.0, int(10000 * scale)),
         ]
     for part in parts:
         if args.wait_quiet:

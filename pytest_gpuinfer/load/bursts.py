@@ -58,6 +58,7 @@ from pytest_gpuinfer.metrics.verdicts import (
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+    from pytest_gpuinfer.load.workloads import Workload
 
 LatencyMetric = Literal["ttft", "e2e"]
 
@@ -666,15 +667,18 @@ def _seconds(value: float | None) -> str:
 
 def measure_capacity(
     runner: LoadRunner,
+    workload: Workload,
     *,
     concurrency: int = 8,
     duration_s: float = 3.0,
     max_requests: int = 2000,
-    **run_kwargs: Any,
 ) -> float:
     """Completed requests per second at ``concurrency`` (closed loop), to size a baseline rate."""
+    from pytest_gpuinfer.load.runner import Limits
+    from pytest_gpuinfer.load.schedule import ClosedLoop
+
     result = runner.run(
-        concurrency=concurrency, duration_s=duration_s, requests=max_requests, **run_kwargs
+        ClosedLoop(concurrency), workload, Limits(requests=max_requests, duration_s=duration_s)
     )
     if result.summary.completed == 0:
         raise RuntimeError(

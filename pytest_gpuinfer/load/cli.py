@@ -1,6 +1,15 @@
 """``gpuinfer-load``: run a load test against an OpenAI-compatible server from the command line.
 
-Prints the summary table, the load engine's self-check and SLO verdicts. Exit status: 0 when every
+The schedule is ``--concurrency N`` (closed loop, ``--ramp``), ``--rate R`` (open loop,
+``--arrival``, ``--burstiness``, ``--max-concurrency``), ``--trace FILE`` (a Mooncake or Azure trace
+replayed at its recorded times, ``--speed``, ``--window``, with its own lengths) or
+``--schedule SPEC`` (any registered schedule). The workload is synthetic prompts of
+``--prompt-tokens`` by default, or ``--prompt``, ``--dataset PATH`` (ShareGPT, JSONL, OpenAI chat,
+Hugging Face on disk), ``--conversations PATH|synthetic``, or ``--workload SPEC`` (any registered
+workload, e.g. ``shared-prefix:n_prefixes=4,prefix_tokens=256`` or ``embeddings:batch=8``).
+
+Prints the summary table, asked vs achieved lengths, the load engine's self-check and SLO
+verdicts. Exit status: 0 when every
 SLO holds and no request failed, 1 when an SLO fails or any request failed (unless an error_rate
 SLO or --allow-errors allows failures), 2 on a usage error. The API key is read from an
 environment variable (``--api-key-env``, default ``OPENAI_API_KEY``), never from the command
@@ -15,52 +24,36 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import LoadRunner
-from pytest_gpuinfer.load.schedule import ARRIVAL_KINDS
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import (
+    ARRIVAL_KINDS,
+    ClosedLoop,
+    Constant,
+    Gamma,
+    Poisson,
+    Schedule,
+    TraceTimes,
+    schedule_from_text,
+)
+from pytest_gpuinfer.load.workloads import (
+    DATASET_FORMATS,
+    TRACE_FORMATS,
+    Conversations,
+    Dataset,
+    Prompts,
+    Synthetic,
+    Trace,
+    Workload,
+    workload_from_text,
+)
 from pytest_gpuinfer.metrics.slo import SLOSyntaxError, parse_slos
 
 EXIT_OK = 0
 EXIT_SLO_FAILED = 1
 EXIT_USAGE = 2
-
-_PROMPT_WORDS = (
-    *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven"),
-    *("old", "sailors", "sing", "about", "distant", "harbours", "and", "bright", "lanterns"),
-    *("in", "the", "cold", "night"),
-)
-
-
-def synthetic_prompt(words: int) -> str:
-    """A prompt of ``words`` common words (about one token each with most tokenizers)."""
-    return " ".join(_PROMPT_WORDS[i % len(_PROMPT_WORDS)] for i in range(max(1, words)))
-
-
-def _exact_prompts(args: argparse.Namespace) -> prompts.PromptSet:
-    """Prompts of exactly --prompt-tokens target tokens; says on stderr how they were counted."""
-    key = os.environ.get(args.api_key_env)
-    counter = prompts.token_counter_for(
-        args.endpoint,
-        args.model,
-        model_dir=args.tokenizer,
-        headers={"Authorization": f"Bearer {key}"} if key else None,
-    )
-    try:
-        prompt_set = prompts.build_prompts(
-            counter,
-            args.prompt_tokens,
-            count=max(1, min(args.requests or 256, 256)),
-            varied=not args.same_prompt,
-            seed=args.seed,
-            endpoint=args.api,
-        )
-    except prompts.PromptLengthError as exc:
-        raise ValueError(str(exc)) from None
-    print(f"gpuinfer-load: {prompt_set.describe()}", file=sys.stderr)
-    return prompt_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,22 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="environment variable holding the API key (default OPENAI_API_KEY)",
     )
-    load = parser.add_mutually_exclusive_group(required=True)
+    when = parser.add_argument_group("schedule (one of)")
+    load = when.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
     load.add_argument("--rate", type=float, help="open loop: mean requests per second")
-    parser.add_argument(
-        "--max-concurrency", type=int, help="with --rate: cap on requests in flight"
+    load.add_argument("--trace", metavar="FILE", help="replay a trace's times and lengths")
+    load.add_argument(
+        "--schedule",
+        metavar="SPEC",
+        help="a registered schedule, e.g. 'gamma:rate=4,burstiness=0.5'",
     )
-    parser.add_argument("--arrival", choices=ARRIVAL_KINDS, default="poisson")
-    parser.add_argument(
+    when.add_argument(
+        "--ramp", type=float, default=0.0, help="with --concurrency: start slots over S s"
+    )
+    when.add_argument(
+        "--max-concurrency", type=int, help="with --rate or --trace: cap on requests in flight"
+    )
+    when.add_argument("--arrival", choices=ARRIVAL_KINDS, default="poisson")
+    when.add_argument(
         "--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson, < 1 burstier)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--requests", type=int, help="request cap")
-    parser.add_argument("--duration", type=float, help="time cap in seconds")
-    parser.add_argument("--warmup", type=float, default=0.0, help="seconds left out of the stats")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    prompt = parser.add_mutually_exclusive_group()
+    when.add_argument("--seed", type=int, default=0, help="seed of arrivals and sampling")
+    when.add_argument("--trace-format", choices=TRACE_FORMATS, help="default: from the suffix")
+    when.add_argument("--speed", type=float, default=1.0, help="--trace: replay S times faster")
+    when.add_argument(
+        "--window", metavar="START:END", help="--trace: only the requests in these trace seconds"
+    )
+    what = parser.add_argument_group("workload (default: synthetic prompts of --prompt-tokens)")
+    prompt = what.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument(
         "--prompt-tokens",
@@ -101,23 +106,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help="prompt length in tokens of the target's tokenizer, before the chat template",
     )
-    parser.add_argument(
+    prompt.add_argument("--dataset", metavar="PATH", help="dataset file or directory")
+    prompt.add_argument(
+        "--conversations", metavar="PATH", help="multi-turn sessions from a dataset, or 'synthetic'"
+    )
+    prompt.add_argument(
+        "--workload",
+        metavar="SPEC",
+        help="a registered workload, e.g. 'shared-prefix:n_prefixes=4'",
+    )
+    what.add_argument("--dataset-format", choices=DATASET_FORMATS, help="default: from the path")
+    what.add_argument("--sample", type=int, help="--dataset: rows to draw (seeded)")
+    what.add_argument("--turns", type=int, help="--conversations: turns per session (at most)")
+    what.add_argument(
+        "--think", type=float, default=0.0, help="--conversations: seconds between turns"
+    )
+    what.add_argument(
+        "--max-tokens",
+        type=int,
+        help="output tokens per request (default 64; datasets and traces: each row's own)",
+    )
+    what.add_argument(
         "--tokenizer", metavar="DIR", help="model directory to count tokens with if no /tokenize"
     )
-    parser.add_argument(
+    what.add_argument(
         "--same-prompt", action="store_true", help="repeat one prompt instead of varied ones"
     )
-    parser.add_argument("--no-stream", action="store_true", help="ask for whole responses")
-    parser.add_argument(
-        "--ignore-eos", action="store_true", help="send ignore_eos (vLLM, SGLang) for fixed lengths"
+    what.add_argument(
+        "--ignore-eos", action="store_true", help="send ignore_eos (vLLM, SGLang) for exact lengths"
     )
+    ends = parser.add_argument_group("limits")
+    ends.add_argument("--requests", type=int, help="request cap")
+    ends.add_argument("--duration", type=float, help="time cap in seconds")
+    ends.add_argument("--warmup", type=float, default=0.0, help="seconds left out of the stats")
+    ends.add_argument(
+        "--slo", action="append", default=[], metavar="EXPR", help="e.g. 'ttft_p95<500ms'"
+    )
+    parser.add_argument("--no-stream", action="store_true", help="ask for whole responses")
     parser.add_argument("--processes", type=int, default=1, help="client processes")
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     parser.add_argument("--first-token-timeout", type=float, default=120.0)
     parser.add_argument("--total-timeout", type=float, default=600.0)
-    parser.add_argument(
-        "--slo", action="append", default=[], metavar="EXPR", help="e.g. 'ttft_p95<500ms'"
-    )
     parser.add_argument(
         "--allow-errors",
         action="store_true",
@@ -129,6 +158,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _window(text: str | None) -> tuple[float, float] | None:
+    """``START:END`` seconds (END may be empty for the trace's end)."""
+    if text is None:
+        return None
+    start, sep, end = text.partition(":")
+    if not sep:
+        raise ValueError(f"--window {text!r} is not START:END")
+    return float(start or 0), float(end) if end else math.inf
+
+
+def build_schedule(args: argparse.Namespace, trace: Trace | None) -> Schedule:
+    """The schedule the options ask for."""
+    if args.schedule is not None:
+        return schedule_from_text(args.schedule)
+    if args.max_concurrency is not None and args.rate is None and trace is None:
+        raise ValueError("--max-concurrency goes with --rate or --trace")
+    if trace is not None:
+        return TraceTimes(
+            trace.load(), args.speed, _window(args.window), max_concurrency=args.max_concurrency
+        )
+    if args.rate is not None:
+        cap = args.max_concurrency
+        if args.arrival == "constant":
+            return Constant(args.rate, max_concurrency=cap)
+        if args.arrival == "gamma":
+            return Gamma(args.rate, args.burstiness, seed=args.seed, max_concurrency=cap)
+        return Poisson(args.rate, seed=args.seed, max_concurrency=cap)
+    return ClosedLoop(args.concurrency, args.ramp)
+
+
+def build_workload(args: argparse.Namespace, trace: Trace | None) -> Workload:
+    """The workload the options ask for."""
+    if args.workload is not None:
+        built: Workload = workload_from_text(args.workload)
+        return built
+    if trace is not None:
+        return trace
+    if args.dataset is not None:
+        return Dataset(
+            args.dataset,
+            args.dataset_format,
+            sample=args.sample,
+            seed=args.seed,
+            ignore_eos=args.ignore_eos,
+            output_tokens=args.max_tokens,
+        )
+    if args.conversations is not None:
+        synthetic = args.conversations == "synthetic"
+        return Conversations(
+            None if synthetic else args.conversations,
+            args.dataset_format,
+            turns=args.turns,
+            output_tokens=args.max_tokens,
+            think_s=args.think,
+            seed=args.seed,
+            ignore_eos=args.ignore_eos,
+        )
+    output = args.max_tokens or 64
+    if args.prompt is not None:
+        return Prompts(args.prompt, output, ignore_eos=args.ignore_eos)
+    return Synthetic(
+        args.prompt_tokens,
+        output,
+        ignore_eos=args.ignore_eos,
+        varied=not args.same_prompt,
+        seed=args.seed,
+        prompts=max(1, min(args.requests or 256, 256)),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status."""
     parser = build_parser()
@@ -138,41 +237,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SLOSyntaxError as exc:
         print(f"gpuinfer-load: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.requests is None and args.duration is None:
-        parser.print_usage(sys.stderr)
-        print("gpuinfer-load: give --requests or --duration (or both)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.max_concurrency is not None and args.rate is None:
-        print("gpuinfer-load: --max-concurrency goes with --rate", file=sys.stderr)
-        return EXIT_USAGE
-    extra_body: dict[str, Any] | None = {"ignore_eos": True} if args.ignore_eos else None
+    key = os.environ.get(args.api_key_env) or None
     try:
+        trace = (
+            Trace(args.trace, args.trace_format, ignore_eos=args.ignore_eos, seed=args.seed)
+            if args.trace is not None
+            else None
+        )
+        schedule = build_schedule(args, trace)
+        workload = build_workload(args, trace)
+        counter = (
+            prompts.token_counter_for(
+                args.endpoint,
+                args.model,
+                model_dir=args.tokenizer,
+                headers={"Authorization": f"Bearer {key}"} if key else None,
+            )
+            if args.tokenizer
+            else None
+        )
         runner = LoadRunner(
             args.endpoint,
             args.model,
-            api_key=os.environ.get(args.api_key_env) or None,
+            api_key=key,
             endpoint=args.api,
-            timeouts=Timeouts(args.connect_timeout, args.first_token_timeout, args.total_timeout),
+            counter=counter,
+            options=RunnerOptions(
+                stream=not args.no_stream,
+                timeouts=Timeouts(
+                    args.connect_timeout, args.first_token_timeout, args.total_timeout
+                ),
+                processes=args.processes,
+                progress=None if args.quiet or not math.isfinite(args.progress) else True,
+                progress_interval_s=args.progress,
+            ),
         )
-        result = runner.run(
-            concurrency=args.concurrency if args.rate is None else args.max_concurrency,
-            rate=args.rate,
-            arrival=args.arrival,
-            burstiness=args.burstiness,
-            seed=args.seed,
-            requests=args.requests,
-            duration_s=args.duration,
-            prompt=args.prompt if args.prompt is not None else _exact_prompts(args),
-            max_tokens=args.max_tokens,
-            stream=not args.no_stream,
-            warmup_s=args.warmup,
-            processes=args.processes,
-            extra_body=extra_body,
-            slos=slos,
-            progress=None if args.quiet or not math.isfinite(args.progress) else True,
-            progress_interval_s=args.progress,
-        )
-    except ValueError as exc:
+        limits = Limits(args.requests, args.duration, args.warmup, tuple(slos))
+        result = runner.run(schedule, workload, limits)
+    except (ValueError, prompts.PromptLengthError) as exc:
         print(f"gpuinfer-load: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(result.summary_text())

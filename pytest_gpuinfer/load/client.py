@@ -57,7 +57,12 @@ from pytest_gpuinfer.metrics.records import RequestRecord
 
 _json_loads: Callable[[bytes], Any] = orjson.loads
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "embeddings"]
+ENDPOINT_PATHS: dict[str, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
 UsageMode = Literal["continuous", "final", "none"]
 Tokenizer = Callable[[str], int]
 
@@ -183,22 +188,48 @@ def _json_error_text(data: bytes, error: ValueError) -> str:
 
 
 class RequestSpec:
-    """What one request asks for: prompt (or chat messages), output length, streaming, extras."""
+    """What one request asks for: prompt (chat messages, or embedding inputs), output length,
+    streaming, extras, and what the workload asked (input tokens, conversation and turn)."""
 
-    __slots__ = ("_bodies", "extra_body", "max_tokens", "prompt", "stream")
+    __slots__ = (
+        "_bodies",
+        "extra_body",
+        "input_tokens",
+        "inputs",
+        "keep_text",
+        "max_tokens",
+        "prompt",
+        "session",
+        "stream",
+        "turn",
+    )
 
     def __init__(
         self,
-        prompt: str | Sequence[dict[str, Any]],
+        prompt: str | Sequence[dict[str, Any]] | Sequence[str],
         max_tokens: int = 64,
         *,
         stream: bool = True,
         extra_body: dict[str, Any] | None = None,
+        input_tokens: int | None = None,
+        session: int | None = None,
+        turn: int | None = None,
+        keep_text: bool = False,
     ) -> None:
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.stream = stream
         self.extra_body = extra_body
+        self.input_tokens = input_tokens
+        self.session = session
+        self.turn = turn
+        self.keep_text = keep_text
+        self.inputs: int | None = (
+            len(prompt)
+            if prompt and not isinstance(prompt, str) and isinstance(prompt[0], str)
+            else None
+        )
+        """Embedding inputs this request carries (None unless the prompt is a list of texts)."""
         self._bodies: dict[tuple[str, str, str], bytes] = {}
 
     def body(self, endpoint: Endpoint, model: str, usage_mode: UsageMode) -> bytes:
@@ -208,26 +239,38 @@ class RequestSpec:
         if cached is not None:
             return cached
         payload: dict[str, Any] = {"model": model}
-        if endpoint == "chat":
-            messages = (
-                [{"role": "user", "content": self.prompt}]
-                if isinstance(self.prompt, str)
-                else list(self.prompt)
-            )
-            payload["messages"] = messages
+        prompt = self.prompt
+        if endpoint == "embeddings":
+            payload["input"] = prompt if isinstance(prompt, str) else list(prompt)
         else:
-            if not isinstance(self.prompt, str):
-                raise TypeError("the completions endpoint takes a string prompt")
-            payload["prompt"] = self.prompt
-        payload["max_tokens"] = self.max_tokens
-        payload["stream"] = self.stream
-        if self.stream and usage_mode in _STREAM_OPTIONS:
-            payload["stream_options"] = dict(_STREAM_OPTIONS[usage_mode])
+            if endpoint == "chat":
+                payload["messages"] = (
+                    [{"role": "user", "content": prompt}]
+                    if isinstance(prompt, str)
+                    else list(prompt)
+                )
+            else:
+                if not isinstance(prompt, str):
+                    raise TypeError("the completions endpoint takes a string prompt")
+                payload["prompt"] = prompt
+            payload["max_tokens"] = self.max_tokens
+            payload["stream"] = self.stream
+            if self.stream and usage_mode in _STREAM_OPTIONS:
+                payload["stream_options"] = dict(_STREAM_OPTIONS[usage_mode])
         if self.extra_body:
             payload.update(self.extra_body)
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        body = orjson.dumps(payload)
         self._bodies[key] = body
         return body
+
+    def capped(self, max_tokens: int) -> RequestSpec:
+        """A copy asking for at most ``max_tokens`` (for an unrecorded check request)."""
+        return RequestSpec(
+            self.prompt,
+            min(self.max_tokens, max_tokens),
+            stream=self.stream,
+            extra_body=self.extra_body,
+        )
 
     def __repr__(self) -> str:
         return f"RequestSpec(max_tokens={self.max_tokens}, stream={self.stream})"
@@ -246,10 +289,12 @@ class _Exchange:
         "client",
         "connection",
         "events_seen",
+        "expected_inputs",
         "finished",
         "future",
         "is_event_stream",
         "now",
+        "pieces",
         "preview",
         "record",
         "retry_stale",
@@ -289,6 +334,9 @@ class _Exchange:
         self.text_tokens_seen = 0
         self.usage_completion: int | None = None
         self.usage_prompt: int | None = None
+        self.expected_inputs: int | None = None
+        self.pieces: list[str] | None = None
+        """The generated text's pieces, collected only when the request asks to keep it."""
         self.reused = False
         self.retry_stale = False
         self.retry_usage = False
@@ -309,6 +357,8 @@ class _Exchange:
             record.error_message = self.client.redact(message or "")
         if record.prompt_tokens is None:
             record.prompt_tokens = self.usage_prompt
+        if self.pieces:
+            record.response_text = "".join(self.pieces)
         if self.usage_completion is not None:
             record.completion_tokens = self.usage_completion
             if self.split_final_usage and error is None:
@@ -387,6 +437,8 @@ class _Exchange:
                 record.first_token = self.now
             record.chunk_times.append(self.now)
             record.chunk_tokens.append(tokens)
+            if self.pieces is not None:
+                self.pieces.append(text)
 
     def take_json_body(self, body: bytes) -> None:
         """Record a whole (non-streamed) JSON response as one chunk at its arrival time."""
@@ -409,6 +461,9 @@ class _Exchange:
                 self.usage_completion = int(usage["completion_tokens"])
             text = ""
             record = self.record
+            if self.expected_inputs is not None:
+                self._take_embeddings(obj.get("data"))
+                return
             for choice in obj.get("choices") or ():
                 message = choice.get("message")
                 piece = (message.get("content") or "") if message else (choice.get("text") or "")
@@ -428,6 +483,26 @@ class _Exchange:
             record.first_token = self.now
             record.chunk_times.append(self.now)
             record.chunk_tokens.append(tokens)
+            if self.pieces is not None:
+                self.pieces.append(text)
+
+    def _take_embeddings(self, data: Any) -> None:
+        """Record an embeddings answer: one vector per input asked, arriving all at once."""
+        asked = self.expected_inputs
+        got = len(data) if isinstance(data, list) else None
+        if got != asked:
+            self.resolve(
+                ERROR_SERVER,
+                f"asked for {asked} embeddings, the response carries "
+                f"{'no data list' if got is None else got}",
+                self.now,
+            )
+            return
+        record = self.record
+        record.first_token = self.now
+        record.chunk_times.append(self.now)
+        record.chunk_tokens.append(0)
+        self.usage_completion = 0
 
     def on_timer(self) -> None:
         """Timer callback: enforce the first-token and total timeouts."""
@@ -669,7 +744,8 @@ def _reset_for_retry(record: RequestRecord) -> None:
 
 
 class InferenceClient:
-    """Async client for ``/v1/chat/completions`` and ``/v1/completions`` with a keep-alive pool."""
+    """Async client for ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``
+    with a keep-alive pool."""
 
     def __init__(
         self,
@@ -684,8 +760,10 @@ class InferenceClient:
         tokenizer: Tokenizer | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        if endpoint not in ("chat", "completions"):
-            raise ValueError(f"endpoint must be 'chat' or 'completions', not {endpoint!r}")
+        if endpoint not in ENDPOINT_PATHS:
+            raise ValueError(
+                f"endpoint must be one of {', '.join(ENDPOINT_PATHS)}, not {endpoint!r}"
+            )
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
@@ -703,7 +781,7 @@ class InferenceClient:
         prefix = parts.path.rstrip("/")
         if not prefix.endswith("/v1"):
             prefix += "/v1"
-        self.path = prefix + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.path = prefix + ENDPOINT_PATHS[endpoint]
         host_header = parts.netloc.rsplit("@", 1)[-1]
         lines = [
             f"POST {self.path} HTTP/1.1",
@@ -794,6 +872,9 @@ class InferenceClient:
         future: asyncio.Future[None] = loop.create_future()
         exchange = _Exchange(self, record, future)
         exchange.stream = spec.stream
+        if spec.keep_text:
+            exchange.pieces = []
+        exchange.expected_inputs = spec.inputs
         exchange.reused = reused
         body = spec.body(self.endpoint, self.model, self.usage_mode)
         head = self._head_stream if spec.stream else self._head_plain

@@ -6,6 +6,10 @@ client's event loop) several times a second for the length of a run, through
 the few gauges read before parsing, so a large ``/metrics`` page (vLLM's histograms) costs the
 client process little CPU.
 
+The prefix cache's counters (vLLM's ``vllm:prefix_cache_queries_total`` and ``_hits_total``, in
+prompt tokens) are read once before the run and once after it: their difference is the run's own
+hit rate (:class:`PrefixCacheUse`), whatever ran on the server before.
+
 When the target has no ``/metrics`` (or none of the known gauge names), the series falls back to
 the client's own count of requests in flight, computed from the records after the run, and says
 so: ``source == "client_in_flight"``.
@@ -14,6 +18,7 @@ so: ``source == "client_in_flight"``.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -55,6 +60,54 @@ def _keep_gauge_lines(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
+@dataclass(frozen=True)
+class PrefixCacheUse:
+    """Prompt tokens the engine looked up in its prefix cache during a run, and found there."""
+
+    queries: float
+    hits: float
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits per queried token (NaN when nothing was queried)."""
+        return self.hits / self.queries if self.queries > 0 else math.nan
+
+    def text(self) -> str:
+        """One line."""
+        rate = "-" if math.isnan(self.hit_rate) else f"{self.hit_rate:.1%}"
+        return (
+            f"prefix cache: hit rate {rate} ({self.hits:.0f} of {self.queries:.0f} prompt tokens "
+            "found cached during the run, engine counters)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        rate = self.hit_rate
+        return {
+            "queries": self.queries,
+            "hits": self.hits,
+            "hit_rate": None if math.isnan(rate) else rate,
+        }
+
+
+def prefix_cache_use(
+    before: EngineGauges | None, after: EngineGauges | None
+) -> PrefixCacheUse | None:
+    """The counters' growth between two readings (None when either lacks them)."""
+    if before is None or after is None:
+        return None
+    values = (
+        before.prefix_cache_queries,
+        before.prefix_cache_hits,
+        after.prefix_cache_queries,
+        after.prefix_cache_hits,
+    )
+    if any(v is None for v in values):
+        return None
+    q0, h0, q1, h1 = (float(v) for v in values if v is not None)
+    return PrefixCacheUse(q1 - q0, h1 - h0)
+
+
 @dataclass
 class GaugeSeries:
     """Scheduler gauges over a run: the engine's own, or the client's in-flight count."""
@@ -65,6 +118,8 @@ class GaugeSeries:
     readings: list[GaugeReading] = field(default_factory=list)
     scrape_errors: int = 0
     note: str = ""
+    prefix_cache: PrefixCacheUse | None = None
+    """The engine's prefix-cache counters' growth over the run (None where not exposed)."""
 
     def values(self, gauge: str) -> list[tuple[float, float]]:
         """(time, value) pairs of one gauge ('running', 'waiting', 'kv_cache_usage', ...)."""
@@ -104,6 +159,7 @@ class GaugeSeries:
             "queue_label": self.queue_label,
             "scrape_errors": self.scrape_errors,
             "note": self.note,
+            "prefix_cache": self.prefix_cache.to_dict() if self.prefix_cache else None,
             "readings": [
                 {
                     "t": r.t,
@@ -154,6 +210,7 @@ class GaugeRecorder:
         self.engine: str | None = None
         self.note = ""
         self._sampler: MetricsSampler | None = None
+        self._before: EngineGauges | None = None
 
     def _fetch(self) -> str:
         """One scrape, cut down to the gauges we read."""
@@ -170,6 +227,7 @@ class GaugeRecorder:
             self.note = "no engine gauges: /metrics has none of the known scheduler gauge names"
             return self
         self.engine = probe.engine
+        self._before = probe
         self._sampler = MetricsSampler(
             fetch=self._fetch, interval=self.interval_s, model=self.model
         ).start()
@@ -183,14 +241,16 @@ class GaugeRecorder:
     def series(self, records: Sequence[RequestRecord]) -> GaugeSeries:
         """The engine's series, or the client-side in-flight fallback built from ``records``."""
         sampler = self._sampler
-        if sampler is not None and sampler.readings:
+        readings = sampler.readings if sampler is not None else []
+        if sampler is not None and readings:
             return GaugeSeries(
                 "engine",
                 self.engine,
                 self.interval_s,
-                sampler.readings,
+                readings,
                 scrape_errors=sampler.errors,
                 note=sampler.last_error or "",
+                prefix_cache=prefix_cache_use(self._before, readings[-1].gauges),
             )
         return GaugeSeries(
             "client_in_flight",

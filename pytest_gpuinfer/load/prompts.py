@@ -13,9 +13,13 @@ words and labelled approximate.
 Prompts are varied by default (a different three-word opening each), so an engine's prefix cache
 does not turn a load test into a cache benchmark; ``varied=False`` repeats one prompt.
 
+Text of any exact length from words that are one token each (:func:`token_words`): a sequence
+of such words is exactly as many tokens as words, and equal word sequences are equal token
+prefixes, which is how shared prefixes and a trace's ``hash_ids`` blocks are built.
+
 Output lengths: ``ignore_eos`` makes vLLM generate exactly ``max_tokens``;
-:func:`supports_ignore_eos` asks the server whether it honours it, and :func:`length_line`
-reports the achieved lengths.
+:func:`supports_ignore_eos` asks the server whether it honours it;
+:mod:`pytest_gpuinfer.metrics.workload` reports the achieved lengths beside the asked ones.
 """
 
 from __future__ import annotations
@@ -29,21 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, overload
 
-from pytest_gpuinfer.metrics import stats
-from pytest_gpuinfer.metrics.records import RequestRecord
-
 __all__ = [
     "LocalTokenizer",
     "PromptLengthError",
     "PromptSet",
     "ServerTokenizer",
     "TokenCounter",
+    "TokenWords",
+    "WordCounter",
     "build_prompts",
     "exact_length_prompt",
-    "length_line",
     "supports_ignore_eos",
     "synthetic_prompt",
     "token_counter_for",
+    "token_words",
 ]
 
 FILLER_WORDS = (" the", " a", " and", " of", " is", " x", " 1")
@@ -453,46 +456,62 @@ def supports_ignore_eos(
     return isinstance(usage, dict) and usage.get("completion_tokens") == tokens
 
 
-def output_lengths(records: Sequence[RequestRecord]) -> stats.Distribution:
-    """Achieved output tokens per completed request."""
-    return stats.distribution(
-        float(r.completion_tokens) for r in records if r.ok and r.completion_tokens is not None
-    )
+class WordCounter:
+    """Counts one token per whitespace-separated word: the simulator's own rule, for runs
+    against it (a real engine's counts come from :class:`ServerTokenizer`)."""
+
+    source = "words (one token per word, the simulator's rule)"
+
+    def count(self, text: str) -> int:
+        """Words in ``text``."""
+        return len(text.split())
+
+    def count_chat(self, text: str) -> int | None:
+        """Unknown: the chat template is the server's."""
+        return None
+
+    def count_completion(self, text: str) -> int:
+        """Words in ``text``."""
+        return len(text.split())
 
 
-def prompt_lengths(records: Sequence[RequestRecord]) -> stats.Distribution:
-    """Prompt tokens per completed request, as the server's usage reported them."""
-    return stats.distribution(
-        float(r.prompt_tokens) for r in records if r.ok and r.prompt_tokens is not None
-    )
+@dataclass(frozen=True)
+class TokenWords:
+    """Words (each with its leading space) that are one token each for the target."""
+
+    words: tuple[str, ...]
+    exact: bool
+    """True when a counter confirmed each word is one token and they add up."""
+    source: str
+
+    def text(self, tokens: int, seed: int | str) -> str:
+        """``tokens`` words drawn by ``seed``; a shorter text of a seed is a prefix of a longer
+        one, so equal seeds give equal token prefixes."""
+        if tokens <= 0:
+            return ""
+        rng = random.Random(seed)
+        words = self.words
+        n = len(words)
+        return "".join([words[int(rng.random() * n)] for _ in range(tokens)])
 
 
-def length_line(records: Sequence[RequestRecord], max_tokens: int | None) -> str:
-    """One line: achieved prompt and output lengths per request (min/p50/max, short count)."""
-    out = output_lengths(records)
-    sent = prompt_lengths(records)
-    if not out.count:
-        return "lengths: no completed request reported token counts"
-    short = sum(
-        1
-        for r in records
-        if r.ok and max_tokens is not None and (r.completion_tokens or 0) < max_tokens
-    )
-    asked = f" (asked {max_tokens}; {short} ended short)" if max_tokens is not None else ""
-    prompt = (
-        f"; prompt tokens sent min/p50/max {sent.min:.0f}/{sent.p50:.0f}/{sent.max:.0f}"
-        if sent.count
-        else ""
-    )
-    return (
-        f"lengths: output tokens min/p50/max {out.min:.0f}/{out.p50:.0f}/{out.max:.0f}"
-        f"{asked}{prompt} (n={out.count})"
-    )
-
-
-def lengths_dict(records: Sequence[RequestRecord]) -> dict[str, Any]:
-    """Plain-JSON achieved length distributions."""
-    return {
-        "output_tokens": output_lengths(records).to_dict(),
-        "prompt_tokens": prompt_lengths(records).to_dict(),
-    }
+def token_words(counter: TokenCounter | None, *, minimum: int = 3) -> TokenWords:
+    """The words of :data:`OPENING_WORDS` and :data:`FILLER_WORDS` that are one token each for
+    ``counter`` and stay so when repeated and mixed (approximate without a counter)."""
+    candidates = list(dict.fromkeys((*FILLER_WORDS, *OPENING_WORDS)))
+    if counter is None:
+        return TokenWords(
+            tuple(candidates), False, "words (no tokenizer at hand: about one token per word)"
+        )
+    singles = [w for w in candidates if counter.count(w) == 1 and counter.count(w * 3) == 3]
+    if len(singles) < minimum:
+        raise PromptLengthError(
+            f"fewer than {minimum} one-token words for {counter.source}: {singles}"
+        )
+    probe = "".join(singles) * 2
+    if counter.count(probe) != len(singles) * 2:
+        raise PromptLengthError(
+            f"one-token words do not add up when mixed for {counter.source}: "
+            f"{counter.count(probe)} tokens for {len(singles) * 2} words"
+        )
+    return TokenWords(tuple(singles), True, counter.source)

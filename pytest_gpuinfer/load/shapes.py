@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_gpuinfer.load.schedule import ArrivalKind, OpenLoop, Stage
+from pytest_gpuinfer.load.schedule import ArrivalKind, OpenLoop, Stage, Stages
 
 Phase = Literal["before", "during", "after"]
 PHASES: tuple[Phase, ...] = ("before", "during", "after")
@@ -125,7 +125,7 @@ def _shape(
         raise ValueError(f"baseline rate must be > 0 req/s, not {baseline_rps}")
     start = sum(stage.duration_s for stage in before)
     end = start + sum(stage.duration_s for stage in burst)
-    schedule = OpenLoop((*before, *burst, *after), arrival=arrival, seed=seed)
+    schedule = Stages((*before, *burst, *after), arrival=arrival, seed=seed)
     return LoadShape(name, schedule, baseline_rps, start, end).scaled(scale)
 
 

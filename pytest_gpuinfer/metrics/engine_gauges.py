@@ -1,7 +1,9 @@
 """Scrape an inference server's Prometheus ``/metrics`` and read its scheduler gauges.
 
 Each engine names the same few facts differently; :data:`ENGINE_METRICS` maps them onto
-:class:`EngineGauges` (requests running, requests waiting, KV-cache usage, preemptions). vLLM comes
+:class:`EngineGauges` (requests running, requests waiting, KV-cache usage, preemptions, and the
+prefix cache's queried and hit token counters, ``vllm:prefix_cache_queries_total`` and
+``vllm:prefix_cache_hits_total`` in vLLM 0.32). vLLM comes
 first; SGLang, TGI and llama.cpp are mapped where their names are known. :class:`MetricsSampler`
 polls those gauges on a background thread, e.g. to watch queue depth during a burst.
 """
@@ -36,7 +38,14 @@ __all__ = [
     "scrape_gauges",
 ]
 
-GaugeName = Literal["running", "waiting", "kv_cache_usage", "preemptions"]
+GaugeName = Literal[
+    "running",
+    "waiting",
+    "kv_cache_usage",
+    "preemptions",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+]
 
 ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
     "vllm": {
@@ -44,6 +53,8 @@ ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
         "waiting": ("vllm:num_requests_waiting",),
         "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
         "preemptions": ("vllm:num_preemptions_total",),
+        "prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
+        "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
     },
     "sglang": {
         "running": ("sglang:num_running_reqs",),
@@ -63,7 +74,9 @@ ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
 }
 """Per engine, the sample names behind each gauge (first found wins); KV usage is 0..1."""
 
-_SUMMED: frozenset[GaugeName] = frozenset({"running", "waiting", "preemptions"})
+_SUMMED: frozenset[GaugeName] = frozenset(
+    {"running", "waiting", "preemptions", "prefix_cache_queries", "prefix_cache_hits"}
+)
 """Gauges added up over label sets (data-parallel engines); KV usage takes the fullest engine."""
 
 
@@ -79,6 +92,10 @@ class EngineGauges:
     """Cumulative preemptions (a counter: compare two readings to count those in between)."""
     engine: str | None = None
     """Which engine's names were found: 'vllm', 'sglang', 'tgi', 'llamacpp'."""
+    prefix_cache_queries: float | None = None
+    """Cumulative prompt tokens looked up in the prefix cache (vLLM's counter)."""
+    prefix_cache_hits: float | None = None
+    """Cumulative prompt tokens found in the prefix cache (vLLM's counter)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,8 @@ def engine_gauges(
         kv_cache_usage=get("kv_cache_usage"),
         preemptions=get("preemptions"),
         engine=name,
+        prefix_cache_queries=get("prefix_cache_queries"),
+        prefix_cache_hits=get("prefix_cache_hits"),
     )
 
 

@@ -44,6 +44,18 @@ class RequestRecord:
     """Which client process produced the record (0 for a single-process run)."""
     request_id: str | None = None
     """The ``x-request-id`` header sent, to join with server-side logs and timestamps."""
+    asked_input_tokens: int | None = None
+    """Prompt tokens the workload asked for (content before any chat template), when known."""
+    asked_output_tokens: int | None = None
+    """Output tokens the workload asked for (the request's ``max_tokens``)."""
+    session: int | None = None
+    """The conversation this request belongs to (None for single-turn workloads)."""
+    turn: int | None = None
+    """Its turn in the conversation, from 0."""
+    inputs: int | None = None
+    """Inputs in an embeddings request (its batch size); None for generation requests."""
+    response_text: str | None = None
+    """The generated text, kept only while a conversation needs it for its next turn."""
 
     @property
     def ok(self) -> bool:

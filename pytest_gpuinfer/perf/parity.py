@@ -24,7 +24,9 @@ from typing import Any
 from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.client import UsageMode
 from pytest_gpuinfer.load.gauges import DEFAULT_INTERVAL_S
-from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop, Poisson, Schedule
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 
@@ -211,17 +213,24 @@ def run_gpuinfer(
     runner = LoadRunner(
         base_url,
         model,
-        usage_mode=usage_mode,
-        gauge_interval_s=DEFAULT_INTERVAL_S if gauges else None,
+        options=RunnerOptions(
+            usage_mode=usage_mode, gauge_interval_s=DEFAULT_INTERVAL_S if gauges else None
+        ),
+    )
+    schedule: Schedule = (
+        ClosedLoop(workload.concurrency)
+        if workload.rate is None and workload.concurrency is not None
+        else Poisson(workload.rate or 0.0, seed=workload.seed, max_concurrency=workload.concurrency)
     )
     result = runner.run(
-        concurrency=workload.concurrency,
-        rate=workload.rate,
-        requests=workload.num_prompts,
-        prompt=prompt_set,
-        max_tokens=workload.output_len,
-        extra_body={"ignore_eos": True} if workload.ignore_eos else None,
-        seed=workload.seed,
+        schedule,
+        Prompts(
+            tuple(prompt_set),
+            workload.output_len,
+            ignore_eos=workload.ignore_eos,
+            input_tokens=getattr(prompt_set, "tokens", None),
+        ),
+        Limits(requests=workload.num_prompts),
     )
     return gpuinfer_figures(result, label), result
 

@@ -121,7 +121,10 @@ def load_runner(
     state = request.config.stash[RUN_STATE]
     runner = TestLoadRunner(
         runner=LoadRunner(
-            inference_server.base_url, inference_server.model, api_key=inference_server.api_key
+            inference_server.base_url,
+            inference_server.model,
+            api_key=inference_server.api_key,
+            model_dir=inference_server.model_path,
         ),
         server=inference_server,
         slos=slos_for(request.node, state.settings.slos),

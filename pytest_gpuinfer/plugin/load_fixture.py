@@ -15,7 +15,9 @@ import pytest
 from pytest_gpuinfer.plugin import report_plugin
 
 if TYPE_CHECKING:
-    from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+    from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner
+    from pytest_gpuinfer.load.schedule import Schedule
+    from pytest_gpuinfer.load.workloads import Workload
     from pytest_gpuinfer.metrics import slo
     from pytest_gpuinfer.metrics.verdicts import Verdict
     from pytest_gpuinfer.targets import InferenceServer
@@ -66,7 +68,8 @@ LOAD_RUNNERS = pytest.StashKey[list["TestLoadRunner"]]()
 
 @dataclass
 class TestLoadRunner:
-    """What ``load_runner`` gives a test: ``run(...)`` like LoadRunner, with its SLOs applied."""
+    """What ``load_runner`` gives a test: ``run(schedule, workload, limits)`` like LoadRunner,
+    with its SLOs applied and the result reported."""
 
     __test__ = False  # not a test class, despite the name
 
@@ -78,18 +81,36 @@ class TestLoadRunner:
     allow_errors: bool = False
     results: list[LoadResult] = field(default_factory=list)
 
-    def run(self, *, check_slos: bool = True, **kwargs: Any) -> LoadResult:
-        """Run load (arguments as LoadRunner.run); fail the test when a verdict fails.
+    def run(
+        self,
+        schedule: Schedule,
+        workload: Workload,
+        limits: Limits | None = None,
+        *,
+        check_slos: bool = True,
+    ) -> LoadResult:
+        """Run load (as LoadRunner.run); fail the test when a verdict fails.
 
         The verdicts are the test's SLOs plus, unless an ``error_rate`` SLO or ``allow_errors``
         (``--allow-errors``) says otherwise, "no request failed"; without a latency SLO the
         run's latency reads NOT JUDGED. With ``check_slos=False`` the caller judges the run by
         its own verdicts (a burst, a matrix cell): it is neither judged nor checked here.
+        Goodput counts the limits' SLOs, or the test's when the limits give none.
         """
         __tracebackhide__ = True
-        kwargs.setdefault("slos", self.slos)
-        kwargs.setdefault("progress", report_plugin.live_progress(self.item.config, "load"))
-        result = self.runner.run(**kwargs)
+        from dataclasses import replace
+
+        from pytest_gpuinfer.load.runner import Limits
+
+        limits = limits or Limits()
+        if not limits.slos:
+            limits = replace(limits, slos=tuple(self.slos))
+        runner = self.runner
+        if runner.options.progress is None:
+            progress = report_plugin.live_progress(self.item.config, "load")
+            if progress is not None:
+                runner = runner.with_options(progress=progress)
+        result = runner.run(schedule, workload, limits)
         if check_slos:
             self._judge(result)
         self.results.append(result)

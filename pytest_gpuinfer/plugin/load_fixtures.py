@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
     from pytest_gpuinfer.targets import InferenceServer
 
+if TYPE_CHECKING:
+    from pytest_gpuinfer.load.workloads import Workload
+
 CI_LOAD_SCALE = 0.1
 """Shape durations under CI=true when --load-scale is not given (1.0)."""
 
@@ -114,18 +117,23 @@ class BurstRunner:
     def run(
         self,
         shape: LoadShape,
+        workload: Workload | None = None,
         *,
         check: bool = True,
         limits: bursts.BurstLimits | None = None,
-        max_tokens: int = 16,
-        **run_kwargs: Any,
     ) -> bursts.BurstReport:
-        """Run ``shape`` as given (scale it first with ``shape.scaled(runner.scale)``)."""
+        """Run ``shape`` as given (scale it first with ``shape.scaled(runner.scale)``), sending
+        ``workload`` (default: synthetic prompts asking for 16 tokens each)."""
         __tracebackhide__ = True
-        run_kwargs.setdefault("requests", int(shape.expected_requests * 2) + 50)
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.workloads import Synthetic
+
         # check_slos=False: the burst's own verdicts (drops first) judge this run.
         result = self.load_runner.run(
-            schedule=shape.schedule, check_slos=False, max_tokens=max_tokens, **run_kwargs
+            shape.schedule,
+            workload or Synthetic(output_tokens=16),
+            Limits(requests=int(shape.expected_requests * 2) + 50),
+            check_slos=False,
         )
         from pytest_gpuinfer.load import bursts
 

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
     from pytest_gpuinfer.targets import InferenceServer
 
+if TYPE_CHECKING:
+    from pytest_gpuinfer.load.workloads import Synthetic
+
 
 @dataclass(frozen=True)
 class PerfSizes:
@@ -108,18 +111,16 @@ class PerfWorkload:
         """``{"ignore_eos": true}`` where the server honours it, else None."""
         return {"ignore_eos": True} if self.ignore_eos else None
 
-    def run_kwargs(self, prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
-        """Keyword arguments for ``load_runner.run``: prompts, max_tokens and extra body.
+    def synthetic(self, prompt_tokens: int, output_tokens: int) -> Synthetic:
+        """Exact-length prompts asking for ``output_tokens``, with ``ignore_eos`` where honoured.
 
         Each call gets prompts with new openings (a new seed), so a run does not find the
         previous run's prompts in the engine's prefix cache.
         """
+        from pytest_gpuinfer.load.workloads import Synthetic
+
         self._runs += 1
-        return {
-            "prompt": self.prompts(prompt_tokens, seed=self._runs),
-            "max_tokens": output_tokens,
-            "extra_body": self.extra_body(),
-        }
+        return Synthetic(prompt_tokens, output_tokens, ignore_eos=self.ignore_eos, seed=self._runs)
 
 
 _WORKLOADS: dict[str, PerfWorkload] = {}

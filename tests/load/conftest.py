@@ -9,6 +9,7 @@ import pytest
 
 from pytest_gpuinfer.load import bursts
 from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.workloads import Synthetic
 from pytest_gpuinfer.targets import InferenceServer
 
 BASELINE_SHARE = 0.15
@@ -32,7 +33,9 @@ def capacity_rps(inference_server: InferenceServer) -> float:
     runner = LoadRunner(
         inference_server.base_url, inference_server.model, api_key=inference_server.api_key
     )
-    return bursts.measure_capacity(runner, concurrency=8, duration_s=3.0, max_tokens=16)
+    return bursts.measure_capacity(
+        runner, Synthetic(output_tokens=16), concurrency=8, duration_s=3.0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
 from pytest_gpuinfer.perf.batches import BatchReport, run_batches
 from pytest_gpuinfer.perf.projection import project
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
@@ -32,8 +34,8 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
     inference_server: InferenceServer,
 ) -> None:
     """K x M batches: all succeed, spread under the limit, no reload; projection fits a day."""
-    kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
-    load_runner.runner.run(concurrency=CONCURRENCY, requests=2 * CONCURRENCY, **kwargs)  # warm-up
+    workload = perf_workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS)
+    load_runner.runner.run(ClosedLoop(CONCURRENCY), workload, Limits(requests=2 * CONCURRENCY))
     pid = inference_server.process.pid if inference_server.process else None
 
     def attempt(number: int) -> BatchReport:
@@ -41,11 +43,10 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
 
         def batch(index: int) -> Any:
             return load_runner.run(  # judged by the batch verdicts, not by SLOs
+                ClosedLoop(CONCURRENCY, ramp_s=0.1),
+                workload,
+                Limits(requests=perf_sizes.batch_requests * number),
                 check_slos=False,
-                concurrency=CONCURRENCY,
-                requests=perf_sizes.batch_requests * number,
-                ramp_s=0.1,
-                **kwargs,
             )
 
         return run_batches(batch, perf_sizes.batches, server_pid=pid)

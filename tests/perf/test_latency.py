@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop, Poisson
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
 
 PROMPT_TOKENS = 128
@@ -23,10 +25,9 @@ RATE_RPS = 4.0
 WARMUP_S = 0.5
 
 
-def _report(result: Any, chosen: Any, workload: PerfWorkload, kwargs: dict[str, Any]) -> None:
+def _report(result: Any, chosen: Any, workload: PerfWorkload) -> None:
     """Print what was sent, the percentile table and the SLOs in force."""
     print()
-    print(kwargs["prompt"].describe())
     print(f"ignore_eos honoured: {workload.ignore_eos}")
     print(result.summary_text())
     print(chosen.text())
@@ -38,15 +39,12 @@ def test_latency_at_fixed_concurrency(
     """Closed loop at a fixed concurrency: percentiles printed, the SLOs in force met (latency
     NOT JUDGED on a target without latency SLOs), lengths exact."""
     chosen = perf_slos("concurrency")
-    kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
     result = load_runner.run(
-        concurrency=CONCURRENCY,
-        requests=perf_sizes.requests,
-        warmup_s=WARMUP_S,
-        ramp_s=0.5,
-        **kwargs,
+        ClosedLoop(CONCURRENCY, ramp_s=0.5),
+        perf_workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS),
+        Limits(requests=perf_sizes.requests, warmup_s=WARMUP_S),
     )
-    _report(result, chosen, perf_workload, kwargs)
+    _report(result, chosen, perf_workload)
     summary = result.summary
     assert summary.warmup_excluded > 0, "the warm-up requests were not left out"
     assert summary.ttft.count == summary.completed
@@ -61,15 +59,12 @@ def test_latency_at_fixed_rate(
     """Open loop (Poisson) at a fixed rate: latency from the scheduled time, the SLOs in force
     met (latency NOT JUDGED on a target without latency SLOs)."""
     chosen = perf_slos("rate")
-    kwargs = perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS)
     result = load_runner.run(
-        rate=RATE_RPS,
-        requests=perf_sizes.rate_requests,
-        warmup_s=WARMUP_S,
-        seed=1,
-        **kwargs,
+        Poisson(RATE_RPS, seed=1),
+        perf_workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS),
+        Limits(requests=perf_sizes.rate_requests, warmup_s=WARMUP_S),
     )
-    _report(result, chosen, perf_workload, kwargs)
+    _report(result, chosen, perf_workload)
     summary = result.summary
     assert summary.warmup_excluded > 0, "the warm-up requests were not left out"
     assert summary.ttft.count == summary.completed

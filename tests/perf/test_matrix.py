@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
 from pytest_gpuinfer.perf.matrix import Cell, cells, run_matrix
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
 from pytest_gpuinfer.plugin.verdicts import VerdictGate
@@ -28,14 +30,15 @@ def test_configuration_matrix(
     matrix = cells(perf_sizes.matrix_concurrency, perf_sizes.matrix_lengths)
 
     def measure(cell: Cell) -> Any:
-        kwargs = perf_workload.run_kwargs(cell.prompt_tokens, cell.output_tokens)
-        load_runner.runner.run(concurrency=cell.concurrency, requests=cell.concurrency, **kwargs)
+        warmup = perf_workload.synthetic(cell.prompt_tokens, cell.output_tokens)
+        load_runner.runner.run(
+            ClosedLoop(cell.concurrency), warmup, Limits(requests=cell.concurrency)
+        )
         return load_runner.run(  # after an unrecorded warm-up of one request per slot
+            ClosedLoop(cell.concurrency, ramp_s=0.2),
+            perf_workload.synthetic(cell.prompt_tokens, cell.output_tokens),
+            Limits(requests=max(20, min(perf_sizes.requests, 10 * cell.concurrency))),
             check_slos=False,
-            concurrency=cell.concurrency,
-            requests=max(20, min(perf_sizes.requests, 10 * cell.concurrency)),
-            ramp_s=0.2,
-            **perf_workload.run_kwargs(cell.prompt_tokens, cell.output_tokens),
         )
 
     ranking = run_matrix(matrix, measure, chosen.slos)

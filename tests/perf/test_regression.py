@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
 from pytest_gpuinfer.plugin.perf_fixtures import PerfBaseline, PerfWorkload
 
 CONCURRENCY = 4
@@ -24,11 +26,10 @@ def test_regression_gate(
 ) -> None:
     """Compared with the stored baseline (--benchmark-compare), stored (--benchmark-save)."""
     result = load_runner.run(  # judged by the comparison, not by SLOs
+        ClosedLoop(CONCURRENCY),
+        perf_workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS),
+        Limits(requests=60, warmup_s=0.5),
         check_slos=False,
-        concurrency=CONCURRENCY,
-        requests=60,
-        warmup_s=0.5,
-        **perf_workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS),
     )
     name = f"latency c={CONCURRENCY} in={PROMPT_TOKENS} out={OUTPUT_TOKENS}"
     print()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner
+from pytest_gpuinfer.load.schedule import ClosedLoop
 from pytest_gpuinfer.perf.slos import SLOsInForce, slos_in_force
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
 from pytest_gpuinfer.plugin.fixtures import ServerFactory
@@ -53,14 +54,14 @@ def test_max_num_seqs_sweep(
         # Warm up with a run of its own: a time-based warm-up cut can leave nothing to measure
         # when a fast configuration finishes a short CI run within it.
         runner.run(
-            concurrency=CONCURRENCY,
-            requests=CONCURRENCY,
-            **workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS),
+            ClosedLoop(CONCURRENCY),
+            workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS),
+            Limits(requests=CONCURRENCY),
         )
         return runner.run(
-            concurrency=CONCURRENCY,
-            requests=perf_sizes.sweep_requests,
-            **workload.run_kwargs(PROMPT_TOKENS, OUTPUT_TOKENS),
+            ClosedLoop(CONCURRENCY),
+            workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS),
+            Limits(requests=perf_sizes.sweep_requests),
         )
 
     ranking = run_sweep(

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop, Constant
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.stats import distribution
 from pytest_gpuinfer.sim import run_in_process
 
@@ -59,7 +61,7 @@ def ttft_attempt() -> tuple[bool, bool, str]:
     args = ("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "64")
     with simulator(*args) as url:
         result = LoadRunner(url, "sim-model").run(
-            concurrency=16, requests=128, max_tokens=64, ramp_s=0.1
+            ClosedLoop(16, ramp_s=0.1), Prompts(output_tokens=64), Limits(requests=128)
         )
         truth = distribution(truth_ttfts(url, result))
     assert result.summary.completed == 128 and truth.count == 128
@@ -120,8 +122,8 @@ def test_per_token_itl_when_chunks_carry_several_tokens() -> None:
     """
     args = ("--ttft-ms", "20", "--itl-ms", "10", "--tokens-per-chunk", "4", "--output-tokens", "32")
     with simulator(*args) as url:
-        runner = LoadRunner(url, "sim-model", usage_mode="continuous")
-        result = runner.run(concurrency=4, requests=16, max_tokens=30)
+        runner = LoadRunner(url, "sim-model", options=RunnerOptions(usage_mode="continuous"))
+        result = runner.run(ClosedLoop(4), Prompts(output_tokens=30), Limits(requests=16))
     assert runner.usage_mode == "continuous"  # the simulator accepted continuous usage
     assert all(r.chunk_tokens == [4] * 7 + [2] for r in result.records), result.records[0]
     assert all(r.completion_tokens == 30 for r in result.records)
@@ -136,7 +138,7 @@ def test_open_loop_delivers_the_asked_rate() -> None:
     args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8")
     with simulator(*args) as url:
         result = LoadRunner(url, "sim-model").run(
-            rate=100, arrival="constant", requests=300, max_tokens=8
+            Constant(100), Prompts(output_tokens=8), Limits(requests=300)
         )
     sent = sorted(r.sent for r in result.records if r.sent is not None)
     assert len(sent) == 300 and result.summary.completed == 300
@@ -151,7 +153,7 @@ def test_queue_time_is_reported_when_concurrency_caps_the_rate() -> None:
     args = ("--ttft-ms", "50", "--itl-ms", "10", "--output-tokens", "16")
     with simulator(*args) as url:
         result = LoadRunner(url, "sim-model").run(
-            rate=50, concurrency=4, arrival="constant", requests=40, max_tokens=16
+            Constant(50, max_concurrency=4), Prompts(output_tokens=16), Limits(requests=40)
         )
         server_ttft = distribution(truth_ttfts(url, result))
     assert result.queue.p50 > 0.1
@@ -162,11 +164,10 @@ def test_queue_time_is_reported_when_concurrency_caps_the_rate() -> None:
 def test_hung_server_hits_the_first_token_timeout() -> None:
     """A server that never answers: every request fails with 'timeout' at the bound."""
     with simulator("--hang") as url:
-        runner = LoadRunner(
-            url, "sim-model", timeouts=Timeouts(first_token_s=0.5, total_s=5), preflight=False
-        )
+        options = RunnerOptions(timeouts=Timeouts(first_token_s=0.5, total_s=5), preflight=False)
+        runner = LoadRunner(url, "sim-model", options=options)
         started = time.perf_counter()
-        result = runner.run(concurrency=2, requests=4)
+        result = runner.run(ClosedLoop(2), Prompts(), Limits(requests=4))
         elapsed = time.perf_counter() - started
     assert [r.error for r in result.records] == ["timeout"] * 4
     for record in result.records:
@@ -179,7 +180,9 @@ def test_malformed_stream_is_a_stream_error() -> None:
     """A corrupt data line mid-stream: error class 'stream' quoting the bytes."""
     args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8", "--malformed-stream")
     with simulator(*args) as url:
-        result = LoadRunner(url, "sim-model", preflight=False).run(concurrency=2, requests=4)
+        result = LoadRunner(url, "sim-model", options=RunnerOptions(preflight=False)).run(
+            ClosedLoop(2), Prompts(), Limits(requests=4)
+        )
     assert [r.error for r in result.records] == ["stream"] * 4
     assert all("finish_re" in (r.error_message or "") for r in result.records)
     assert result.summary.errors == {"stream": 4}
@@ -189,14 +192,12 @@ def test_crashing_server_gives_connection_errors_not_a_hang() -> None:
     """After the simulator exits, requests fail fast as 'disconnect' or 'connect'."""
     args = ("--ttft-ms", "5", "--itl-ms", "1", "--output-tokens", "8", "--crash-after", "5")
     with simulator(*args) as url:
-        runner = LoadRunner(
-            url,
-            "sim-model",
-            timeouts=Timeouts(connect_s=1, first_token_s=2, total_s=4),
-            preflight=False,
+        options = RunnerOptions(
+            timeouts=Timeouts(connect_s=1, first_token_s=2, total_s=4), preflight=False
         )
+        runner = LoadRunner(url, "sim-model", options=options)
         started = time.perf_counter()
-        result = runner.run(concurrency=2, requests=20)
+        result = runner.run(ClosedLoop(2), Prompts(), Limits(requests=20))
         elapsed = time.perf_counter() - started
     errors = [r.error for r in result.records]
     assert errors.count(None) >= 4

@@ -16,7 +16,9 @@ import pytest
 
 from pytest_gpuinfer.load import bursts, locust_process, shapes
 from pytest_gpuinfer.load.gauges import GaugeRecorder, in_flight_series
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import Poisson
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.sim import run_in_process
 
@@ -44,7 +46,7 @@ def limited_sim() -> Iterator[str]:
 def test_10x_spike_on_a_limited_simulator_queues_then_drains(limited_sim: str) -> None:
     base = CAPACITY_RPS * 0.15
     shape = shapes.spike(base, 10, before_s=2, spike_s=2, after_s=4, arrival="constant")
-    result = LoadRunner(limited_sim, "sim-model").run(schedule=shape.schedule, max_tokens=TOKENS)
+    result = LoadRunner(limited_sim, "sim-model").run(shape.schedule, Prompts(output_tokens=TOKENS))
     report = bursts.analyze(result, shape, bursts.BurstLimits(max_recovery_s=10))
     print(report.text())
     assert report.queue_source == "engine"
@@ -65,7 +67,7 @@ def test_10x_spike_on_a_limited_simulator_queues_then_drains(limited_sim: str) -
 def test_a_failing_simulator_fails_the_zero_drop_verdict_naming_the_count() -> None:
     with run_in_process("--error-rate", "0.05", "--ttft-ms", "5", "--itl-ms", "1") as url:
         shape = shapes.spike(15, 5, before_s=2, spike_s=1, after_s=2, arrival="constant")
-        result = LoadRunner(url, "sim-model").run(schedule=shape.schedule, max_tokens=8)
+        result = LoadRunner(url, "sim-model").run(shape.schedule, Prompts(output_tokens=8))
     report = bursts.analyze(result, shape)
     failed = sum(1 for record in result.records if not record.ok)
     assert failed > 0
@@ -108,7 +110,7 @@ def test_without_metrics_the_gauges_fall_back_to_client_counts_and_say_so() -> N
 
 def test_queue_and_recovery_verdicts_print_the_rows_that_broke_them(limited_sim: str) -> None:
     shape = shapes.spike(CAPACITY_RPS * 0.15, 10, before_s=1, spike_s=1, after_s=2)
-    result = LoadRunner(limited_sim, "sim-model").run(schedule=shape.schedule, max_tokens=TOKENS)
+    result = LoadRunner(limited_sim, "sim-model").run(shape.schedule, Prompts(output_tokens=TOKENS))
     limits = bursts.BurstLimits(max_queue=1, max_recovery_s=0, max_preemptions=0)
     report = bursts.analyze(result, shape, limits)
     verdicts = {v.name: v for v in report.verdicts}
@@ -190,13 +192,15 @@ def test_burst_marker_with_a_misspelt_limit_is_a_usage_error(pytester: pytest.Py
 def test_every_load_run_samples_the_engine_gauges_several_times_a_second(
     limited_sim: str,
 ) -> None:
-    result = LoadRunner(limited_sim, "sim-model").run(rate=20, duration_s=1.5, max_tokens=4)
+    result = LoadRunner(limited_sim, "sim-model").run(
+        Poisson(20), Prompts(output_tokens=4), Limits(duration_s=1.5)
+    )
     assert result.gauges is not None and result.gauges.source == "engine"
     times = [reading.t for reading in result.gauges.readings]
     assert len(times) >= 5, f"only {len(times)} readings in 1.5 s"
     assert result.to_dict(include_records=False)["gauges"]["source"] == "engine"
-    off = LoadRunner(limited_sim, "sim-model", gauge_interval_s=None)
-    assert off.run(rate=20, duration_s=0.3, max_tokens=4).gauges is None
+    off = LoadRunner(limited_sim, "sim-model", options=RunnerOptions(gauge_interval_s=None))
+    assert off.run(Poisson(20), Prompts(output_tokens=4), Limits(duration_s=0.3)).gauges is None
 
 
 def test_burst_limits_from_option_texts() -> None:

@@ -14,15 +14,19 @@ from typing import Any
 import pytest
 
 from pytest_gpuinfer.load import cli as load_cli
+from pytest_gpuinfer.load.prompts import synthetic_prompt
 from pytest_gpuinfer.load.runner import (
+    Limits,
     LoadResult,
     LoadRunner,
     ProbeFigures,
     Progress,
+    RunnerOptions,
     SelfCheck,
     SelfCheckLimits,
 )
-from pytest_gpuinfer.load.schedule import constant_rate, spike
+from pytest_gpuinfer.load.schedule import ClosedLoop, Constant, Poisson, spike
+from pytest_gpuinfer.load.workloads import Prompts, Synthetic
 from pytest_gpuinfer.sim import SimConfig, run_in_thread
 
 FAST = SimConfig(ttft_s=0.01, itl_s=0.002, output_tokens=8)
@@ -54,7 +58,9 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def test_closed_loop_keeps_concurrency_and_fills_records(sim_url: str) -> None:
     """Concurrency 4, 40 requests: all complete, never more than 4 in flight at the server."""
-    result = LoadRunner(sim_url, "sim-model").run(concurrency=4, requests=40, max_tokens=8)
+    result = LoadRunner(sim_url, "sim-model").run(
+        ClosedLoop(4), Prompts(output_tokens=8), Limits(requests=40)
+    )
     assert len(result.records) == 40
     assert [r.index for r in result.records] == list(range(40))
     assert all(r.ok for r in result.records), [r.error_message for r in result.records]
@@ -67,12 +73,14 @@ def test_closed_loop_keeps_concurrency_and_fills_records(sim_url: str) -> None:
     assert result.ttft.count == 40 and result.ttft.p50 >= 0.01
     assert result.itl.count == 40 * 7
     assert result.summary.completed == 40
-    assert result.config["schedule"] == {"kind": "closed", "concurrency": 4}
+    assert result.config["schedule"] == {"kind": "closed", "concurrency": 4, "ramp_s": 0.0}
 
 
 def test_closed_loop_next_request_is_scheduled_when_a_slot_frees(sim_url: str) -> None:
     """In a closed loop a request's scheduled time is its slot's previous request's end."""
-    result = LoadRunner(sim_url, "sim-model").run(concurrency=1, requests=5, max_tokens=2)
+    result = LoadRunner(sim_url, "sim-model").run(
+        ClosedLoop(1), Prompts(output_tokens=2), Limits(requests=5)
+    )
     records = result.records
     for previous, current in itertools.pairwise(records):
         assert current.scheduled == previous.end
@@ -81,7 +89,7 @@ def test_closed_loop_next_request_is_scheduled_when_a_slot_frees(sim_url: str) -
 def test_closed_loop_ramp_staggers_the_slots(sim_url: str) -> None:
     """ramp_s=0.02 with 4 slots: the first requests (each ~25 ms long) start 5 ms apart."""
     result = LoadRunner(sim_url, "sim-model").run(
-        concurrency=4, requests=4, max_tokens=8, ramp_s=0.02
+        ClosedLoop(4, ramp_s=0.02), Prompts(output_tokens=8), Limits(requests=4)
     )
     scheduled = sorted(r.scheduled for r in result.records)
     expected = [0, 0.005, 0.01, 0.015]
@@ -92,7 +100,7 @@ def test_closed_loop_ramp_staggers_the_slots(sim_url: str) -> None:
 def test_open_loop_sends_on_schedule(sim_url: str) -> None:
     """Constant 50 req/s: scheduled times 20 ms apart and each sent within a few ms of it."""
     result = LoadRunner(sim_url, "sim-model").run(
-        rate=50, arrival="constant", requests=25, max_tokens=2
+        Constant(50), Prompts(output_tokens=2), Limits(requests=25)
     )
     scheduled = [r.scheduled for r in result.records]
     assert [s - scheduled[0] for s in scheduled] == pytest.approx(
@@ -105,7 +113,7 @@ def test_open_loop_sends_on_schedule(sim_url: str) -> None:
 def test_concurrency_cap_shows_up_as_queue_time(sim_url: str) -> None:
     """100 req/s into 2 slots of ~30 ms: requests wait, and that wait is reported and counted."""
     result = LoadRunner(sim_url, "sim-model").run(
-        rate=100, concurrency=2, arrival="constant", requests=30, max_tokens=8
+        Constant(100, max_concurrency=2), Prompts(output_tokens=8), Limits(requests=30)
     )
     assert all(r.ok for r in result.records)
     assert result.queue.max > 0.05
@@ -120,10 +128,8 @@ def test_concurrency_cap_shows_up_as_queue_time(sim_url: str) -> None:
 
 def test_two_processes_split_and_merge(sim_url: str) -> None:
     """processes=2 runs half the arrivals in each worker; records merge with worker ids."""
-    schedule = constant_rate(100)
-    result = LoadRunner(sim_url, "sim-model").run(
-        schedule=schedule, requests=20, max_tokens=2, processes=2
-    )
+    runner = LoadRunner(sim_url, "sim-model", options=RunnerOptions(processes=2))
+    result = runner.run(Constant(100), Prompts(output_tokens=2), Limits(requests=20))
     assert [r.index for r in result.records] == list(range(20))
     assert {r.worker for r in result.records} == {0, 1}
     assert all(r.worker == r.index % 2 for r in result.records)
@@ -139,17 +145,21 @@ def test_progress_callback_and_line(sim_url: str, capsys: pytest.CaptureFixture[
     """A progress callback gets snapshots; progress=True prints a line on stderr."""
     seen: list[Progress] = []
     runner = LoadRunner(sim_url, "sim-model")
-    runner.run(rate=40, requests=12, max_tokens=2, progress=seen.append, progress_interval_s=0.05)
+    watched = runner.with_options(progress=seen.append, progress_interval_s=0.05)
+    watched.run(Poisson(40), Prompts(output_tokens=2), Limits(requests=12))
     assert seen and seen[-1].planned == 12
     assert all(b.done >= a.done for a, b in itertools.pairwise(seen))
-    runner.run(rate=40, requests=8, max_tokens=2, progress=True, progress_interval_s=0.05)
+    printed = runner.with_options(progress=True, progress_interval_s=0.05)
+    printed.run(Poisson(40), Prompts(output_tokens=2), Limits(requests=8))
     assert "gpuinfer-load:" in capsys.readouterr().err
 
 
 def test_result_json_round_trip_and_text(sim_url: str) -> None:
     """to_json carries config, summary, self-check, lengths, gauges and records (and verdicts
     once judged); the text has both parts."""
-    result = LoadRunner(sim_url, "sim-model").run(concurrency=2, requests=6, max_tokens=2)
+    result = LoadRunner(sim_url, "sim-model").run(
+        ClosedLoop(2), Prompts(output_tokens=2), Limits(requests=6)
+    )
     data = json.loads(result.to_json())
     assert set(data) == {"config", "summary", "self_check", "lengths", "gauges", "records"}
     result.judge([])
@@ -163,7 +173,7 @@ def test_result_json_round_trip_and_text(sim_url: str) -> None:
 def test_warmup_is_left_out_of_the_summary(sim_url: str) -> None:
     """Requests scheduled in the warm-up are recorded but not summarised."""
     result = LoadRunner(sim_url, "sim-model").run(
-        rate=100, arrival="constant", requests=30, warmup_s=0.1, max_tokens=2
+        Constant(100), Prompts(output_tokens=2), Limits(requests=30, warmup_s=0.1)
     )
     assert len(result.records) == 30
     assert result.summary.requests == 20 and result.summary.warmup_excluded == 10
@@ -172,7 +182,7 @@ def test_warmup_is_left_out_of_the_summary(sim_url: str) -> None:
 def test_prompt_list_is_used_round_robin(sim_url: str) -> None:
     """A list of prompts is cycled over the requests."""
     result = LoadRunner(sim_url, "sim-model").run(
-        concurrency=1, requests=4, prompt=["one", "one two three"], max_tokens=2
+        ClosedLoop(1), Prompts(("one", "one two three"), 2), Limits(requests=4)
     )
     prompts = [r.prompt_tokens or 0 for r in result.records]
     assert prompts[0] == prompts[2] and prompts[1] == prompts[3]
@@ -183,7 +193,9 @@ def test_run_works_inside_a_running_event_loop(sim_url: str) -> None:
     """The sync run() may be called from async code (it uses its own thread then)."""
 
     async def main() -> LoadResult:
-        return LoadRunner(sim_url, "sim-model").run(concurrency=2, requests=4, max_tokens=2)
+        return LoadRunner(sim_url, "sim-model").run(
+            ClosedLoop(2), Prompts(output_tokens=2), Limits(requests=4)
+        )
 
     assert len(asyncio.run(main()).records) == 4
 
@@ -191,14 +203,14 @@ def test_run_works_inside_a_running_event_loop(sim_url: str) -> None:
 def test_arun_on_the_callers_loop(sim_url: str) -> None:
     """arun() runs on the caller's event loop."""
     runner = LoadRunner(sim_url, "sim-model")
-    result = asyncio.run(runner.arun(concurrency=2, requests=4, max_tokens=2))
+    result = asyncio.run(runner.arun(ClosedLoop(2), Prompts(output_tokens=2), Limits(requests=4)))
     assert all(r.ok for r in result.records)
 
 
 def test_burst_shape_runs_scaled(sim_url: str) -> None:
     """A spike schedule shrunk by scale runs every arrival."""
     schedule = spike(20, 5, before_s=2, spike_s=1, after_s=2, arrival="constant", scale=0.1)
-    result = LoadRunner(sim_url, "sim-model").run(schedule=schedule, max_tokens=2)
+    result = LoadRunner(sim_url, "sim-model").run(schedule, Prompts(output_tokens=2))
     assert len(result.records) == len(schedule.arrival_times()) == 18
     assert all(r.ok for r in result.records)
 
@@ -209,9 +221,10 @@ def test_blocked_event_loop_marks_the_run_client_bound(sim_url: str) -> None:
     def hog(_: Progress) -> None:
         time.sleep(0.03)
 
-    result = LoadRunner(sim_url, "sim-model").run(
-        rate=50, requests=25, max_tokens=2, progress=hog, progress_interval_s=0.02
+    runner = LoadRunner(
+        sim_url, "sim-model", options=RunnerOptions(progress=hog, progress_interval_s=0.02)
     )
+    result = runner.run(Poisson(50), Prompts(output_tokens=2), Limits(requests=25))
     check = result.self_check
     assert result.client_bound
     assert check.loop_lag.max >= 0.02
@@ -244,7 +257,9 @@ def test_self_check_judges_each_figure() -> None:
 
 def test_light_run_reports_its_figures(sim_url: str) -> None:
     """Every self-check figure is measured on an ordinary run."""
-    result = LoadRunner(sim_url, "sim-model").run(rate=40, requests=10, max_tokens=2)
+    result = LoadRunner(sim_url, "sim-model").run(
+        Poisson(40), Prompts(output_tokens=2), Limits(requests=10)
+    )
     check = result.self_check
     assert 0.0 < check.cpu_fraction < 1.5
     assert check.loop_lag.count >= 5
@@ -253,21 +268,26 @@ def test_light_run_reports_its_figures(sim_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "arguments",
+    "make",
     [
-        {},
-        {"concurrency": 2},
-        {"rate": 10, "schedule": constant_rate(10), "requests": 1},
-        {"rate": -1, "requests": 1},
-        {"concurrency": 1, "requests": 2, "processes": 2},
-        {"concurrency": 1, "requests": 1, "prompt": []},
+        lambda run: run(ClosedLoop(2), Prompts()),  # no end
+        lambda run: run(Poisson(10), Synthetic()),  # no end
+        lambda run: run(ClosedLoop(2), Prompts(()), Limits(requests=1)),  # nothing to send
+        lambda run: run("closed", Prompts(), Limits(requests=1)),  # not a schedule
+        lambda run: Poisson(-1),
+        lambda run: Limits(requests=-1),
+        lambda run: Limits(duration_s=0),
+        lambda run: RunnerOptions(processes=0),
+        lambda run: LoadRunner(
+            "http://127.0.0.1:9", "m", options=RunnerOptions(processes=2, preflight=False)
+        ).run(ClosedLoop(1), Prompts(), Limits(requests=2)),
     ],
 )
-def test_bad_arguments_are_rejected(arguments: dict[str, Any]) -> None:
+def test_bad_arguments_are_rejected(make: Any) -> None:
     """Unbounded, contradictory or impossible runs raise before sending anything."""
-    runner = LoadRunner("http://127.0.0.1:9", "m", preflight=False)
+    runner = LoadRunner("http://127.0.0.1:9", "m", options=RunnerOptions(preflight=False))
     with pytest.raises(ValueError):
-        runner.run(**arguments)
+        make(runner.run)
 
 
 def test_cli_exit_status_follows_the_slos(
@@ -306,7 +326,7 @@ def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
 
 def test_synthetic_prompt_has_the_asked_word_count() -> None:
     """--prompt-tokens N makes a prompt of N words."""
-    assert len(load_cli.synthetic_prompt(37).split()) == 37
+    assert len(synthetic_prompt(37).split()) == 37
 
 
 def test_cli_fails_when_requests_fail_and_names_the_errors(

@@ -11,10 +11,13 @@ SIM = ("--engine=sim", "--engine-arg=--ttft-ms=20", "--engine-arg=--itl-ms=2")
 
 LOAD_TEST = """
 import pytest
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 
 {marker}
 def test_load(load_runner):
-    result = load_runner.run(concurrency=4, requests=40, max_tokens=8)
+    result = load_runner.run(ClosedLoop(4), Prompts(output_tokens=8), Limits(requests=40))
     assert result.summary.completed == 40
 """
 
@@ -89,8 +92,12 @@ def test_failed_requests_fail_the_test_unless_allowed(pytester: pytest.Pytester)
     """No SLO at all: a run whose requests failed still fails, naming the count and class."""
     pytester.makepyfile(
         """
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import ClosedLoop
+        from pytest_gpuinfer.load.workloads import Prompts
+
         def test_load(load_runner):
-            load_runner.run(concurrency=2, requests=10, max_tokens=4)
+            load_runner.run(ClosedLoop(2), Prompts(output_tokens=4), Limits(requests=10))
         """
     )
     failing = (*SIM, "--engine-arg=--error-rate=1.0")

@@ -16,8 +16,12 @@ import pytest
 from pytest_gpuinfer.perf import baselines
 
 GATE = """
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
+
 def test_gate(load_runner, perf_baseline):
-    result = load_runner.run(concurrency=4, requests=80, max_tokens=8)
+    result = load_runner.run(ClosedLoop(4), Prompts(output_tokens=8), Limits(requests=80))
     print(perf_baseline.check("gate", result))
 """
 SIM = ("--engine=sim", "--engine-arg=--ttft-ms=20", "--engine-arg=--itl-ms=2", "-s")

@@ -6,6 +6,7 @@ import pytest
 
 from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.workload import length_report
 from pytest_gpuinfer.models import tinymodel
 from pytest_gpuinfer.targets.probe import ProbeError, exact_length_prompt
 
@@ -46,11 +47,27 @@ def test_probe_reexport_keeps_probe_error() -> None:
         exact_length_prompt(lambda text: 2 * len(text.split()), 5)
 
 
-def test_length_line_reports_achieved_lengths() -> None:
+def test_length_report_puts_achieved_lengths_beside_the_asked_ones() -> None:
+    """One request ended short: the report counts it and does not call the outputs exact; the
+    prompts all differ from their asked length by the same template tokens: exact."""
     records = [
-        RequestRecord(index=i, scheduled=0.0, end=1.0, prompt_tokens=134, completion_tokens=n)
+        RequestRecord(
+            index=i,
+            scheduled=0.0,
+            end=1.0,
+            prompt_tokens=134,
+            completion_tokens=n,
+            asked_input_tokens=128,
+            asked_output_tokens=32,
+        )
         for i, n in enumerate([32, 32, 20])
     ]
-    line = prompts.length_line(records, 32)
-    assert line.startswith("lengths: output tokens min/p50/max 20/32/32 (asked 32; 1 ended short)")
-    assert "prompt tokens sent min/p50/max 134/134/134" in line
+    report = length_report(records)
+    assert (report.output_short, report.output_long) == (1, 0)
+    assert not report.output_exact and report.input_exact
+    first, second = report.text().splitlines()
+    assert first.startswith("lengths: output tokens asked 32/32/32, achieved 20/32/32")
+    assert "1 ended short, 0 ran long" in first and "(exact)" not in first
+    assert "prompt tokens asked 128/128/128, sent 134/134/134; sent - asked +6..+6" in second
+    exact = [r for r in records if r.completion_tokens == 32]
+    assert length_report(exact).output_exact

@@ -28,10 +28,10 @@ def test_latency_suite_on_a_target_without_slos_reads_not_judged_for_latency(
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "prompts: * x 128 tokens (APPROXIMATE*",
             "metric ?ms? * p50 * p99.9",
             "ttft  *",
-            "lengths: output tokens min/p50/max 32/32/32 (asked 32; 0 ended short)*",
+            "workload: prompts: * x 128 tokens (APPROXIMATE*",
+            "lengths: output tokens asked 32/32/32, achieved 32/32/32 *0 ended short*(exact)",
             "SLOs (defaults for sim: no failed requests): error_rate<=0%; latency NOT JUDGED: "
             "no latency SLO for this target (set --slo)",
         ]
@@ -93,7 +93,9 @@ import contextlib, dataclasses, threading, asyncio
 
 import pytest
 
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.perf.batches import run_batches
 from pytest_gpuinfer.sim import SimConfig, SimServer
 
@@ -112,14 +114,14 @@ def sim():
 
 
 def test_batches(sim, gpuinfer_verdicts):
-    runner = LoadRunner(sim.base_url, "sim-model", gauge_interval_s=None)
+    runner = LoadRunner(sim.base_url, "sim-model", options=RunnerOptions(gauge_interval_s=None))
 
     def batch(index):
         if index == {slow_batch}:
             sim.config = dataclasses.replace(sim.config, ttft_s=0.05, itl_s=0.01)
         else:
             sim.config = dataclasses.replace(sim.config, ttft_s=0.005, itl_s=0.002)
-        return runner.run(concurrency=4, requests=40, max_tokens=8)
+        return runner.run(ClosedLoop(4), Prompts(output_tokens=8), Limits(requests=40))
 
     report = run_batches(batch, 4, server_pid=None)
     print(report.table())

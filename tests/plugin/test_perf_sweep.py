@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 
 SWEEP = """
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.slo import parse_slos
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
 
@@ -29,8 +31,9 @@ def test_sweep(server_factory):
         return server
 
     def measure(server):
-        runner = LoadRunner(server.base_url, server.model, gauge_interval_s=None)
-        return runner.run(concurrency=16, requests=48, max_tokens=8)
+        options = RunnerOptions(gauge_interval_s=None)
+        runner = LoadRunner(server.base_url, server.model, options=options)
+        return runner.run(ClosedLoop(16), Prompts(output_tokens=8), Limits(requests=48))
 
     ranking = run_sweep(configs, launch, server_factory.stop, measure, parse_slos("error_rate<=0%"))
     print(ranking.table())

@@ -25,17 +25,22 @@ SUITE_TESTS = """
 import os
 import pytest
 from pytest_gpuinfer.load import shapes
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.memory.boundary import BoundaryResult, Outcome, ProbeResult
 
 @pytest.mark.slo("ttft_p95<5s")
 def test_matrix(load_runner):
     for concurrency in (1, 4):
         for max_tokens in (4, 8):
-            load_runner.run(concurrency=concurrency, requests=8, max_tokens=max_tokens)
+            load_runner.run(
+                ClosedLoop(concurrency), Prompts(output_tokens=max_tokens), Limits(requests=8)
+            )
 
 def test_burst(burst_runner):
     shape = shapes.spike(10, 3, before_s=0.6, spike_s=0.4, after_s=0.6, arrival="constant")
-    burst_runner.run(shape, check=False, max_tokens=4)
+    burst_runner.run(shape, Prompts(output_tokens=4), check=False)
 
 def test_memory(vram_tracker, memory_report):
     tracker = vram_tracker.start(os.getpid(), interval_s=0.05, settle_s=0.1)
@@ -132,9 +137,12 @@ def test_a_killed_run_leaves_a_valid_report_of_what_completed(
     pytester.makepyfile(
         """
         import os, signal
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import ClosedLoop
+        from pytest_gpuinfer.load.workloads import Prompts
 
         def test_one(load_runner):
-            load_runner.run(concurrency=2, requests=4, max_tokens=4)
+            load_runner.run(ClosedLoop(2), Prompts(output_tokens=4), Limits(requests=4))
 
         def test_two():
             pass
@@ -159,10 +167,13 @@ def test_xdist_workers_results_merge_into_one_report(
     pytester.makepyfile(
         """
         import pytest
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import ClosedLoop
+        from pytest_gpuinfer.load.workloads import Prompts
 
         @pytest.mark.parametrize("n", range(4))
         def test_load(load_runner, n):
-            load_runner.run(concurrency=2, requests=4 + n, max_tokens=4)
+            load_runner.run(ClosedLoop(2), Prompts(output_tokens=4), Limits(requests=4 + n))
         """
     )
     out = tmp_path / "reports"
@@ -266,8 +277,13 @@ def test_progress_line_is_quiet_off_a_terminal_and_throttled() -> None:
 def test_load_progress_stays_out_of_a_non_terminal_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import ClosedLoop
+        from pytest_gpuinfer.load.workloads import Prompts
+
         def test_load(load_runner):
-            load_runner.run(concurrency=1, requests=30, max_tokens=4, progress_interval_s=0.05)
+            load_runner.runner = load_runner.runner.with_options(progress_interval_s=0.05)
+            load_runner.run(ClosedLoop(1), Prompts(output_tokens=4), Limits(requests=30))
         """
     )
     result = pytester.runpytest_subprocess(*SIM, "-s", timeout=120)
@@ -283,8 +299,13 @@ def test_load_progress_shows_on_a_terminal(pytester: pytest.Pytester) -> None:
 
     pytester.makepyfile(
         """
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import Poisson
+        from pytest_gpuinfer.load.workloads import Prompts
+
         def test_load(load_runner):
-            load_runner.run(rate=20, duration_s=3, max_tokens=4, progress_interval_s=0.2)
+            load_runner.runner = load_runner.runner.with_options(progress_interval_s=0.2)
+            load_runner.run(Poisson(20), Prompts(output_tokens=4), Limits(duration_s=3))
         """
     )
     leader, follower = pty.openpty()

@@ -9,17 +9,17 @@ import statistics
 import pytest
 
 from pytest_gpuinfer.load.schedule import (
+    SCHEDULES,
     ClosedLoop,
-    OpenLoop,
+    Constant,
+    Gamma,
+    Poisson,
     Stage,
-    constant_rate,
-    gamma,
-    open_loop,
+    Stages,
     oscillate,
-    poisson,
     ramp_then_drop,
+    schedule_from_text,
     spike,
-    staged,
 )
 
 
@@ -35,14 +35,14 @@ def count_between(times: list[float], start: float, end: float) -> int:
 
 def test_constant_rate_is_evenly_spaced_from_zero() -> None:
     """Constant arrivals start at 0 and are exactly 1/rate apart."""
-    times = constant_rate(200).arrival_times(max_requests=1000)
+    times = Constant(200).arrival_times(max_requests=1000)
     assert len(times) == 1000 and times[0] == 0.0
     assert all(gap == pytest.approx(0.005, abs=1e-9) for gap in gaps(times))
 
 
 def test_poisson_has_the_asked_mean_rate_and_exponential_gaps() -> None:
     """Poisson: mean gap 1/rate and coefficient of variation near 1."""
-    times = poisson(100, seed=3).arrival_times(max_requests=20000)
+    times = Poisson(100, seed=3).arrival_times(max_requests=20000)
     intervals = gaps(times)
     mean = statistics.fmean(intervals)
     assert mean == pytest.approx(0.01, rel=0.03)
@@ -52,7 +52,7 @@ def test_poisson_has_the_asked_mean_rate_and_exponential_gaps() -> None:
 @pytest.mark.parametrize("burstiness", [0.25, 4.0])
 def test_gamma_keeps_the_mean_rate_and_sets_the_spread(burstiness: float) -> None:
     """Gamma with shape b: same mean rate, coefficient of variation 1/sqrt(b)."""
-    times = gamma(100, burstiness, seed=1).arrival_times(max_requests=20000)
+    times = Gamma(100, burstiness, seed=1).arrival_times(max_requests=20000)
     intervals = gaps(times)
     mean = statistics.fmean(intervals)
     assert mean == pytest.approx(0.01, rel=0.05)
@@ -62,14 +62,14 @@ def test_gamma_keeps_the_mean_rate_and_sets_the_spread(burstiness: float) -> Non
 
 def test_same_seed_same_arrivals_other_seed_other_arrivals() -> None:
     """Schedules are reproducible from the seed."""
-    first = poisson(50, seed=7).arrival_times(max_requests=100)
-    assert first == poisson(50, seed=7).arrival_times(max_requests=100)
-    assert first != poisson(50, seed=8).arrival_times(max_requests=100)
+    first = Poisson(50, seed=7).arrival_times(max_requests=100)
+    assert first == Poisson(50, seed=7).arrival_times(max_requests=100)
+    assert first != Poisson(50, seed=8).arrival_times(max_requests=100)
 
 
 def test_caps_bound_the_arrivals() -> None:
     """The request cap and the time cap both stop the list, whichever comes first."""
-    schedule = constant_rate(100)
+    schedule = Constant(100)
     assert len(schedule.arrival_times(max_requests=10, max_duration_s=100)) == 10
     by_time = schedule.arrival_times(max_requests=10_000, max_duration_s=1.0)
     assert len(by_time) == 100 and max(by_time) < 1.0
@@ -79,7 +79,7 @@ def test_caps_bound_the_arrivals() -> None:
 
 def test_finite_stages_end_on_their_own() -> None:
     """A schedule with an end needs no caps; its arrivals stay inside it."""
-    schedule = staged(Stage(1.0, 50), Stage(1.0, 100), arrival="constant")
+    schedule = Stages((Stage(1.0, 50), Stage(1.0, 100)), arrival="constant")
     times = schedule.arrival_times()
     assert max(times) < 2.0
     assert count_between(times, 0, 1) == 50 and count_between(times, 1, 2) == 100
@@ -145,7 +145,7 @@ def test_scale_shrinks_durations_not_rates() -> None:
 
 def test_zero_rate_stage_has_no_arrivals() -> None:
     """A pause (rate 0) in the middle leaves a gap."""
-    times = staged(Stage(1, 10), Stage(1, 0), Stage(1, 10), arrival="constant").arrival_times()
+    times = Stages((Stage(1, 10), Stage(1, 0), Stage(1, 10)), arrival="constant").arrival_times()
     assert count_between(times, 1, 2) == 0 and len(times) == 20
 
 
@@ -155,14 +155,37 @@ def test_zero_rate_stage_has_no_arrivals() -> None:
         lambda: ClosedLoop(0),
         lambda: Stage(0, 10),
         lambda: Stage(1, -1),
-        lambda: OpenLoop(()),
-        lambda: open_loop(10, "weird"),  # type: ignore[arg-type]
-        lambda: gamma(10, 0),
-        lambda: OpenLoop((Stage(math.inf, 1), Stage(1, 1))),
-        lambda: constant_rate(10).scaled(0),
+        lambda: ClosedLoop(2, ramp_s=-1),
+        lambda: Stages(()),
+        lambda: Stages((Stage(1, 1),), arrival="weird"),  # type: ignore[arg-type]
+        lambda: Gamma(10, 0),
+        lambda: Poisson(0),
+        lambda: Poisson(10, max_concurrency=0),
+        lambda: Stages((Stage(math.inf, 1), Stage(1, 1))),
+        lambda: Constant(10).scaled(0),
+        lambda: schedule_from_text("poison:rate=1"),
+        lambda: schedule_from_text("poisson:rate=fast"),
+        lambda: schedule_from_text("poisson:rat=1"),
+        lambda: schedule_from_text("poisson:rate"),
     ],
 )
 def test_invalid_schedules_are_rejected(make: object) -> None:
     """Nonsense parameters raise ValueError."""
     with pytest.raises(ValueError):
         make()  # type: ignore[operator]
+
+
+def test_schedules_are_registered_by_name_and_built_from_text() -> None:
+    """The text form the command line takes builds the same objects as the constructors."""
+    assert schedule_from_text("poisson:rate=4,seed=1") == Poisson(4, seed=1)
+    assert schedule_from_text("gamma:rate=4, burstiness=0.5") == Gamma(4, 0.5)
+    assert schedule_from_text("constant:rate=2,max_concurrency=3") == Constant(2, max_concurrency=3)
+    assert schedule_from_text("closed:concurrency=8,ramp_s=0.5") == ClosedLoop(8, 0.5)
+    assert {"closed", "constant", "poisson", "gamma"} <= set(SCHEDULES.names())
+
+
+def test_closed_loop_ramp_spreads_every_slot_of_every_process() -> None:
+    """8 slots over 0.8 s in 2 processes: process 0 takes the even offsets, 1 the odd ones."""
+    loop = ClosedLoop(8, ramp_s=0.8)
+    assert loop.slot_offsets(0, 2, 4) == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    assert loop.slot_offsets(1, 2, 4) == pytest.approx([0.1, 0.3, 0.5, 0.7])
