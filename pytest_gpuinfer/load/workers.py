@@ -131,6 +131,8 @@ async def run_plan(
     sleeper = DeadlineTimers(loop)
     figures.precise_timer = sleeper.precise
     run = _Run(client, plan, sleeper, records, counters, figures)
+    for spec in plan.specs:  # serialise every body now, not while requests are due
+        spec.body(settings.endpoint, settings.model, settings.usage_mode)
     try:
         if pool_size:
             await client.open_connections(pool_size)

@@ -98,9 +98,8 @@ def load_rows(path: str | os.PathLike[str], format: str | None = None) -> list[D
         raise DatasetError(f"dataset {file}: no such file or directory")
     chosen = format or guess_format(file)
     if chosen not in DATASET_FORMATS:
-        raise DatasetError(
-            f"dataset format {chosen!r} unknown; known: {', '.join(DATASET_FORMATS)}"
-        )
+        known = ", ".join(DATASET_FORMATS)
+        raise DatasetError(f"dataset {file}: format {chosen!r} unknown; known: {known}")
     stat = file.stat()
     key = (str(file.resolve()), chosen, stat.st_mtime_ns, stat.st_size)
     if key not in _CACHE:
