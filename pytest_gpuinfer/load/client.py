@@ -263,15 +263,6 @@ class RequestSpec:
         self._bodies[key] = body
         return body
 
-    def capped(self, max_tokens: int) -> RequestSpec:
-        """A copy asking for at most ``max_tokens`` (for an unrecorded check request)."""
-        return RequestSpec(
-            self.prompt,
-            min(self.max_tokens, max_tokens),
-            stream=self.stream,
-            extra_body=self.extra_body,
-        )
-
     def __repr__(self) -> str:
         return f"RequestSpec(max_tokens={self.max_tokens}, stream={self.stream})"
 

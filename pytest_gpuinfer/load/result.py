@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,3 +162,19 @@ class LoadResult:
     def to_json(self, *, include_records: bool = True, indent: int | None = None) -> str:
         """JSON text of :meth:`to_dict`."""
         return json.dumps(self.to_dict(include_records=include_records), indent=indent)
+
+
+def comparison_table(results: Mapping[str, LoadResult]) -> str:
+    """Runs side by side: requests, TTFT p50/p95, E2E p50 (ms), prefix-cache hit rate."""
+    lines = [
+        f"{'run':<24}{'n':>6}{'ttft p50':>11}{'ttft p95':>11}{'e2e p50':>11}{'prefix hits':>13}"
+    ]
+    for label, result in results.items():
+        summary = result.summary
+        cache = result.prefix_cache
+        rate = "-" if cache is None or cache.queries <= 0 else f"{cache.hit_rate:.1%}"
+        lines.append(
+            f"{label:<24}{summary.completed:>6}{units.ms(summary.ttft.p50):>11}"
+            f"{units.ms(summary.ttft.p95):>11}{units.ms(summary.e2e.p50):>11}{rate:>13}"
+        )
+    return "\n".join(lines)

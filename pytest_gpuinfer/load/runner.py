@@ -349,8 +349,7 @@ class LoadRunner:
             timeouts=settings.timeouts,
             usage_mode=settings.usage_mode,
         )
-        spec = prepared.first_spec().capped(2)
-        spec.stream = self.options.stream and spec.stream
+        spec = prepared.check_spec(self.options.stream)
         try:
             await client.send(spec, RequestRecord(index=-1, scheduled=time.perf_counter()))
         finally:

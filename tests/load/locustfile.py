@@ -17,6 +17,12 @@ chunks). Environment: ``GPUINFER_MODEL`` (else the first of ``/v1/models``),
 each user aims for, 1), and for shapes ``GPUINFER_SHAPE`` (spike5x, spike10x, oscillating,
 ramp_drop), ``GPUINFER_BASELINE_RPS`` (2) and ``GPUINFER_LOAD_SCALE`` (1).
 
+``GPUINFER_WORKLOAD`` sends a workload the load engine takes too, in its text form, e.g.
+``dataset:path=/data/ShareGPT_V3.json,ignore_eos=true`` or
+``trace:path=mooncake.jsonl,ignore_eos=true`` (the trace's lengths and prefixes; users keep their
+own pace): the same request bodies, each with its own prompt and output length, taken in turn.
+Conversations and embeddings need ``gpuinfer-load`` or the ``load_runner`` fixture.
+
 A shape turns rate into users: ``ceil(rate / GPUINFER_USER_RPS)`` users, each paced by
 ``constant_throughput``. That approximates the rate while each request takes less than
 ``1 / GPUINFER_USER_RPS`` seconds; pytest-gpuinfer's own open-loop engine (``burst_runner``) keeps
@@ -30,13 +36,16 @@ import itertools
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import ClassVar
 
 from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
 
+from pytest_gpuinfer.load.prompts import token_counter_for
 from pytest_gpuinfer.load.shapes import STANDARD_SHAPES, LoadShape, standard_shape
+from pytest_gpuinfer.load.workloads import WorkloadContext, workload_from_text
 
 MAX_TOKENS = int(os.environ.get("GPUINFER_MAX_TOKENS", "16"))
 USER_RPS = float(os.environ.get("GPUINFER_USER_RPS", "1"))
@@ -47,6 +56,21 @@ if SELECTED_SHAPE and SELECTED_SHAPE not in STANDARD_SHAPES:
     )
 PROMPT = "Tell me a story about a lighthouse keeper."
 ENDPOINT_NAME = "/v1/chat/completions (stream)"
+WORKLOAD = os.environ.get("GPUINFER_WORKLOAD", "")
+_PREPARING = threading.Lock()
+
+
+def workload_bodies(spec: str, host: str, model: str, headers: dict[str, str]) -> list[bytes]:
+    """The request bodies of a workload given in its text form (counted by the server)."""
+    workload = workload_from_text(spec)
+    counter = token_counter_for(host, model, headers=headers)
+    prepared = workload.prepare(WorkloadContext(counter, "chat", stream=True))
+    if prepared.sessions or prepared.endpoint is not None:
+        raise SystemExit(
+            f"GPUINFER_WORKLOAD={spec!r}: the locustfile sends single chat requests; "
+            "conversations and embeddings need gpuinfer-load or the load_runner fixture"
+        )
+    return [request.body("chat", model, "final") for request in prepared.specs]
 
 
 class OpenAIStreamingUser(FastHttpUser):
@@ -56,13 +80,21 @@ class OpenAIStreamingUser(FastHttpUser):
     connection_timeout = 5.0
     network_timeout = 60.0
     model: ClassVar[str] = os.environ.get("GPUINFER_MODEL", "")
+    bodies: ClassVar[list[bytes]] = []
+    turn: ClassVar[Iterator[int]] = itertools.count()
 
     def on_start(self) -> None:
-        """Learn the model name from /v1/models when it was not given."""
+        """Learn the model name from /v1/models when it was not given; build the workload."""
         if not type(self).model:
             with self.client.get("/v1/models", catch_response=True) as response:
                 models = response.json().get("data") or [{}]
                 type(self).model = str(models[0].get("id", ""))
+        if WORKLOAD:
+            with _PREPARING:
+                if not type(self).bodies:
+                    type(self).bodies = workload_bodies(
+                        WORKLOAD, self.host or "", type(self).model, self._headers()
+                    )
 
     def _headers(self) -> dict[str, str]:
         """Authorization when an API key is set."""
@@ -72,19 +104,26 @@ class OpenAIStreamingUser(FastHttpUser):
     @task
     def stream_chat(self) -> None:
         """One streaming chat request; TTFT and per-gap ITL go out as separate entries."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": MAX_TOKENS,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        bodies = type(self).bodies
+        body = (
+            bodies[next(type(self).turn) % len(bodies)]
+            if bodies
+            else json.dumps(
+                {
+                    "model": self.model,
+                    "messages": [{"role": "user", "content": PROMPT}],
+                    "max_tokens": MAX_TOKENS,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+            ).encode()
+        )
         start = time.perf_counter()
         chunk_times: list[float] = []
         with self.client.post(
             "/v1/chat/completions",
-            json=body,
-            headers=self._headers(),
+            data=body,
+            headers={"Content-Type": "application/json", **self._headers()},
             stream=True,
             catch_response=True,
             name=ENDPOINT_NAME,

@@ -12,6 +12,7 @@ import pytest
 
 from pytest_gpuinfer.load.locust_process import LocustRun
 from pytest_gpuinfer.load.shapes import standard_shape
+from pytest_gpuinfer.load.workloads import samples
 from pytest_gpuinfer.plugin.extras import install_hint
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -67,3 +68,13 @@ def test_locust_follows_a_burst_shape(
     )
     assert max(counts) == peak_users, f"more users than the spike asks for: {counts}"
     assert any(c < peak_users for c in counts[first_peak:]), f"the spike never ended: {counts}"
+
+
+def test_locust_sends_a_dataset_workload(
+    locust_run: Callable[..., LocustRun], tmp_path: Path
+) -> None:
+    """GPUINFER_WORKLOAD: locust's users send the rows of a ShareGPT file, as the load engine
+    does (each with its own prompt and output length)."""
+    path = samples.write_sharegpt(tmp_path / "sharegpt.json", 12)
+    env = {"GPUINFER_WORKLOAD": f"dataset:path={path},ignore_eos=true"}
+    _check(locust_run(LOCUSTFILE, run_time_s=5, users=2, spawn_rate=2, env=env))

@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import json
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -570,3 +571,38 @@ def test_open_loop_rate_with_a_finite_workload_sends_each_item_once(
     assert sorted(r.asked_output_tokens or 0 for r in result.records) == sorted(
         row.output_tokens or 0 for row in load_rows(path)
     )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None,
+    reason="locust is not installed (pip install -e '.[load]')",
+)
+def test_locustfile_sends_the_same_dataset_workload(tmp_path: Path) -> None:
+    """GPUINFER_WORKLOAD: the locust users send the dataset's rows, each with its own prompt
+    and output length, as the simulator's own records show."""
+    from pytest_gpuinfer.load import locust_process
+
+    path = samples.write_jsonl(tmp_path / "p.jsonl", 6, prompt_words=(3, 40))
+    rows = load_rows(path)
+    expected = {(len(row.turns[0][0].split()) + 2 * CHAT_TOKENS, row.output_tokens) for row in rows}
+    locustfile = Path(__file__).parents[1] / "load" / "locustfile.py"
+    with run_in_thread(SimConfig(ttft_s=0.001, itl_s=0.001, output_tokens=512)) as url:
+        run = locust_process.run_locust(
+            locustfile,
+            url,
+            out_dir=tmp_path / "locust",
+            run_time_s=4,
+            users=2,
+            spawn_rate=2,
+            env={
+                "GPUINFER_MODEL": "sim-model",
+                "GPUINFER_USER_RPS": "5",
+                "GPUINFER_WORKLOAD": f"dataset:path={path},ignore_eos=true",
+            },
+        )
+        with urllib.request.urlopen(url + "/sim/requests") as response:
+            served = json.load(response)
+    assert run.returncode == 0 and run.total_failures == 0, run.text()
+    seen = {(row["prompt_tokens"], row["tokens"]) for row in served}
+    assert seen and seen <= expected, (seen, expected)
+    assert len(seen) > 1, "one body only: the rows were not taken in turn"

@@ -80,14 +80,15 @@ class PreparedWorkload:
             return sum(len(s.turns) for s in self.sessions)
         return len(self.specs)
 
-    def first_spec(self) -> RequestSpec:
-        """The first request, for the unrecorded check before a run."""
-        if self.specs:
-            return self.specs[0]
-        session = self.sessions[0]
-        messages = [] if session.system is None else [{"role": "system", "content": session.system}]
-        messages.append({"role": "user", "content": session.turns[0].message})
-        return RequestSpec(messages, session.turns[0].output_tokens, extra_body=self.extra_body)
+    def check_spec(self, stream: bool) -> RequestSpec:
+        """A short request shaped like this workload's (same endpoint, streaming and extra
+        body) but sharing no prompt with it, for the unrecorded check before a run: a check
+        that sent the first prompt would put it in the engine's prefix cache."""
+        first = self.specs[0] if self.specs else None
+        if first is not None and first.inputs is not None:
+            return RequestSpec(["hello"], 0, stream=False, extra_body=first.extra_body)
+        extra = first.extra_body if first is not None else self.extra_body
+        return RequestSpec("hello", 2, stream=stream, extra_body=extra)
 
 
 class Workload(Protocol):
