@@ -328,6 +328,7 @@ def bench_trace(rate: float, requests: int) -> None:
         f"({'under' if error.p99 < 0.001 else 'NOT under'} 1 ms at p99); client CPU "
         f"{check.cpu_fraction:.0%}; {result.lengths.text().splitlines()[0]}"
     )
+    print(check.text())
 
 
 # --- other HTTP stacks, for the choice of the client's stack -----------------------------------

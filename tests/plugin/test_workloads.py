@@ -464,7 +464,9 @@ def test_embeddings_load_reports_inputs_per_second_and_latency() -> None:
         )
     assert all(r.ok for r in result.records), result.records[0].error_message
     assert all(r.inputs == 4 and r.prompt_tokens == 32 for r in result.records)
-    bodies = [b for b in seen if "max_tokens" not in b]
+    check, *bodies = seen
+    assert check["input"] == ["hello"], "the unrecorded check shares no input with the run"
+    assert len(bodies) == 10
     assert all(len(b["input"]) == 4 and len(b["input"][0].split()) == 8 for b in bodies)
     figures = result.embeddings
     assert figures is not None and figures.inputs == 40 and figures.inputs_per_s > 0
