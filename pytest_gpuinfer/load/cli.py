@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--trace-format", choices=TRACE_FORMATS, help="default: from the suffix")
     when.add_argument("--speed", type=float, default=1.0, help="--trace: replay S times faster")
     when.add_argument(
+        "--block-tokens", type=int, help="--trace: prompt tokens per hash id (Mooncake: 512)"
+    )
+    when.add_argument(
         "--window", metavar="START:END", help="--trace: only the requests in these trace seconds"
     )
     what = parser.add_argument_group("workload (default: synthetic prompts of --prompt-tokens)")
@@ -240,7 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = os.environ.get(args.api_key_env) or None
     try:
         trace = (
-            Trace(args.trace, args.trace_format, ignore_eos=args.ignore_eos, seed=args.seed)
+            Trace(
+                args.trace,
+                args.trace_format,
+                block_tokens=args.block_tokens,
+                ignore_eos=args.ignore_eos,
+                seed=args.seed,
+            )
             if args.trace is not None
             else None
         )

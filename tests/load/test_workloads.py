@@ -94,7 +94,7 @@ def test_gpuinfer_load_replays_the_same_three_files(
     chats = samples.write_sharegpt(tmp_path / "chats.json", 3, turns=2, seed=1)
     runs = [
         ["--dataset", str(sharegpt), "--rate", "8"],
-        ["--trace", str(trace), "--speed", "2"],
+        ["--trace", str(trace), "--speed", "2", "--block-tokens", "32"],
         ["--conversations", str(chats), "--concurrency", "2"],
     ]
     for index, argv in enumerate(runs):

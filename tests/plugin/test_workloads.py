@@ -514,8 +514,8 @@ def test_cli_replays_a_dataset_a_trace_and_conversations(
     runs: list[tuple[list[str], Callable[[dict[str, Any]], bool]]] = [
         (["--dataset", dataset, "--concurrency", "2"], lambda d: len(d["records"]) == 8),
         (
-            ["--trace", trace, "--speed", "4", "--window", "0.5:1.0"],
-            lambda d: d["config"]["schedule"]["name"] == "trace" and "dispatch_error" in d,
+            ["--trace", trace, "--speed", "4", "--window", "0.5:1.0", "--block-tokens", "16"],
+            lambda d: d["config"]["workload"]["block_tokens"] == 16 and "dispatch_error" in d,
         ),
         (
             [
