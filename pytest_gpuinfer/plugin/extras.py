@@ -17,6 +17,7 @@ EXTRA_OF: dict[str, str] = {
     "ray": "ray",
     "plotly": "report",
     "scipy": "stats",
+    "datasets": "datasets",
 }
 """The pytest-gpuinfer extra that brings each optional top-level module."""
 

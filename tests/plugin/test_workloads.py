@@ -41,6 +41,7 @@ from pytest_gpuinfer.load.workloads import (
     workload_from_text,
 )
 from pytest_gpuinfer.metrics.engine_gauges import EngineGauges, engine_gauges, parse_metrics
+from pytest_gpuinfer.plugin.extras import install_hint
 from pytest_gpuinfer.sim import SimConfig, run_in_thread
 
 SIM = SimConfig(ttft_s=0.002, itl_s=0.001, output_tokens=512)
@@ -79,7 +80,7 @@ def test_sharegpt_and_openai_chat_files_read_the_same_conversations(tmp_path: Pa
 
 @pytest.mark.skipif(
     importlib.util.find_spec("datasets") is None,
-    reason="the 'datasets' package is not installed (pip install 'pytest-gpuinfer[datasets]')",
+    reason=f"the 'datasets' package is not installed: {install_hint('datasets')}",
 )
 def test_hugging_face_dataset_on_disk_reads_the_same_conversations(tmp_path: Path) -> None:
     """A dataset written with ``save_to_disk`` gives the rows the ShareGPT file does."""
@@ -577,7 +578,7 @@ def test_open_loop_rate_with_a_finite_workload_sends_each_item_once(
 
 @pytest.mark.skipif(
     importlib.util.find_spec("locust") is None,
-    reason="locust is not installed (pip install -e '.[load]')",
+    reason=f"locust is not installed: {install_hint('locust')}",
 )
 def test_locustfile_sends_the_same_dataset_workload(tmp_path: Path) -> None:
     """GPUINFER_WORKLOAD: the locust users send the dataset's rows, each with its own prompt
