@@ -28,7 +28,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -229,8 +229,7 @@ class LoadRunner:
         """
         limits = limits or Limits()
         options = self.options
-        closed = isinstance(schedule, ClosedLoop)
-        if not closed and not isinstance(schedule, OpenSchedule):
+        if not isinstance(schedule, (ClosedLoop, OpenSchedule)):
             raise ValueError(f"not a schedule: {schedule!r}")
         time_cap = math.inf if limits.duration_s is None else limits.duration_s
         if isinstance(schedule, OpenSchedule):
@@ -240,61 +239,27 @@ class LoadRunner:
             limits.requests is not None or math.isfinite(time_cap)
         ):
             arrivals = schedule.arrival_times(max_requests=limits.requests, max_duration_s=time_cap)
-        first_item = 0 if isinstance(schedule, ClosedLoop) else schedule.first_item
         context = WorkloadContext(
             counter=await asyncio.to_thread(self.token_counter),
             endpoint=self._settings.endpoint,
             stream=options.stream,
             count=len(arrivals) if arrivals is not None else limits.requests,
-            first_item=first_item,
+            first_item=0 if isinstance(schedule, ClosedLoop) else schedule.first_item,
         )
         prepared = await asyncio.to_thread(workload.prepare, context)
         settings = self._settings
         if prepared.endpoint is not None and prepared.endpoint != settings.endpoint:
             settings = replace(settings, endpoint=prepared.endpoint)
-        talks: Talks | None = None
-        requests = limits.requests
-        if prepared.sessions:
-            talks = _talks(prepared, options.stream)
-            requests = None  # the sessions were cut to the request cap
-            if isinstance(schedule, OpenSchedule):
-                arrivals = schedule.arrival_times(
-                    max_requests=len(prepared.sessions), max_duration_s=time_cap
-                )
-        elif arrivals is None and (
-            isinstance(schedule, OpenSchedule) or (requests is None and math.isinf(time_cap))
-        ):
-            if not prepared.finite:
-                raise ValueError(
-                    "the run has no end: give Limits(requests=...) or Limits(duration_s=...) "
-                    "(or a schedule or workload with an end)"
-                )
-            if isinstance(schedule, OpenSchedule):
-                arrivals = schedule.arrival_times(
-                    max_requests=prepared.size, max_duration_s=time_cap
-                )
-            elif math.isinf(time_cap):
-                requests = prepared.size
-        if not prepared.specs and talks is None:
-            raise ValueError("the workload built no request")
-        split = Split(
-            processes=options.processes,
-            concurrency=schedule.concurrency if isinstance(schedule, ClosedLoop) else None,
-            ramp_offsets=schedule.slot_offsets if isinstance(schedule, ClosedLoop) else None,
-            arrivals=arrivals or [],
-            requests=requests,
-            time_cap_s=time_cap,
-            concurrency_cap=None if isinstance(schedule, ClosedLoop) else schedule.max_concurrency,
-            specs=prepared.specs,
-            talks=talks,
-        )
+        split = _split(schedule, limits, prepared, arrivals, time_cap, options)
         plans = split.plans()
         if options.processes > 1 and self.tokenizer is not None:
             raise ValueError("a tokenizer callable cannot be sent to worker processes")
         if options.preflight:
             await self._preflight(settings, prepared)
             settings = replace(settings, usage_mode=self._settings.usage_mode)
-        planned = prepared.size if talks is not None else len(arrivals) if arrivals else requests
+        planned = (
+            prepared.size if split.talks is not None else len(split.arrivals) or split.requests
+        )
         reporter = ProgressReporter(options.progress, options.progress_interval_s, planned)
         recorder = None
         if options.gauge_interval_s is not None:  # sampled on a thread, off the client's loop
@@ -374,6 +339,53 @@ class LoadRunner:
         return records, [figures]
 
 
+def _split(
+    schedule: Schedule,
+    limits: Limits,
+    prepared: PreparedWorkload,
+    arrivals: list[float] | None,
+    time_cap: float,
+    options: RunnerOptions,
+) -> Split:
+    """How the run is bounded and cut: arrivals (open loop) or a request cap (closed loop),
+    conversations started per arrival or per slot, and a natural end for a finite workload."""
+    talks: Talks | None = None
+    requests = limits.requests
+    if prepared.sessions:
+        talks = _talks(prepared, options.stream)
+        requests = None  # the sessions were cut to the request cap
+        if isinstance(schedule, OpenSchedule):
+            arrivals = schedule.arrival_times(
+                max_requests=len(prepared.sessions), max_duration_s=time_cap
+            )
+    elif arrivals is None and (
+        isinstance(schedule, OpenSchedule) or (requests is None and math.isinf(time_cap))
+    ):
+        if not prepared.finite:
+            raise ValueError(
+                "the run has no end: give Limits(requests=...) or Limits(duration_s=...) "
+                "(or a schedule or workload with an end)"
+            )
+        if isinstance(schedule, OpenSchedule):
+            arrivals = schedule.arrival_times(max_requests=prepared.size, max_duration_s=time_cap)
+        else:
+            requests = prepared.size
+    if not prepared.specs and talks is None:
+        raise ValueError("the workload built no request")
+    closed = schedule if isinstance(schedule, ClosedLoop) else None
+    return Split(
+        processes=options.processes,
+        concurrency=closed.concurrency if closed is not None else None,
+        ramp_offsets=closed.slot_offsets if closed is not None else None,
+        arrivals=arrivals or [],
+        requests=requests,
+        time_cap_s=time_cap,
+        concurrency_cap=None if isinstance(schedule, ClosedLoop) else schedule.max_concurrency,
+        specs=prepared.specs,
+        talks=talks,
+    )
+
+
 def _talks(prepared: PreparedWorkload, stream: bool) -> Talks:
     """The conversations of a prepared workload, with each session's first record index."""
     starts = list(itertools.accumulate((len(s.turns) for s in prepared.sessions), initial=0))
@@ -385,8 +397,3 @@ def _talks(prepared: PreparedWorkload, stream: bool) -> Talks:
         stream=stream,
         extra_body=prepared.extra_body,
     )
-
-
-def as_slos(slos: Sequence[Any]) -> list[slo.SLO]:
-    """SLO objects from SLO objects or SLO texts."""
-    return Limits(slos=tuple(slos)).parsed_slos()
