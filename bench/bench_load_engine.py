@@ -36,13 +36,14 @@ import time
 import timeit
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from pytest_gpuinfer.load.client import InferenceClient, RequestSpec, SSEDecoder
 from pytest_gpuinfer.load.prompts import WordCounter
 from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner
 from pytest_gpuinfer.load.schedule import ClosedLoop, Constant, Poisson, TraceTimes
-from pytest_gpuinfer.load.workloads import Dataset, Prompts, Trace, Workload
+from pytest_gpuinfer.load.workloads import Dataset, Prompts, Synthetic, Trace, Workload
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.stats import Distribution, distribution
 from pytest_gpuinfer.sim import run_in_process
@@ -231,6 +232,8 @@ def bench_accuracy(
 # --- workloads: a dataset and a replayed trace ------------------------------------------------
 
 WORDS = ("the", "a", "and", "of", "is", "in", "on", "it", "we", "to")
+DATASET_MEAN_WORDS = 130
+"""Mean prompt length of :func:`sharegpt_file`'s rows (uniform over 4-256 words)."""
 
 
 def sharegpt_file(directory: str, rows: int, seed: int = 0) -> str:
@@ -281,19 +284,22 @@ def bench_dataset(concurrency: int, requests: int, accuracy_requests: int, round
     """Capacity and TTFT error with a ShareGPT dataset beside the same runs with one prompt,
     interleaved over ``rounds`` so a busy machine weighs on both alike (medians compared)."""
     print(
-        f"\n== dataset vs synthetic: capacity at concurrency {concurrency} (zero-latency "
-        f"simulator, outputs up to 16 tokens; {rounds} interleaved rounds), then TTFT error "
-        "(TTFT 50 ms, ITL 10 ms) =="
+        f"\n== dataset vs synthetic prompts of its mean length ({DATASET_MEAN_WORDS} words): "
+        f"capacity at concurrency {concurrency} (zero-latency simulator, outputs up to 16 "
+        f"tokens; {rounds} interleaved rounds), then TTFT error (TTFT 50 ms, ITL 10 ms) =="
     )
     with tempfile.TemporaryDirectory() as directory:
         path = sharegpt_file(directory, 2000)
         dataset = Dataset(path, ignore_eos=True)
+        # The same mean prompt size as the dataset's rows (4-256 words), so the comparison is of
+        # the machinery, not of how many bytes each request carries.
+        synthetic = Synthetic(DATASET_MEAN_WORDS, 16, prompts=256)
         rates: dict[str, list[float]] = {"synthetic": [], "dataset": []}
         cpu: dict[str, list[float]] = {"synthetic": [], "dataset": []}
         with simulator(*zero_latency_args()) as url:
             runner = LoadRunner(url, MODEL, counter=WordCounter())
             for _ in range(rounds):
-                for name, workload in (("synthetic", Prompts(PROMPT, 16)), ("dataset", dataset)):
+                for name, workload in (("synthetic", synthetic), ("dataset", dataset)):
                     result = runner.run(
                         ClosedLoop(concurrency), workload, Limits(requests=requests)
                     )
@@ -305,7 +311,10 @@ def bench_dataset(concurrency: int, requests: int, accuracy_requests: int, round
                 f"1,000 requests {', '.join(f'{c:.3f}' for c in cpu[name])} s"
             )
         errors = {}
-        for name, workload in (("synthetic", Prompts(PROMPT, 64)), ("dataset", dataset)):
+        for name, workload in (
+            ("synthetic", replace(synthetic, output_tokens=64)),
+            ("dataset", dataset),
+        ):
             _, errors[name] = bench_accuracy(accuracy_requests, 0.1, workload, f"; {name}")
     ratio = statistics.median(rates["dataset"]) / statistics.median(rates["synthetic"])
     cost = statistics.median(cpu["dataset"]) / statistics.median(cpu["synthetic"])
