@@ -60,6 +60,7 @@ def sketches(values_count: int = 1_000_000) -> None:
     print(f"\n== streaming percentiles: {values_count:,} latency-like values (lognormal, 50 ms) ==")
 
     def measure(name: str, build: Callable[[list[float], Any], Any], quantile: Any) -> None:
+        """Time ``build`` over the values, then print its cost, worst error and size."""
         started = time.perf_counter()
         sketch = build(listed, values)
         cost = (time.perf_counter() - started) / values_count * 1e9
@@ -75,6 +76,7 @@ def sketches(values_count: int = 1_000_000) -> None:
         from hdrh.histogram import HdrHistogram
 
         def hdr(listed: list[float], _: Any) -> Any:
+            """An HDR histogram of microseconds, one value at a time."""
             histogram = HdrHistogram(1, 3_600_000_000, 3)
             for value in listed:
                 histogram.record_value(int(value * 1e6))
@@ -87,6 +89,7 @@ def sketches(values_count: int = 1_000_000) -> None:
         from ddsketch import DDSketch
 
         def dd(listed: list[float], _: Any) -> Any:
+            """A DDSketch at 0.5 % relative accuracy, one value at a time."""
             sketch = DDSketch(relative_accuracy=0.005)
             for value in listed:
                 sketch.add(value)
@@ -97,6 +100,7 @@ def sketches(values_count: int = 1_000_000) -> None:
         from fastdigest import TDigest
 
         def fast(_: list[float], array: Any) -> Any:
+            """A fastdigest t-digest merged from batches of 4,096 array values."""
             digest = TDigest()
             for start in range(0, len(array), 4096):
                 digest = digest.merge(TDigest.from_values(array[start : start + 4096]))
@@ -107,6 +111,7 @@ def sketches(values_count: int = 1_000_000) -> None:
         from crick import TDigest as CrickDigest
 
         def crick(listed: list[float], _: Any) -> Any:
+            """A crick t-digest, one value at a time."""
             digest = CrickDigest()
             for value in listed:
                 digest.add(value)

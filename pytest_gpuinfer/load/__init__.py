@@ -1,1 +1,2 @@
-"""The load engine: streaming client, arrival schedules, runner with self-check, the command."""
+"""The load engine: ``LoadRunner.run(schedule, workload, limits)``, the streaming client, schedules,
+workloads, self-check, engine gauges, burst shapes, locust as a process, and ``gpuinfer-load``."""

@@ -26,6 +26,11 @@ When a server rejects ``stream_options`` (HTTP 400/422 naming it) the client ret
 ``continuous_usage_stats``, then without ``stream_options`` at all, and keeps the weaker setting for
 later requests.
 
+``/v1/embeddings`` requests (a spec whose prompt is a list of texts) are sent whole and read as
+one JSON body; a response with fewer or more vectors than inputs fails the request (``server``).
+A spec with ``keep_text`` keeps the generated text on its record (``response_text``) so a
+conversation can carry it into its next turn; no other request keeps text.
+
 Error classes in ``RequestRecord.error``: ``connect`` (no connection: refused, unreachable, connect
 timeout), ``timeout`` (first-token or total timeout), ``http`` (status >= 400), ``stream`` (bytes
 that are not a valid event stream or JSON, quoted in the message), ``server`` (the server reported

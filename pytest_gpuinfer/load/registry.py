@@ -30,6 +30,7 @@ class Registry(Generic[T]):
         """Class decorator: make ``cls`` known as ``name``."""
 
         def add(cls: type[T]) -> type[T]:
+            """Record ``cls`` under the name and return it unchanged."""
             self._classes[name] = cls
             return cls
 

@@ -55,6 +55,7 @@ class LengthReport:
             return "lengths: no completed request"
 
         def span(d: stats.Distribution) -> str:
+            """min/p50/max of a length distribution, or '-' without samples."""
             return "-" if not d.count else f"{d.min:.0f}/{d.p50:.0f}/{d.max:.0f}"
 
         output = (

@@ -128,6 +128,7 @@ def test_dataset_rows_are_drawn_with_a_seed(tmp_path: Path) -> None:
     path = str(samples.write_sharegpt(tmp_path / "s.json", 40))
 
     def drawn(seed: int) -> list[Any]:
+        """The prompts drawn with ``seed``."""
         return [spec.prompt for spec in Dataset(path, sample=6, seed=seed).prepare(context()).specs]
 
     assert drawn(1) == drawn(1) and len(drawn(1)) == 6

@@ -240,6 +240,7 @@ class Embeddings:
         lengths: dict[str, int] = {}
 
         def counted(text: str) -> int:
+            """Tokens of ``text``, each distinct text counted once."""
             if text not in lengths:
                 lengths[text] = counter.count(text) if counter is not None else 0
             return lengths[text]
