@@ -134,8 +134,8 @@ def test_queue_and_recovery_verdicts_print_the_rows_that_broke_them(limited_sim:
 def test_recovery_without_queue_readings_is_not_judged_never_0_s(limited_sim: str) -> None:
     """No gauges sampled: the queue after the burst is unknown, so is recovery."""
     shape = shapes.spike(10, 3, before_s=0.6, spike_s=0.4, after_s=0.6, arrival="constant")
-    runner = LoadRunner(limited_sim, "sim-model", gauge_interval_s=None)
-    result = runner.run(schedule=shape.schedule, max_tokens=4)
+    runner = LoadRunner(limited_sim, "sim-model", options=RunnerOptions(gauge_interval_s=None))
+    result = runner.run(shape.schedule, Prompts(output_tokens=4))
     report = bursts.analyze(result, shape, bursts.BurstLimits(max_recovery_s=5))
     recovery = {v.name: v for v in report.verdicts}["recovery"]
     assert recovery.label == "NOT JUDGED (no data)" and not recovery.passed
@@ -147,7 +147,7 @@ def test_recovery_without_queue_readings_is_not_judged_never_0_s(limited_sim: st
 def test_recovery_without_arrivals_after_the_burst_is_not_judged(limited_sim: str) -> None:
     """A shape that ends with the burst (nothing arrives after it) cannot show recovery."""
     shape = shapes.spike(2, 3, before_s=1.0, spike_s=1.0, after_s=0.2, arrival="poisson", seed=3)
-    result = LoadRunner(limited_sim, "sim-model").run(schedule=shape.schedule, max_tokens=4)
+    result = LoadRunner(limited_sim, "sim-model").run(shape.schedule, Prompts(output_tokens=4))
     report = bursts.analyze(result, shape, bursts.BurstLimits(max_recovery_s=5))
     recovery = {v.name: v for v in report.verdicts}["recovery"]
     assert recovery.label == "NOT JUDGED (no data)"

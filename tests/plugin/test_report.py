@@ -347,8 +347,12 @@ def test_not_judged_is_never_counted_as_passed_in_json_junit_or_terminal(
     the terminal table; only "no failed requests" counts as passed."""
     pytester.makepyfile(
         """
+        from pytest_gpuinfer.load.runner import Limits
+        from pytest_gpuinfer.load.schedule import ClosedLoop
+        from pytest_gpuinfer.load.workloads import Prompts
+
         def test_no_slo(load_runner):
-            load_runner.run(concurrency=2, requests=30, max_tokens=4)
+            load_runner.run(ClosedLoop(2), Prompts(output_tokens=4), Limits(requests=30))
         """
     )
     out = tmp_path / "reports"
