@@ -610,3 +610,22 @@ def test_locustfile_sends_the_same_dataset_workload(tmp_path: Path) -> None:
     seen = {(row["prompt_tokens"], row["tokens"]) for row in served}
     assert seen and seen <= expected, (seen, expected)
     assert len(seen) > 1, "one body only: the rows were not taken in turn"
+
+
+def test_two_client_processes_split_rows_and_keep_sessions_whole(
+    sim_url: str, tmp_path: Path
+) -> None:
+    """processes=2: each dataset row goes once; each conversation runs whole in one process."""
+    path = samples.write_sharegpt(tmp_path / "s.json", 10)
+    runner = runner_for(sim_url, processes=2)
+    rows = runner.run(ClosedLoop(2), Dataset(str(path), ignore_eos=True))
+    assert [r.index for r in rows.records] == list(range(10))
+    assert {r.worker for r in rows.records} == {0, 1} and rows.lengths.output_exact
+    talks = runner.run(
+        Constant(50), Conversations(turns=2, input_tokens=4, output_tokens=3, sessions=4)
+    )
+    assert all(r.ok for r in talks.records) and len(talks.records) == 8
+    for session in range(4):
+        turns = [r for r in talks.records if r.session == session]
+        assert [r.turn for r in turns] == [0, 1] and len({r.worker for r in turns}) == 1
+        assert turns[1].prompt_tokens > turns[0].prompt_tokens + 3  # the reply was carried
