@@ -9,11 +9,11 @@ Hugging Face on disk), ``--conversations PATH|synthetic``, or ``--workload SPEC`
 workload, e.g. ``shared-prefix:n_prefixes=4,prefix_tokens=256`` or ``embeddings:batch=8``).
 
 Prints the summary table, asked vs achieved lengths, the load engine's self-check and SLO
-verdicts. Exit status: 0 when every
-SLO holds and no request failed, 1 when an SLO fails or any request failed (unless an error_rate
-SLO or --allow-errors allows failures), 2 on a usage error. The API key is read from an
-environment variable (``--api-key-env``, default ``OPENAI_API_KEY``), never from the command
-line, where other users of the machine could read it.
+verdicts. Exit status: 0 when every SLO holds and no request failed, 1 when an SLO fails or any
+request failed (unless an error_rate SLO or --allow-errors allows failures), 2 on a usage error,
+3 when nothing failed but an SLO could not be judged (too few samples for its percentile, say):
+never a silent pass. The API key is read from an environment variable (``--api-key-env``, default
+``OPENAI_API_KEY``), never from the command line, where other users of the machine could read it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from pytest_gpuinfer.metrics.slo import SLOSyntaxError, parse_slos
 
 EXIT_OK = 0
 EXIT_SLO_FAILED = 1
+EXIT_NOT_JUDGED = 3
+"""Nothing failed, but a verdict could not be judged (e.g. too few samples for a p99)."""
 EXIT_USAGE = 2
 
 
@@ -289,11 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result.summary_text())
     verdicts = result.judge(slos, allow_errors=args.allow_errors)
     for verdict in verdicts:
-        print(f"{'PASS' if verdict.passed else 'FAIL'}  {verdict.message}")
+        print(verdict.line())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result.to_dict(), out, indent=1)
-    return EXIT_SLO_FAILED if any(not v.passed for v in verdicts) else EXIT_OK
+    if any(v.failed for v in verdicts):
+        return EXIT_SLO_FAILED
+    return EXIT_NOT_JUDGED if any(not v.judged for v in verdicts) else EXIT_OK
 
 
 if __name__ == "__main__":

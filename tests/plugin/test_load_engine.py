@@ -305,6 +305,16 @@ def test_cli_exit_status_follows_the_slos(
     assert "PASS  ttft_p50" in text and "FAIL  ttft_p50" in text and "self-check:" in text
 
 
+def test_cli_an_slo_it_cannot_judge_exits_3_not_0(
+    sim_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A p99 SLO over 8 requests cannot be judged: it says NOT JUDGED and exits 3, never 0."""
+    base = ["--endpoint", sim_url, "--model", "sim-model", "--requests", "8", "--quiet"]
+    base += ["--concurrency", "2", "--max-tokens", "4", "--prompt-tokens", "5"]
+    assert load_cli.main([*base, "--slo", "ttft_p99<5s"]) == load_cli.EXIT_NOT_JUDGED == 3
+    assert "NOT JUDGED (too few samples)  ttft_p99" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -340,7 +350,7 @@ def test_cli_fails_when_requests_fail_and_names_the_errors(
         out = tmp_path / "failed.json"
         assert load_cli.main(["--endpoint", url, *base, "--json", str(out)]) == 1
         text = capsys.readouterr().out
-        assert "FAIL  6 of 6 requests failed (http=6)" in text
+        assert "FAIL  error_rate<=0 (default: no failed request): 6 of 6 requests failed" in text
         assert "used" not in text.split("self-check:")[1].split("FAIL")[0]
         data = json.loads(out.read_text())
         assert [v["passed"] for v in data["verdicts"]] == [False]
@@ -348,4 +358,5 @@ def test_cli_fails_when_requests_fail_and_names_the_errors(
         assert load_cli.main(["--endpoint", url, *base, "--slo", "error_rate<=100%"]) == 0
     with run_in_thread(FAST) as url:
         assert load_cli.main(["--endpoint", url, *base]) == 0
-        assert "PASS  no failed requests (n=6)" in capsys.readouterr().out
+        passed = "PASS  error_rate<=0 (default: no failed request): no failed requests (n=6)"
+        assert passed in capsys.readouterr().out
