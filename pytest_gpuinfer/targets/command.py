@@ -6,7 +6,7 @@ import shlex
 
 from pytest_gpuinfer.models import tinymodel
 from pytest_gpuinfer.targets.base import LaunchContext
-from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, pinned_env
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 
 
 class CommandLineLauncher(CommandLauncher):
@@ -38,4 +38,4 @@ class CommandLineLauncher(CommandLauncher):
             for word in ctx.server_command
         ] + list(ctx.engine_args)
         served = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
-        return LaunchPlan(argv, pinned_env(ctx), None, model_path, served)
+        return LaunchPlan(argv, engine_env(ctx), None, model_path, served)

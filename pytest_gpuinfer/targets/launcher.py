@@ -116,10 +116,27 @@ class CommandLauncher(Launcher):
         return server
 
 
+TEST_PROCESS_PREFIXES = ("COVERAGE_", "PYTEST_")
+"""Variables that belong to the test process (coverage's subprocess hook, pytest's own): an engine
+whose code is not ours starts without them, so measuring the suites never slows the engine."""
+
+
 def pinned_env(ctx: LaunchContext, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment with CUDA_VISIBLE_DEVICES set to the selected GPUs' UUIDs."""
     env = dict(os.environ if base is None else base)
     env.update(ctx.env)
     if ctx.gpus:
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(ctx.gpus)
+    return env
+
+
+def engine_env(ctx: LaunchContext, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`pinned_env` for an engine that is not ours, without the test process's variables
+    (the run's own ``ctx.env`` is kept whatever its names)."""
+    env = {
+        name: value
+        for name, value in pinned_env(ctx, base).items()
+        if not name.startswith(TEST_PROCESS_PREFIXES)
+    }
+    env.update(ctx.env)
     return env

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pytest_gpuinfer.models import gguf, tinymodel
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, TargetError
-from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, pinned_env
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 from pytest_gpuinfer.targets.vllm import has_flag
 
 DISTRIBUTION = "llama_cpp_python"
@@ -128,7 +128,7 @@ class LlamaCppLauncher(CommandLauncher):
             api_key=ctx.api_key,
             engine_args=ctx.engine_args,
         )
-        env = pinned_env(ctx)
+        env = engine_env(ctx)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return LaunchPlan(argv, env, version, str(path), served)
 

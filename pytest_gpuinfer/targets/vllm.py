@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from pytest_gpuinfer.models import tinymodel
 from pytest_gpuinfer.targets.base import LaunchContext, TargetError
-from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, pinned_env
+from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 
 
 def local_version() -> str | None:
@@ -96,6 +96,6 @@ class VLLMLauncher(CommandLauncher):
             engine_args=ctx.engine_args,
             default_max_model_len=1024 if builtin else None,
         )
-        env = environment(pinned_env(ctx), has_gpu=ctx.has_gpu, offline=builtin)
+        env = environment(engine_env(ctx), has_gpu=ctx.has_gpu, offline=builtin)
         served = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
         return LaunchPlan(argv, env, version, model_path, served)

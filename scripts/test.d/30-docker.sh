@@ -13,7 +13,7 @@ fi
 if ! docker image inspect "$image" >/dev/null 2>&1; then
   echo "==> docker: image $image not built (bash dockerfiles/build-images.sh); skipping"; exit 0
 fi
-exec .venv/bin/pytest -p no:cacheprovider --engine docker --image "$image" \
+exec ${GPUINFER_PYTEST:-.venv/bin/pytest} -p no:cacheprovider --engine docker --image "$image" \
   tests/compat/test_server_basics.py \
   tests/compat/test_api_conformance.py \
   -k "test_server_basics or completion_shape or chat_completion_shape or streamed_completion_equals or streamed_chat_equals" \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pytest_gpuinfer.targets import vllm
 
@@ -58,3 +59,15 @@ def test_local_version_reads_installed_distribution() -> None:
         except md.PackageNotFoundError:
             expected = None
     assert version == expected
+
+
+def test_engines_start_without_the_test_process_variables(tmp_path: Path) -> None:
+    """vLLM (not our code) gets neither coverage's subprocess hook nor pytest's variables, so
+    measuring the suites never slows the engine; the run's own environment is kept."""
+    from pytest_gpuinfer.targets.base import LaunchContext
+    from pytest_gpuinfer.targets.launcher import engine_env
+
+    ctx = LaunchContext(engine="vllm", port=1, work_dir=tmp_path, env={"PYTEST_MINE": "kept"})
+    base = {"COVERAGE_PROCESS_CONFIG": "x", "PYTEST_CURRENT_TEST": "t", "HOME": "/root"}
+    env = engine_env(ctx, base)
+    assert env == {"HOME": "/root", "PYTEST_MINE": "kept"}
