@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,6 +111,11 @@ def corpus_text() -> str:
     return "\n".join(_CORPUS_PARAGRAPHS * 3)
 
 
+def corpus_paragraphs() -> tuple[str, ...]:
+    """The corpus paragraphs, for the other built-in tokenizers trained the same way."""
+    return _CORPUS_PARAGRAPHS
+
+
 def _train_tokenizer(spec: TinyModelSpec) -> object:
     """Train the byte-level BPE tokenizer (deterministic for a given corpus and size)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -189,7 +194,7 @@ def _config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]) -> dict[s
     }
 
 
-def _write_json(path: Path, data: object) -> None:
+def write_json(path: Path, data: object) -> None:
     """Write JSON with sorted keys so the bytes do not depend on dict order."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
@@ -208,7 +213,7 @@ def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
     vocab_size = tokenizer.get_vocab_size()  # type: ignore[attr-defined]
     ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}  # type: ignore[attr-defined]
     tokenizer.save(str(out_dir / "tokenizer.json"))  # type: ignore[attr-defined]
-    _write_json(
+    write_json(
         out_dir / "tokenizer_config.json",
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -231,18 +236,18 @@ def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
             },
         },
     )
-    _write_json(
+    write_json(
         out_dir / "special_tokens_map.json",
         {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD},
     )
-    _write_json(out_dir / "config.json", _config(spec, vocab_size, ids))
-    _write_json(
+    write_json(out_dir / "config.json", _config(spec, vocab_size, ids))
+    write_json(
         out_dir / "generation_config.json",
         {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
     )
     tensors = _weights(spec, vocab_size, list(ids.values()))
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]
-    _write_json(
+    write_json(
         out_dir / MANIFEST_NAME,
         {"spec": asdict(spec), "files": file_digests(out_dir), "name": BUILTIN_MODEL_NAME},
     )
@@ -260,14 +265,24 @@ def verify_model(model_dir: Path) -> list[str]:
 
 def ensure_model(cache_dir: Path | None = None, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
     """Return the cached built-in model directory, writing it first if absent or damaged."""
+    return ensure_written(
+        f"{BUILTIN_MODEL_NAME}-{spec.fingerprint()}",
+        lambda staging: write_model(staging, spec),
+        cache_dir,
+    )
+
+
+def ensure_written(name: str, write: Callable[[Path], Path], cache_dir: Path | None = None) -> Path:
+    """The cached directory ``name`` under the models cache, written by ``write`` when absent
+    or not matching its manifest (staged, then renamed, so a crash leaves nothing half-done)."""
     root = (cache_dir or default_cache_dir()) / "models"
-    target = root / f"{BUILTIN_MODEL_NAME}-{spec.fingerprint()}"
+    target = root / name
     if target.is_dir() and not verify_model(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        write_model(staging, spec)
+        write(staging)
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
         try:

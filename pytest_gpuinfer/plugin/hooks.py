@@ -28,6 +28,7 @@ FIXTURE_MODULES: tuple[str, ...] = (
     "pytest_gpuinfer.plugin.perf_fixtures",
     "pytest_gpuinfer.plugin.batch_fixtures",
     "pytest_gpuinfer.plugin.report_plugin",
+    "pytest_gpuinfer.plugin.compat_outcomes",
 )
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
@@ -181,7 +182,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(RUN_STATE, None)
     if state is None or not state.servers_seen:
         return
-    from pytest_gpuinfer.targets import capabilities
+    from pytest_gpuinfer.compat import capabilities
 
     terminalreporter.section("gpuinfer")
     for runner in config.stash.get(load_fixture.LOAD_RUNNERS, []):

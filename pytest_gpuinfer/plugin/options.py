@@ -137,6 +137,12 @@ def _model(value: Any) -> str:
     """A model path that exists (made absolute), a built-in model's name, or a hub-style id."""
     text = str(value)
     if text.startswith(BUILTIN_MODEL_PREFIX):
+        from pytest_gpuinfer.models import builtin
+
+        try:
+            builtin.named(text)
+        except builtin.UnknownBuiltinModel as exc:
+            raise OptionValueError(str(exc)) from None
         return text
     expanded = os.path.expanduser(text)
     if os.path.exists(expanded):
@@ -258,8 +264,10 @@ class Settings:
     )
     model: str | None = option(
         "model",
-        "Model path or id to serve, or builtin:NAME. Default: the built-in tiny model, "
-        "written offline. Give paths as --model=PATH.",
+        "Model path or id to serve, or builtin:NAME. Default: the built-in tiny Llama, written "
+        "offline; builtin:qwen3 serves the built-in Qwen3-shaped model (tool and reasoning "
+        "parsers, a LoRA adapter), builtin:qwen3-embed the same for embeddings. Give paths as "
+        "--model=PATH.",
         metavar="PATH",
     )
     image: str | None = option(
@@ -388,8 +396,9 @@ class Settings:
 
     @property
     def uses_builtin_model(self) -> bool:
-        """True when no model was given, so the built-in one is served."""
-        return self.model is None and self.endpoint is None
+        """True when no model or a ``builtin:NAME`` was given, so a built-in one is served."""
+        builtin = self.model is None or self.model.startswith("builtin:")
+        return builtin and self.endpoint is None
 
 
 OPTIONS: tuple[OptionSpec, ...] = tuple(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets.base import LaunchContext
 from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 
@@ -26,16 +26,17 @@ class CommandLineLauncher(CommandLauncher):
 
     def describe(self, ctx: LaunchContext) -> str:
         """The command and the model."""
-        model = ctx.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
+        known = builtin.resolve(ctx.model)
+        model = f"built-in {known.served_name}" if known else ctx.model
         return f"command `{shlex.join(ctx.server_command)}`, model {model}"
 
     def plan(self, ctx: LaunchContext) -> LaunchPlan:
         """The user's command with the placeholders filled in, plus the engine arguments."""
-        builtin = ctx.model is None
-        model_path = str(tinymodel.ensure_model()) if builtin else str(ctx.model)
+        known = builtin.resolve(ctx.model)
+        model_path = str(known.ensure()) if known else str(ctx.model)
         argv = [
             word.format(port=ctx.port, host=ctx.host, model=model_path)
             for word in ctx.server_command
         ] + list(ctx.engine_args)
-        served = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
+        served = known.served_name if known else model_path
         return LaunchPlan(argv, engine_env(ctx), None, model_path, served)

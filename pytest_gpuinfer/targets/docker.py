@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest_gpuinfer.targets.vllm as vllm
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets.base import (
     InferenceServer,
     LaunchContext,
@@ -291,19 +291,20 @@ class DockerLauncher(Launcher):
 
     def describe(self, ctx: LaunchContext) -> str:
         """Image, model, GPUs, and any stale containers removed at start."""
-        model = ctx.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
+        known = builtin.resolve(ctx.model)
+        model = f"built-in {known.served_name}" if known else ctx.model
         gpus = ", ".join(g.uuid for g in ctx.gpus) if ctx.gpus else "all" if ctx.has_gpu else "none"
         swept = f"; removed stale containers: {', '.join(self._swept)}" if self._swept else ""
         return f"docker image {self.image(ctx)}, model {model}, GPUs {gpus}{swept}"
 
     def model_setup(self, ctx: LaunchContext) -> ModelMount:
         """Where the model is inside the container, its served name, and what to mount."""
-        if ctx.model is None:
-            host_dir = tinymodel.ensure_model()
+        known = builtin.resolve(ctx.model)
+        if known is not None:
+            host_dir = known.ensure()
             inside = f"{MODEL_MOUNT_ROOT}/{host_dir.name}"
-            return ModelMount(
-                inside, tinymodel.BUILTIN_MODEL_NAME, {str(host_dir): ro(inside)}, str(host_dir)
-            )
+            return ModelMount(inside, known.served_name, {str(host_dir): ro(inside)}, str(host_dir))
+        assert ctx.model is not None
         local = Path(ctx.model).expanduser()
         if local.exists():
             local = local.resolve()
@@ -324,7 +325,7 @@ class DockerLauncher(Launcher):
         extra = list(ctx.engine_args)
         if not vllm.has_flag(extra, "--served-model-name"):
             args += ["--served-model-name", served]
-        if ctx.model is None and not vllm.has_flag(extra, "--max-model-len"):
+        if builtin.resolve(ctx.model) and not vllm.has_flag(extra, "--max-model-len"):
             args += ["--max-model-len", "1024"]
         return args + extra
 
@@ -336,7 +337,8 @@ class DockerLauncher(Launcher):
         for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
             if name in os.environ and name not in base:
                 base[name] = os.environ[name]
-        offline = ctx.model is None or Path(ctx.model).expanduser().exists()
+        local = builtin.resolve(ctx.model) is not None or Path(str(ctx.model)).expanduser().exists()
+        offline = local
         env = vllm.environment(base, has_gpu=wants_gpu, offline=offline)
         if offline:
             env.setdefault("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pytest_gpuinfer.hardware.gpu import visible_devices
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, wait_until_ready
 from pytest_gpuinfer.targets.process import ManagedProcess
 from pytest_gpuinfer.targets.startup_failure import startup_failure_reason
@@ -52,7 +52,8 @@ class Launcher:
 
     def describe(self, ctx: LaunchContext) -> str:
         """One line saying what will be launched, for the report header."""
-        return f"{self.name}, model {ctx.model or 'built-in ' + tinymodel.BUILTIN_MODEL_NAME}"
+        known = builtin.resolve(ctx.model)
+        return f"{self.name}, model {'built-in ' + known.served_name if known else ctx.model}"
 
     def launch(self, ctx: LaunchContext) -> InferenceServer:
         """Start the engine and return it once ready; raise TargetError with the whole story."""

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_gpuinfer.models import gguf, tinymodel
+from pytest_gpuinfer.models import builtin, gguf
 from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, TargetError
 from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 from pytest_gpuinfer.targets.vllm import has_flag
@@ -47,12 +47,13 @@ def flag_value(args: Sequence[str], flag: str) -> str | None:
 
 def model_file(ctx: LaunchContext) -> Path:
     """The GGUF to serve: the built-in model's (converted when needed) or ``--model``'s file."""
-    if ctx.model is None:
+    known = builtin.resolve(ctx.model)
+    if known is not None:
         try:
-            return gguf.ensure_gguf()
+            return gguf.ensure_gguf(known.ensure())
         except gguf.ConversionError as exc:
             raise TargetError(f"--engine llamacpp: the built-in model has no GGUF: {exc}") from None
-    path = Path(ctx.model).expanduser()
+    path = Path(str(ctx.model)).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.resolve()
     if path.is_dir():
@@ -94,7 +95,7 @@ class LlamaCppLauncher(CommandLauncher):
 
     def check(self, ctx: LaunchContext) -> str | None:
         """A --model that is not a .gguf file is a usage error caught before anything runs."""
-        if ctx.model is not None and not str(ctx.model).endswith(".gguf"):
+        if builtin.resolve(ctx.model) is None and not str(ctx.model).endswith(".gguf"):
             return (
                 f"--engine llamacpp serves GGUF files; --model {ctx.model} is not a .gguf "
                 "(leave --model out to serve the built-in model converted to GGUF)"
@@ -104,7 +105,8 @@ class LlamaCppLauncher(CommandLauncher):
     def describe(self, ctx: LaunchContext) -> str:
         """Version, model and where it will listen."""
         version = local_version() or "NOT INSTALLED"
-        model = ctx.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME} (GGUF)"
+        known = builtin.resolve(ctx.model)
+        model = f"built-in {known.served_name} (GGUF)" if known else ctx.model
         return f"llamacpp (llama-cpp-python {version}), model {model}, launched on first use"
 
     def plan(self, ctx: LaunchContext) -> LaunchPlan:
@@ -117,14 +119,14 @@ class LlamaCppLauncher(CommandLauncher):
                 "llama-cpp-python[server] from source and converts the built-in model)"
             )
         path = model_file(ctx)
-        builtin = ctx.model is None
-        served = tinymodel.BUILTIN_MODEL_NAME if builtin else path.stem
+        known = builtin.resolve(ctx.model)
+        served = known.served_name if known else path.stem
         argv = command(
             model=path,
             host=ctx.host,
             port=ctx.port,
             alias=flag_value(ctx.engine_args, "--model_alias") or served,
-            n_ctx=BUILTIN_CONTEXT if builtin else None,
+            n_ctx=BUILTIN_CONTEXT if known else None,
             api_key=ctx.api_key,
             engine_args=ctx.engine_args,
         )
@@ -137,6 +139,6 @@ class LlamaCppLauncher(CommandLauncher):
         server = super().launch(ctx)
         if server.max_model_len is None:
             n_ctx = flag_value(ctx.engine_args, "--n_ctx")
-            default = BUILTIN_CONTEXT if ctx.model is None else SERVER_DEFAULT_CONTEXT
+            default = BUILTIN_CONTEXT if builtin.resolve(ctx.model) else SERVER_DEFAULT_CONTEXT
             server.max_model_len = int(n_ctx) if n_ctx else default
         return server

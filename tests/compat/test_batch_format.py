@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from pytest_gpuinfer.compat.offline import run_engine_process
 from pytest_gpuinfer.targets import InferenceServer
 
-from .compat_helpers import run_engine_process
 from .engine_env import OFFLINE_TIMEOUT_S, offline_setup
 
 MAX_TOKENS = 6

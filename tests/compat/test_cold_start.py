@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.findings import error_message
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import error_message
 
 from .compat_helpers import COLD_START_KEY
 

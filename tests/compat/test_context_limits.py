@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.calls import check_finish, post_ok, require_healthy
+from pytest_gpuinfer.compat.findings import error_message
+from pytest_gpuinfer.compat.probe import ServerProbe
+from pytest_gpuinfer.plugin.compat_outcomes import excuse
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, error_message
-
-from .compat_helpers import assert_healthy, check_finish, post_ok, xfail_if_known_deviation
 
 CONTEXT_MESSAGE = re.compile(r"context|max_model_len|maximum.{0,40}(length|tokens)", re.I)
 """What a rejection must talk about: the context length."""
@@ -32,7 +33,7 @@ def _completions(probe: ServerProbe) -> None:
 
 def _serves_next_request(client: httpx.Client, server: InferenceServer, after: str) -> None:
     """/health answers 200 and a small completion still succeeds."""
-    assert_healthy(client, after)
+    require_healthy(client, after)
     body = {"model": server.model, "prompt": "Still there?", "max_tokens": 2, "temperature": 0}
     response = client.post("/v1/completions", json=body)
     assert response.status_code == 200, (
@@ -61,7 +62,7 @@ def test_prompt_exactly_filling_context_succeeds(
     if response.status_code == 200:
         body = response.json()
     else:
-        xfail_if_known_deviation(engine_identity, "limits:prompt+max_tokens=context", response)
+        excuse(engine_identity, "limits:prompt+max_tokens=context", response)
         body = post_ok(http_client, "/v1/completions", request)  # fails with the message
     usage = body["usage"]
     assert usage["prompt_tokens"] == prompt_tokens, (
@@ -111,7 +112,7 @@ def test_one_token_over_context_is_rejected(
     except httpx.HTTPError as exc:
         pytest.fail(f"{case}: the connection failed instead of a 400: {exc}", pytrace=False)
     total = prompt_tokens + max_tokens
-    xfail_if_known_deviation(engine_identity, _deviation_id(case), response)
+    excuse(engine_identity, _deviation_id(case), response)
     if response.status_code == 200:
         answer = response.json()
         pytest.fail(
@@ -171,7 +172,7 @@ def test_max_tokens_alone_over_context_is_rejected(
     except httpx.HTTPError as exc:
         pytest.fail(f"max_tokens={max_context + 1}: the connection failed: {exc}", pytrace=False)
     if not 400 <= response.status_code < 500:
-        xfail_if_known_deviation(engine_identity, "limits:max_tokens>context", response)
+        excuse(engine_identity, "limits:max_tokens>context", response)
     assert 400 <= response.status_code < 500, (
         f"max_tokens={max_context + 1} > context {max_context} answered {response.status_code} "
         f"(expected 4xx): {error_message(response)}"

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.probe import ServerProbe
 from pytest_gpuinfer.hardware import gpu as gpu_module
 from pytest_gpuinfer.hardware.gpu import GPUInfo, GPUInventory
 from pytest_gpuinfer.plugin.extras import require
@@ -14,7 +15,6 @@ from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.plugin.options import Settings, parse_version
 from pytest_gpuinfer.targets import InferenceServer
 from pytest_gpuinfer.targets import vllm as vllm_target
-from pytest_gpuinfer.targets.probe import ServerProbe
 
 NVML_NOT_OFFERED = ("NVMLError_NotSupported", "NVMLError_NoPermission")
 """NVML errors that mean per-process memory is not offered here (a skip); any other error fails."""

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.probe import ServerProbe
+from pytest_gpuinfer.compat.tokens import first_difference
 from pytest_gpuinfer.models import manifest as model_manifest
 from pytest_gpuinfer.models.tinymodel import (
     BUILTIN_MODEL_NAME,
@@ -24,7 +26,6 @@ from pytest_gpuinfer.models.tinymodel import (
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe, first_difference
 
 HARD_TEXTS: dict[str, str] = {
     "empty": "",

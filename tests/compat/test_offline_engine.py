@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.calls import post_ok
+from pytest_gpuinfer.compat.offline import run_engine_process
+from pytest_gpuinfer.compat.probe import ServerProbe
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ServerProbe
 
-from .compat_helpers import post_ok, run_engine_process
 from .engine_env import OFFLINE_TIMEOUT_S, offline_setup
 
 HELPER = Path(__file__).with_name("offline_llm_helper.py")

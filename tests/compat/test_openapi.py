@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.calls import require_healthy
+from pytest_gpuinfer.compat.deviations import known_deviation
+from pytest_gpuinfer.plugin.compat_outcomes import excuse_all
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.targets import InferenceServer
 
-from .compat_helpers import assert_healthy, at_most, known_deviation, xfail_if_all_known
+from .compat_helpers import at_most
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 FUZZED = (*ROUTES, "/tokenize", "/detokenize", "/extras/tokenize", "/extras/detokenize")
@@ -105,7 +108,7 @@ def test_schemathesis_negative_bodies_get_4xx(
                 f"HTTP {response.status_code} for body {str(case.body)[:200]}: "
                 f"{response.text[:200]}"
             )
-        assert_healthy(session_http, f"schemathesis case on {route}")
+        require_healthy(session_http, f"schemathesis case on {route}")
 
     counts = {"violating": 0, "valid body": 0}
     fuzz()
@@ -114,7 +117,7 @@ def test_schemathesis_negative_bodies_get_4xx(
         "schema-violating body: the check tested nothing"
     )
     if problems:
-        xfail_if_all_known(engine_identity, "schemathesis", answers)
+        excuse_all(engine_identity, "schemathesis", answers)
         # Show first the answers no documented deviation explains.
         unexplained = [
             problem

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from pytest_gpuinfer.compat.probe import ProbeError, ServerProbe
+from pytest_gpuinfer.compat.tokens import exact_length_prompt
 from pytest_gpuinfer.memory.boundary import (
     GRACEFUL,
     TABLE_HEADER,
@@ -30,7 +32,6 @@ from pytest_gpuinfer.memory.http_probes import OpenAIBoundaryProbes
 from pytest_gpuinfer.plugin.ci import in_ci
 from pytest_gpuinfer.plugin.verdicts import VerdictGate
 from pytest_gpuinfer.targets import InferenceServer
-from pytest_gpuinfer.targets.probe import ProbeError, ServerProbe, exact_length_prompt
 
 IN_CI = in_ci()
 PROBE_TIMEOUT_S = 60.0

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from pytest_gpuinfer.compat.capabilities import probe_capabilities
+from pytest_gpuinfer.compat.probe import ProbeError, ServerProbe
 from pytest_gpuinfer.targets.base import InferenceServer, TargetError, wait_until_ready
-from pytest_gpuinfer.targets.capabilities import probe_capabilities
-from pytest_gpuinfer.targets.probe import ProbeError, ServerProbe
 
 Routes = dict[tuple[str, str], Callable[[dict[str, Any]], tuple[int, Any]]]
 MODELS = {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]}

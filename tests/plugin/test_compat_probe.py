@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from pytest_gpuinfer.targets.probe import ProbeError, ServerFault, ServerProbe, exact_length_prompt
+from pytest_gpuinfer.compat.probe import ProbeError, ServerFault, ServerProbe
+from pytest_gpuinfer.compat.tokens import exact_length_prompt
 
 
 def probe_answering(status: int, body: object) -> ServerProbe:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_gpuinfer.compat.probe import ProbeError
+from pytest_gpuinfer.compat.tokens import exact_length_prompt
 from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.workload import length_report
 from pytest_gpuinfer.models import tinymodel
-from pytest_gpuinfer.targets.probe import ProbeError, exact_length_prompt
 
 
 @pytest.fixture(scope="module")

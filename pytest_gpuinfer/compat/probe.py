@@ -1,12 +1,15 @@
-"""Feature probes for OpenAI-compatible servers, cached per server, plus token-count helpers.
+"""Feature probes for OpenAI-compatible servers, cached per server, plus tokenizer helpers.
 
-A compat check must never pass silently on a server that lacks a feature: it probes first, then
-skips with the probe's reason when the feature is absent, and fails when the probe itself hit a
-server error (the feature exists but is broken). Probes send small real requests (``max_tokens``
-1) and remember the answer for the rest of the run.
+A compat check must never pass silently on a server that lacks a feature, nor skip on one that
+is broken: it probes first with a small real request (``max_tokens`` 1) and the answer decides.
+Only 404, 405 and 501 (no such route, method, or implementation), or an engine's own statement
+that the feature is switched off (``deviations.DOCUMENTED_ABSENCES``), make a feature absent; a
+200 that ignores an optional parameter (``logprobs``, ``n``) means the server does not offer it.
+Any other answer to a valid request (400, 422, a 5xx, a 200 without choices, a dropped
+connection) makes the feature broken, and the check that needs it fails with the response.
 
     probe = probe_for(inference_server)
-    probe.tokenize_route().require()      # skips with the reason, or fails if it answered 5xx
+    probe.tokenize_route().require()      # raises Unmet: absent (skip) or broken (fail)
     ids = probe.tokenize("héllo", add_special_tokens=False)
 """
 
@@ -16,28 +19,31 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pytest_gpuinfer.load import prompts
+from pytest_gpuinfer.compat.findings import (
+    ABSENT_STATUSES,
+    Feature,
+    Finding,
+    Outcome,
+    Unmet,
+    error_message,
+    short,
+)
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.targets.base import InferenceServer
 
 __all__ = [
     "TOKENIZE_DIALECTS",
-    "Feature",
     "ProbeError",
+    "ServerFault",
     "ServerProbe",
     "TokenizeDialect",
-    "exact_length_prompt",
-    "first_difference",
     "probe_for",
 ]
-
-ABSENT_STATUSES = frozenset({400, 404, 405, 415, 422, 501})
-"""Answers meaning "this server does not offer that": unknown route, unsupported parameter."""
 
 
 CONTEXT_LENGTH_FIELDS = ("max_model_len", "context_length", "max_context_length")
@@ -79,70 +85,25 @@ TOKENIZE_DIALECTS = (
 """Tried in order; the first that returns token ids for "Hello" is the server's."""
 
 
-class ProbeError(RuntimeError):
-    """A probe helper could not get the answer it needs (the message says what came back)."""
+class ProbeError(Unmet):
+    """A probe helper could not get the answer it needs; the finding says why (the capability
+    is absent, or the server answered wrongly: a failure)."""
+
+    def __init__(self, message: str, *, absent: bool = False) -> None:
+        outcome = Outcome.ABSENT if absent else Outcome.FAILURE
+        super().__init__(Finding("server probe", outcome, message))
 
 
 class ServerFault(ProbeError):
-    """A probe helper got a 5xx: the feature exists but is broken, so the check must fail."""
+    """A probe helper got a 5xx or no answer: the feature exists but is broken."""
 
 
 def _answer_error(label: str, response: httpx.Response) -> ProbeError:
-    """The error for a non-200 answer: ServerFault for a 5xx, ProbeError otherwise."""
-    kind = ServerFault if response.status_code >= 500 else ProbeError
-    return kind(f"{label} answered {response.status_code}: {error_message(response)}")
-
-
-@dataclass(frozen=True)
-class Feature:
-    """What a probe learned: available, absent (skip), or broken (fail), with the evidence."""
-
-    name: str
-    available: bool
-    reason: str
-    broken: bool = False
-
-    def require(self) -> None:
-        """Return when available; skip with the reason when absent; fail when broken."""
-        import pytest
-
-        if self.available:
-            return
-        if self.broken:
-            pytest.fail(f"{self.name}: the probe hit a server error: {self.reason}", pytrace=False)
-        pytest.skip(f"{self.name} not supported by this target: {self.reason}")
-
-    def __bool__(self) -> bool:
-        return self.available
-
-
-def _short(text: str, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters, for messages."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def error_message(response: httpx.Response) -> str:
-    """The error text a server put in its body (OpenAI ``error.message``, FastAPI ``detail``)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return _short(response.text)
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return _short(error["message"])
-        if isinstance(error, str):
-            return _short(error)
-        if "detail" in body:
-            return _short(
-                json.dumps(body["detail"])
-                if not isinstance(body["detail"], str)
-                else body["detail"]
-            )
-        if isinstance(body.get("message"), str):
-            return _short(body["message"])
-    return _short(response.text)
+    """The error for a non-200 answer: absent on 404/405/501, a failure otherwise."""
+    message = f"{label} answered {response.status_code}: {error_message(response)}"
+    if response.status_code >= 500 and response.status_code not in ABSENT_STATUSES:
+        return ServerFault(message)
+    return ProbeError(message, absent=response.status_code in ABSENT_STATUSES)
 
 
 class ServerProbe:
@@ -176,7 +137,12 @@ class ServerProbe:
 
     # -- generic machinery -------------------------------------------------------------------
 
-    def _cached(self, name: str, run: Callable[[], Feature]) -> Feature:
+    @property
+    def client(self) -> httpx.Client:
+        """The probe's HTTP client (base URL, credentials and timeouts set)."""
+        return self._client
+
+    def cached(self, name: str, run: Callable[[], Feature]) -> Feature:
         """Run a probe once; later calls return the remembered answer."""
         with self._lock:
             if name in self._cache:
@@ -185,41 +151,63 @@ class ServerProbe:
         with self._lock:
             return self._cache.setdefault(name, feature)
 
-    def _request(
+    def request(
         self,
         name: str,
         method: str,
         path: str,
         body: dict[str, Any] | None,
-        ok: Callable[[Any], str | None],
+        ok: Callable[[Any], str | None] = lambda body: None,
+        *,
+        shape: Callable[[Any], str | None] | None = None,
+        capability: str | None = None,
     ) -> Feature:
-        """Send one probe request; ``ok(body)`` returns None when the answer shows the feature."""
+        """Send one probe request and classify the answer.
+
+        404/405/501, or a 4xx in which the engine says ``capability`` is switched off: absent.
+        Any other non-200, or a 200 that ``shape(body)`` finds malformed: broken. A 200 that
+        ``ok(body)`` finds without the feature (an optional parameter ignored): absent.
+        """
+        from pytest_gpuinfer.compat.deviations import documented_absence
+
         label = f"{method} {path}"
         try:
             response = self._client.request(method, path, json=body)
         except httpx.HTTPError as exc:
             return Feature(name, False, f"{label} failed: {type(exc).__name__}: {exc}", broken=True)
+        answered = f"{label} answered {response.status_code}: {error_message(response)}"
         if response.status_code in ABSENT_STATUSES:
-            return Feature(
-                name, False, f"{label} answered {response.status_code}: {error_message(response)}"
-            )
+            return Feature(name, False, answered)
         if response.status_code != 200:
-            return Feature(
-                name,
-                False,
-                f"{label} answered {response.status_code}: {error_message(response)}",
-                broken=response.status_code >= 500,
-            )
+            absence = documented_absence(capability or name, response)
+            if absence is not None:
+                return Feature(name, False, f"{answered} ({absence.how_to_enable})")
+            return Feature(name, False, answered, broken=True)
         try:
             parsed: Any = response.json()
         except ValueError:
             parsed = response.text
+        malformed = shape(parsed) if shape is not None else None
+        if malformed is not None:
+            return Feature(
+                name,
+                False,
+                f"{label} answered 200 but {malformed}: {short(response.text, 300)}",
+                broken=True,
+            )
         problem = ok(parsed)
         if problem is not None:
             return Feature(name, False, f"{label} answered 200 but {problem}")
         return Feature(name, True, f"{label} answered 200 as expected")
 
-    def _completion(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def after_chat(self, name: str) -> Feature | None:
+        """For a probe that needs chat completions: its answer when chat is unavailable."""
+        chat = self.chat()
+        if chat.available:
+            return None
+        return Feature(name, False, f"needs chat completions: {chat.reason}", broken=chat.broken)
+
+    def completion_body(self, extra: dict[str, Any]) -> dict[str, Any]:
         """A one-token completion request body with ``extra`` fields."""
         return {
             "model": self.model,
@@ -229,7 +217,7 @@ class ServerProbe:
             **extra,
         }
 
-    def _chat(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def chat_body(self, extra: dict[str, Any]) -> dict[str, Any]:
         """A one-token chat request body with ``extra`` fields."""
         return {
             "model": self.model,
@@ -243,33 +231,34 @@ class ServerProbe:
 
     def completions(self) -> Feature:
         """``POST /v1/completions`` answers a one-token request."""
-        return self._cached(
+        return self.cached(
             "completions",
-            lambda: self._request(
+            lambda: self.request(
                 "completions",
                 "POST",
                 "/v1/completions",
-                self._completion({}),
-                lambda b: None if _choices(b) else "without choices",
+                self.completion_body({}),
+                shape=_needs_choices,
             ),
         )
 
     def chat(self) -> Feature:
         """``POST /v1/chat/completions`` answers (a base model without a chat template: absent)."""
-        return self._cached(
+        return self.cached(
             "chat completions",
-            lambda: self._request(
+            lambda: self.request(
                 "chat completions",
                 "POST",
                 "/v1/chat/completions",
-                self._chat({}),
-                lambda b: None if _choices(b) else "without choices",
+                self.chat_body({}),
+                shape=_needs_choices,
+                capability="chat completions",
             ),
         )
 
     def tokenize_route(self) -> Feature:
         """A tokenize route under any of the names engines use (see TOKENIZE_DIALECTS)."""
-        return self._cached("tokenize route", self._find_tokenize_dialect)
+        return self.cached("tokenize route", self._find_tokenize_dialect)
 
     def _find_tokenize_dialect(self) -> Feature:
         """Try each known tokenize dialect; the first that turns "Hello" into token ids wins."""
@@ -294,7 +283,7 @@ class ServerProbe:
             tokens = _tokens_of(response)
             if not tokens:
                 answers.append(
-                    f"{label} answered 200 without token ids: {_short(response.text, 200)}"
+                    f"{label} answered 200 without token ids: {short(response.text, 200)}"
                 )
                 continue
             with self._lock:
@@ -313,7 +302,7 @@ class ServerProbe:
         def ok(body: Any) -> str | None:
             if isinstance(body, dict) and isinstance(body.get("tokens"), list):
                 return None
-            return f"without a 'tokens' list: {_short(str(body), 200)}"
+            return f"without a 'tokens' list: {short(str(body), 200)}"
 
         def run() -> Feature:
             route = self.tokenize_route()
@@ -327,9 +316,9 @@ class ServerProbe:
                     broken=route.broken,
                 )
             body = {"model": self.model, "messages": [{"role": "user", "content": "Hello"}]}
-            return self._request("tokenize with messages", "POST", dialect.tokenize_path, body, ok)
+            return self.request("tokenize with messages", "POST", dialect.tokenize_path, body, ok)
 
-        return self._cached("tokenize with messages", run)
+        return self.cached("tokenize with messages", run)
 
     def detokenize_route(self) -> Feature:
         """The detokenize route matching the tokenize dialect turns token ids back into text."""
@@ -346,19 +335,19 @@ class ServerProbe:
                 )
             ids = self.tokenize("Hello", add_special_tokens=dialect.special_key is None)
             key = dialect.detokenized_key
-            return self._request(
+            return self.request(
                 "detokenize route",
                 "POST",
                 dialect.detokenize_path,
                 {"model": self.model, "tokens": ids},
-                lambda b: (
+                shape=lambda b: (
                     None
                     if isinstance(b, dict) and isinstance(b.get(key), str)
-                    else f"without a {key!r} string: {_short(str(b), 200)}"
+                    else f"without a {key!r} string"
                 ),
             )
 
-        return self._cached("detokenize route", run)
+        return self.cached("detokenize route", run)
 
     def health_route(self) -> Feature:
         """``GET /health`` answers 200 (not an OpenAI route: many servers lack it)."""
@@ -374,10 +363,10 @@ class ServerProbe:
                 "/health",
                 False,
                 f"GET /health answered {response.status_code}",
-                broken=response.status_code >= 500,
+                broken=response.status_code not in ABSENT_STATUSES,
             )
 
-        return self._cached("/health", run)
+        return self.cached("/health", run)
 
     def liveness_path(self) -> str:
         """The route that says the server is up: /health where it exists, else /v1/models."""
@@ -409,7 +398,7 @@ class ServerProbe:
                     )
             return Feature("context length", False, f"/v1/models does not list {self.model!r}")
 
-        return self._cached("context length", run)
+        return self.cached("context length", run)
 
     def metrics_route(self) -> Feature:
         """``GET /metrics`` serves Prometheus text."""
@@ -419,32 +408,30 @@ class ServerProbe:
                 response = self._client.get("/metrics")
             except httpx.HTTPError as exc:
                 return Feature("/metrics", False, f"GET /metrics failed: {exc}", broken=True)
-            if response.status_code in ABSENT_STATUSES:
-                return Feature("/metrics", False, f"GET /metrics answered {response.status_code}")
             if response.status_code != 200:
                 return Feature(
                     "/metrics",
                     False,
                     f"GET /metrics answered {response.status_code}",
-                    broken=response.status_code >= 500,
+                    broken=response.status_code not in ABSENT_STATUSES,
                 )
             return Feature("/metrics", True, "GET /metrics answered 200")
 
-        return self._cached("/metrics", run)
+        return self.cached("/metrics", run)
 
     def version_route(self) -> Feature:
         """``GET /version`` reports the engine version (vLLM does)."""
-        return self._cached(
+        return self.cached(
             "/version",
-            lambda: self._request(
+            lambda: self.request(
                 "/version",
                 "GET",
                 "/version",
                 None,
-                lambda b: (
+                shape=lambda b: (
                     None
                     if isinstance(b, dict) and isinstance(b.get("version"), str)
-                    else f"without a 'version' string: {_short(str(b), 200)}"
+                    else "without a 'version' string"
                 ),
             ),
         )
@@ -498,14 +485,15 @@ class ServerProbe:
                 return None
             return "with no logprobs in the choice (the parameter was ignored)"
 
-        return self._cached(
+        return self.cached(
             "completion logprobs",
-            lambda: self._request(
+            lambda: self.request(
                 "completion logprobs",
                 "POST",
                 "/v1/completions",
-                self._completion({"logprobs": 1}),
+                self.completion_body({"logprobs": 1}),
                 ok,
+                shape=_needs_choices,
             ),
         )
 
@@ -519,14 +507,15 @@ class ServerProbe:
                 return None
             return "with no logprobs.content in the choice (the parameter was ignored)"
 
-        return self._cached(
+        return self.cached(
             "chat logprobs",
-            lambda: self._request(
+            lambda: self.request(
                 "chat logprobs",
                 "POST",
                 "/v1/chat/completions",
-                self._chat({"logprobs": True, "top_logprobs": 1}),
+                self.chat_body({"logprobs": True, "top_logprobs": 1}),
                 ok,
+                shape=_needs_choices,
             ),
         )
 
@@ -534,7 +523,7 @@ class ServerProbe:
         """A stream with ``stream_options.include_usage`` ends with a chunk carrying usage."""
 
         def run() -> Feature:
-            body = self._completion({"stream": True, "stream_options": {"include_usage": True}})
+            body = self.completion_body({"stream": True, "stream_options": {"include_usage": True}})
             label = "POST /v1/completions (stream, include_usage)"
             try:
                 with self._client.stream("POST", "/v1/completions", json=body) as response:
@@ -544,7 +533,7 @@ class ServerProbe:
                             "usage in streams",
                             False,
                             f"{label} answered {response.status_code}: {error_message(response)}",
-                            broken=response.status_code >= 500,
+                            broken=response.status_code not in ABSENT_STATUSES,
                         )
                     chunks = [
                         line[5:].strip()
@@ -566,7 +555,7 @@ class ServerProbe:
                 f"{label} answered {len(chunks)} chunks, none with usage (include_usage ignored)",
             )
 
-        return self._cached("usage in streams", run)
+        return self.cached("usage in streams", run)
 
     def n_choices(self) -> Feature:
         """Completions honour ``n`` (two choices for n=2)."""
@@ -575,14 +564,15 @@ class ServerProbe:
             count = len(_choices(body))
             return None if count == 2 else f"with {count} choice(s) for n=2 (n was ignored)"
 
-        return self._cached(
+        return self.cached(
             "n",
-            lambda: self._request(
+            lambda: self.request(
                 "n",
                 "POST",
                 "/v1/completions",
-                self._completion({"n": 2, "temperature": 1.0, "seed": 1}),
+                self.completion_body({"n": 2, "temperature": 1.0, "seed": 1}),
                 ok,
+                shape=_needs_choices,
             ),
         )
 
@@ -595,14 +585,15 @@ class ServerProbe:
                 return None
             return "with no token_ids in the choice"
 
-        return self._cached(
+        return self.cached(
             "return_token_ids",
-            lambda: self._request(
+            lambda: self.request(
                 "return_token_ids",
                 "POST",
                 "/v1/completions",
-                self._completion({"return_token_ids": True}),
+                self.completion_body({"return_token_ids": True}),
                 ok,
+                shape=_needs_choices,
             ),
         )
 
@@ -613,8 +604,9 @@ class ServerProbe:
         dialect = self.tokenize_dialect()
         if dialect is None:
             feature = self.tokenize_route()
-            kind = ServerFault if feature.broken else ProbeError
-            raise kind(f"no tokenize route: {feature.reason}")
+            if feature.broken:
+                raise ServerFault(f"no working tokenize route: {feature.reason}")
+            raise ProbeError(f"no tokenize route: {feature.reason}", absent=True)
         return dialect
 
     def tokenize(self, prompt: str, *, add_special_tokens: bool = True) -> list[int]:
@@ -623,7 +615,8 @@ class ServerProbe:
         if dialect.special_key is None and not add_special_tokens:
             raise ProbeError(
                 f"{dialect.tokenize_path} ({dialect.name}) always adds special tokens; it cannot "
-                "tokenize without them"
+                "tokenize without them",
+                absent=True,
             )
         body = dialect.body(prompt, self.model)
         if dialect.special_key is not None:
@@ -652,12 +645,14 @@ class ServerProbe:
         body = response.json()
         key = dialect.detokenized_key
         if not isinstance(body, dict) or not isinstance(body.get(key), str):
-            raise ProbeError(f"{label} answered without a {key!r} string: {_short(str(body))}")
+            raise ProbeError(f"{label} answered without a {key!r} string: {short(str(body))}")
         return str(body[key])
 
     def usage_prompt_tokens(self, prompt: str) -> int:
         """The ``usage.prompt_tokens`` the server reports for ``prompt`` (one-token completion)."""
-        response = self._client.post("/v1/completions", json=self._completion({"prompt": prompt}))
+        response = self._client.post(
+            "/v1/completions", json=self.completion_body({"prompt": prompt})
+        )
         if response.status_code != 200:
             raise _answer_error("POST /v1/completions", response)
         usage = response.json().get("usage") or {}
@@ -671,6 +666,11 @@ def _choices(body: Any) -> list[dict[str, Any]]:
     if isinstance(body, dict) and isinstance(body.get("choices"), list):
         return [c for c in body["choices"] if isinstance(c, dict)]
     return []
+
+
+def _needs_choices(body: Any) -> str | None:
+    """The problem with an answer that should carry at least one choice, or None."""
+    return None if _choices(body) else "without choices"
 
 
 def _tokens_of(response: httpx.Response) -> list[int]:
@@ -692,7 +692,7 @@ def _token_list(response: httpx.Response, label: str) -> list[int]:
     body = response.json()
     tokens = body.get("tokens") if isinstance(body, dict) else None
     if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-        raise ProbeError(f"{label} answered without a list of token ids: {_short(str(body))}")
+        raise ProbeError(f"{label} answered without a list of token ids: {short(str(body))}")
     return [int(t) for t in tokens]
 
 
@@ -710,31 +710,3 @@ def probe_for(server: InferenceServer) -> ServerProbe:
         if probe is None:
             probe = _PROBES[key] = ServerProbe(server.base_url, server.model, headers=headers)
         return probe
-
-
-def exact_length_prompt(
-    count: Callable[[str], int],
-    target: int,
-    *,
-    words: Sequence[str] = prompts.FILLER_WORDS,
-) -> str:
-    """A prompt ``count`` counts as exactly ``target`` tokens (load.prompts), or ProbeError."""
-    try:
-        return prompts.exact_length_prompt(count, target, words=words)
-    except prompts.PromptLengthError as exc:
-        raise ProbeError(str(exc)) from None
-
-
-def first_difference(left: str, right: str) -> int:
-    """Index of the first differing character (the shorter length when one is a prefix)."""
-    for index, (a, b) in enumerate(zip(left, right, strict=False)):
-        if a != b:
-            return index
-    return min(len(left), len(right))
-
-
-def fail_with(message: str) -> NoReturn:
-    """Fail the current test without a traceback (for messages that already say everything)."""
-    import pytest
-
-    pytest.fail(message, pytrace=False)

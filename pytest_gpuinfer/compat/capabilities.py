@@ -2,9 +2,11 @@
 
 Checks never assume vLLM: each optional thing (a health route, a context length in
 ``/v1/models``, a tokenize route under one of its names, ``/metrics``, ``/version``, usage in
-streams, ``n``, logprobs) is a :class:`~pytest_gpuinfer.targets.probe.Feature` that a check
-requires, so it runs or skips naming the missing capability. This module probes them all at
-once so the run can say up front what the server offers and what it lacks.
+streams, ``n``, logprobs, tool calls, structured outputs, reasoning, embeddings, LoRA adapters,
+prefix caching, speculative decoding) is a :class:`~pytest_gpuinfer.compat.findings.Feature`
+that a check requires, so it runs, skips naming the missing capability, or fails when the probe
+found it broken. This module probes them all at once so the run can say up front what the
+server offers and what it lacks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_gpuinfer.targets.probe import Feature, ServerProbe
+from pytest_gpuinfer.compat import (
+    adapters,
+    caching,
+    embeddings,
+    reasoning,
+    structured,
+    tools,
+)
+from pytest_gpuinfer.compat.findings import Feature
+from pytest_gpuinfer.compat.probe import ServerProbe
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.targets.base import InferenceServer
@@ -30,6 +41,15 @@ CAPABILITY_PROBES: tuple[tuple[str, Callable[[ServerProbe], Feature]], ...] = (
     ("n", ServerProbe.n_choices),
     ("completion logprobs", ServerProbe.completion_logprobs),
     ("chat logprobs", ServerProbe.chat_logprobs),
+    ("tool calls", tools.probe),
+    ("structured outputs", structured.probe),
+    ("guided decoding (structured_outputs)", structured.guided_probe),
+    ("reasoning", reasoning.probe),
+    ("embeddings", embeddings.probe),
+    ("LoRA adapters", adapters.probe),
+    ("runtime LoRA loading", adapters.runtime_probe),
+    ("prefix caching", caching.prefix_probe),
+    ("speculative decoding", caching.speculative_probe),
 )
 """Every capability the run header reports, in the order it lists them."""
 

@@ -1,0 +1,87 @@
+"""Compat findings become pytest outcomes here, and only here.
+
+``pytest_gpuinfer.compat`` returns findings (ok, a documented deviation, an absent capability,
+a failure with the response, figures not judged) and raises ``Unmet`` when a helper cannot go
+on. This module turns them into pass, xfail, skip or fail: a test calls :func:`judge` on a
+finding or :func:`require` on a probed feature, and the hook below turns an ``Unmet`` raised
+anywhere in a test's call into the outcome its finding asks for.
+
+Inert plugin module: the standard library and pytest at module level; the compat package only
+under TYPE_CHECKING or inside functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_gpuinfer.compat.findings import Feature, Finding
+
+NOT_JUDGED_PREFIX = "NOT JUDGED"
+
+
+def conclude(finding: Finding) -> NoReturn:
+    """End the test as ``finding`` says (never returns): skip, xfail or fail."""
+    from pytest_gpuinfer.compat.findings import Outcome
+
+    if finding.outcome is Outcome.ABSENT:
+        pytest.skip(finding.message())
+    if finding.outcome is Outcome.DEVIATION:
+        pytest.xfail(finding.message())
+    if finding.outcome is Outcome.NOT_JUDGED:
+        pytest.skip(f"{NOT_JUDGED_PREFIX}: {finding.message()}")
+    pytest.fail(finding.message(), pytrace=False)
+
+
+def judge(finding: Finding | None) -> None:
+    """Return for an ok finding (or None: nothing to say); end the test otherwise."""
+    if finding is None or finding.ok:
+        return
+    conclude(finding)
+
+
+def require(feature: Feature, check: str | None = None) -> None:
+    """Return when the probed feature is available; skip when absent; fail when broken."""
+    if not feature.available:
+        conclude(feature.finding(check))
+
+
+def excuse(identity: tuple[str, str | None], check: str, evidence: Any) -> None:
+    """xfail when this engine version is known to fail ``check`` AND the evidence shows it."""
+    from pytest_gpuinfer.compat import deviations
+
+    judge(deviations.excuse(identity, check, evidence))
+
+
+def excuse_all(identity: tuple[str, str | None], check: str, evidence: list[Any]) -> None:
+    """xfail when every piece of evidence shows a documented deviation of ``check``."""
+    from pytest_gpuinfer.compat import deviations
+
+    judge(deviations.excuse_all(identity, check, evidence))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    """An Unmet raised in a test becomes the outcome its finding asks for."""
+    from pytest_gpuinfer.compat.findings import Unmet
+
+    try:
+        return (yield)
+    except Unmet as exc:
+        conclude(exc.finding)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    """An Unmet raised while a fixture sets up becomes the outcome its finding asks for."""
+    from pytest_gpuinfer.compat.findings import Unmet
+
+    try:
+        return (yield)
+    except Unmet as exc:
+        conclude(exc.finding)
