@@ -38,8 +38,8 @@ NGRAM_SPECULATION = {
 }
 """vLLM's n-gram prompt lookup: no draft model, runs on the CPU build as on GPUs."""
 
-PREFIX_WORDS = 60
-"""Sentences of filler after the nonce: several hundred tokens, more than two 128-token blocks."""
+PREFIX_WORDS = 24
+"""Sentences of filler after the nonce: 300 to 500 tokens, more than two 128-token blocks."""
 
 SPEC_PROMPTS = (
     "one two three one two three one two three one two three one two three",

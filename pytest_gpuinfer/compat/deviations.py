@@ -132,6 +132,20 @@ def _empty_internal_error(response: httpx.Response) -> bool:
     )
 
 
+def _add_lora_500(response: httpx.Response) -> bool:
+    """HTTP 500 whose message is vLLM's failed add_lora call (the weights' shapes)."""
+    return response.status_code == 500 and "add_lora" in error_message(response)
+
+
+def _unconstrained_with_reasoning(evidence: Any) -> bool:
+    """Guided output not applied on a server that runs a reasoning parser."""
+    return (
+        isinstance(evidence, dict)
+        and evidence.get("matched") is False
+        and evidence.get("reasoning") is True
+    )
+
+
 @dataclass(frozen=True)
 class Deviation:
     """A check a given engine version is known to fail, what it does instead, and how to tell."""
@@ -170,6 +184,25 @@ KNOWN_DEVIATIONS: tuple[Deviation, ...] = (
         "vLLM answers HTTP 500 with an empty message for an integer top_k >= 2**64 (2**63 is "
         "accepted as 200); the server stays healthy",
         _empty_500,
+    ),
+    Deviation(
+        "vllm",
+        ("0.32.0",),
+        "lora:broken adapter (weights that do not fit the model)",
+        "vLLM answers HTTP 500 'Call to add_lora method failed: Worker failed with error "
+        "'The size of tensor a (...) must match the size of tensor b (...)'' instead of a 4xx "
+        "when a runtime-loaded adapter's weights do not fit the model; the adapter is not "
+        "listed and the server stays healthy",
+        _add_lora_500,
+    ),
+    Deviation(
+        "vllm",
+        ("0.32.0",),
+        "structured:completions regex",
+        "with --reasoning-parser set, vLLM applies no structured output on /v1/completions: "
+        "the grammar waits for the end of reasoning, which a plain completion never marks "
+        "(chat with thinking off, and servers without a reasoning parser, are constrained)",
+        _unconstrained_with_reasoning,
     ),
     Deviation(
         "vllm",

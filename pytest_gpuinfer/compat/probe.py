@@ -200,12 +200,25 @@ class ServerProbe:
             return Feature(name, False, f"{label} answered 200 but {problem}")
         return Feature(name, True, f"{label} answered 200 as expected")
 
-    def after_chat(self, name: str) -> Feature | None:
-        """For a probe that needs chat completions: its answer when chat is unavailable."""
+    def request_after_chat(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        ok: Callable[[Any], str | None] = lambda body: None,
+        *,
+        shape: Callable[[Any], str | None] | None = None,
+        capability: str | None = None,
+    ) -> Feature:
+        """:meth:`request` for a feature of chat completions: absent or broken as chat itself
+        is when the server has no working chat."""
         chat = self.chat()
-        if chat.available:
-            return None
-        return Feature(name, False, f"needs chat completions: {chat.reason}", broken=chat.broken)
+        if not chat.available:
+            return Feature(
+                name, False, f"needs chat completions: {chat.reason}", broken=chat.broken
+            )
+        return self.request(name, method, path, body, ok, shape=shape, capability=capability)
 
     def completion_body(self, extra: dict[str, Any]) -> dict[str, Any]:
         """A one-token completion request body with ``extra`` fields."""

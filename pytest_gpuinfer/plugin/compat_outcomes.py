@@ -71,7 +71,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
     try:
         return (yield)
     except Unmet as exc:
-        conclude(exc.finding)
+        finding = exc.finding
+    conclude(finding)  # outside the except block: no "during handling" chain in the report
 
 
 @pytest.hookimpl(wrapper=True)
@@ -84,4 +85,5 @@ def pytest_fixture_setup(
     try:
         return (yield)
     except Unmet as exc:
-        conclude(exc.finding)
+        finding = exc.finding
+    conclude(finding)

@@ -30,7 +30,7 @@ from .engine_env import require_launched_vllm
 FIRST_MODULES = ("test_cold_start.py",)
 """Modules moved to the front: the cold start must time the server's first completion."""
 
-LAST_MODULES = ("test_offline_engine.py", "test_batch_format.py")
+LAST_MODULES = ("test_speculative_decoding.py", "test_offline_engine.py", "test_batch_format.py")
 """Modules moved to the end: each starts a second engine in a subprocess (about a minute)."""
 
 

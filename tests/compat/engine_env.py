@@ -13,6 +13,7 @@ import pytest
 
 from pytest_gpuinfer.compat.offline import model_flags
 from pytest_gpuinfer.hardware import gpu as gpu_module
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_inventory_of, gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 
@@ -52,7 +53,11 @@ def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Confi
         env["CUDA_VISIBLE_DEVICES"] = ",".join(server.gpu_uuids)
     if not has_gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    cli_flags, llm_kwargs = model_flags(gpuinfer_settings_of(config).engine_args)
+    settings = gpuinfer_settings_of(config)
+    known = builtin.resolve(settings.model)
+    # A built-in model is launched with its own flags first (its dtype among them).
+    defaults = known.vllm_args() if known else []
+    cli_flags, llm_kwargs = model_flags([*defaults, *settings.engine_args])
     if has_gpu:
         share = _free_share(server.gpu_uuids or tuple(g.uuid for g in inventory.gpus[:1]))
         llm_kwargs["gpu_memory_utilization"] = share

@@ -306,7 +306,8 @@ def test_n_returns_distinct_choices(
     inference_server: InferenceServer,
     engine_identity: tuple[str, str | None],
 ) -> None:
-    """n=3 returns three choices indexed 0, 1, 2; usage counts all of them."""
+    """n=3 at temperature 1 returns three different choices indexed 0, 1, 2; usage counts
+    all of them."""
     n, max_tokens = 3, 8
     body = post_ok(
         http_client,
@@ -321,6 +322,12 @@ def test_n_returns_distinct_choices(
     for choice in choices:
         assert isinstance(choice.get("text"), str), f"choice without text: {choice}"
         assert choice.get("finish_reason") in ("length", "stop"), f"finish in {choice}"
+    texts = [choice["text"] for choice in sorted(choices, key=lambda c: c["index"])]
+    repeated = sorted({text for text in texts if texts.count(text) > 1})
+    assert not repeated, (
+        f"n={n} at temperature 1 returned the same text more than once: {texts} (the choices "
+        "were not sampled independently)"
+    )
     usage = _usage(body)
     assert n <= usage["completion_tokens"] <= n * max_tokens, (
         f"usage.completion_tokens {usage['completion_tokens']} outside {n}..{n * max_tokens} "

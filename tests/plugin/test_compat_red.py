@@ -1,0 +1,109 @@
+"""Each new compat check, driven red by a server that deserves it, fails with the response.
+
+pytester runs the shipped compat modules against fake_openai.py (an OpenAI-compatible stand-in
+launched with ``--engine command``) told to misbehave; a well-behaved run of the same fake shows
+that the failure comes from the misbehaviour, not from the fake.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FAKE_OPENAI = Path(__file__).with_name("fake_openai.py")
+COMPAT = Path(__file__).parents[1] / "compat"
+
+
+@pytest.fixture
+def run_compat(pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
+    """Run compat modules (with a -k selection) against fake_openai.py with the given flags."""
+
+    def run(modules: list[str], select: str, *flags: str) -> pytest.RunResult:
+        command = shlex.join([sys.executable, str(FAKE_OPENAI), "--port", "{port}", *flags])
+        return pytester.runpytest_subprocess(
+            *(str(COMPAT / module) for module in modules),
+            "-k",
+            select,
+            "--engine",
+            "command",
+            "--server-command",
+            command,
+            "-rsxf",
+            "-p",
+            "no:cacheprovider",
+            timeout=240,
+        )
+
+    return run
+
+
+def test_tool_arguments_breaking_the_schema_fail_the_tool_checks(
+    run_compat: Callable[..., pytest.RunResult],
+) -> None:
+    """Arguments {"city": "Berlin", "days": 9} break the enum schema: required and named fail."""
+    result = run_compat(["test_tools.py"], "required or named", "--tool-args-break-schema")
+    result.assert_outcomes(failed=2)
+    output = result.stdout.str()
+    assert output.count("break the schema of") == 2, output
+    assert "break the schema of get_forecast: 9 is not one of [1, 2, 3]" in output, output
+    assert "response: " in output and '\\"Berlin\\"' in output, output
+
+
+def test_well_formed_tool_calls_pass_the_same_checks(
+    run_compat: Callable[..., pytest.RunResult],
+) -> None:
+    """The same checks pass against the fake when its calls follow the schema."""
+    result = run_compat(["test_tools.py"], "required or named or malformed")
+    result.assert_outcomes(passed=5)
+
+
+def test_invalid_schema_answered_500_fails_the_schema_check(
+    run_compat: Callable[..., pytest.RunResult],
+) -> None:
+    """An invalid JSON schema must be a 4xx; a 500 fails, showing the response."""
+    result = run_compat(["test_structured_outputs.py"], "invalid_schema", "--invalid-schema-500")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "an invalid schema answered 500 instead of a 4xx" in output, output
+    assert 'response: HTTP 500: {"error": {"message": "invalid JSON schema"' in output, output
+    passing = run_compat(["test_structured_outputs.py"], "invalid_schema or json_schema")
+    passing.assert_outcomes(passed=2)
+
+
+def test_400_to_every_valid_request_fails_instead_of_skipping(
+    run_compat: Callable[..., pytest.RunResult],
+) -> None:
+    """A server answering 400 to every valid completion is broken, not "not supported"."""
+    result = run_compat(
+        ["test_api_conformance.py", "test_tools.py", "test_structured_outputs.py"],
+        "shape or deterministic or required or json_schema",
+        "--reject-valid",
+    )
+    outcomes = result.parseoutcomes()
+    output = result.stdout.str()
+    # A check whose fixture requires completions fails at setup (reported as an error).
+    red = outcomes.get("failed", 0) + outcomes.get("errors", 0)
+    assert red >= 6 and not outcomes.get("passed") and not outcomes.get("skipped"), output
+    assert "not supported by this target" not in output, output
+    assert "the probe found it broken: POST /v1/completions answered 400: rejected" in output
+
+
+def test_200_with_empty_choices_fails_instead_of_skipping(
+    run_compat: Callable[..., pytest.RunResult],
+) -> None:
+    """A 200 without choices is a broken answer, not an absent feature."""
+    result = run_compat(
+        ["test_api_conformance.py", "test_tools.py"],
+        "shape or required",
+        "--empty-choices",
+    )
+    outcomes = result.parseoutcomes()
+    output = result.stdout.str()
+    red = outcomes.get("failed", 0) + outcomes.get("errors", 0)
+    assert red >= 3 and not outcomes.get("passed") and not outcomes.get("skipped"), output
+    assert "not supported by this target" not in output, output
+    assert "answered 200 but without choices" in output, output
