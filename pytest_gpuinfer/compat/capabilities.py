@@ -43,6 +43,7 @@ CAPABILITY_PROBES: tuple[tuple[str, Callable[[ServerProbe], Feature]], ...] = (
     ("chat logprobs", ServerProbe.chat_logprobs),
     ("tool calls", tools.probe),
     ("structured outputs", structured.probe),
+    ("JSON mode", structured.json_object_probe),
     ("guided decoding (structured_outputs)", structured.guided_probe),
     ("reasoning", reasoning.probe),
     ("embeddings", embeddings.probe),

@@ -132,6 +132,18 @@ def _empty_internal_error(response: httpx.Response) -> bool:
     )
 
 
+def _finding_shows(*fragments: str) -> Callable[[Any], bool]:
+    """A predicate on a failure finding (or a probed feature) whose text holds every fragment."""
+
+    def matches(evidence: Any) -> bool:
+        text = " ".join(
+            str(getattr(evidence, name, "")) for name in ("detail", "evidence", "reason")
+        )
+        return bool(text.strip()) and all(fragment in text for fragment in fragments)
+
+    return matches
+
+
 def _add_lora_500(response: httpx.Response) -> bool:
     """HTTP 500 whose message is vLLM's failed add_lora call (the weights' shapes)."""
     return response.status_code == 500 and "add_lora" in error_message(response)
@@ -324,6 +336,36 @@ KNOWN_DEVIATIONS += (
         _generated_200,
     ),
     *_llamacpp(
+        ("tools:required", "tools:named", "tools:streamed"),
+        "llama-cpp-python, serving the model's own chat template, ignores tools and "
+        "tool_choice: 200 with free text and no tool_calls (its tool calls need a "
+        "function-calling --chat_format)",
+        _finding_shows("no tool_calls in the message"),
+    ),
+    *_llamacpp(
+        (
+            "tools:malformed:function without a name",
+            "tools:malformed:tools is not a list",
+            "tools:result turn",
+        ),
+        f"{_LLAMACPP_VALIDATION_500} (here for tool definitions, and for an assistant turn "
+        "with tool_calls and no content, which its message schema does not allow)",
+        _finding_shows("HTTP 500", "validation error"),
+    ),
+    *_llamacpp(
+        ("tools:malformed:tool_choice names a tool not offered",),
+        "llama-cpp-python answers a tool_choice naming a tool that is not offered with HTTP "
+        "500 'Tool choice ... not found in tools.' instead of a 4xx",
+        _finding_shows("HTTP 500", "not found in tools"),
+    ),
+    *_llamacpp(
+        ("structured outputs",),
+        "llama-cpp-python rejects response_format type 'json_schema' with HTTP 500 (a pydantic "
+        "error: \"Input should be 'text' or 'json_object'\"); it takes a schema only as "
+        "json_object with a 'schema' field",
+        _finding_shows("Input should be 'text' or 'json_object'"),
+    ),
+    *_llamacpp(
         ("prompt list",),
         "llama-cpp-python answers a list of prompts with HTTP 500 and an empty error message "
         "(it supports a single prompt per request)",
@@ -405,8 +447,11 @@ class DocumentedAbsence:
     engine: str
     capability: str
     pattern: re.Pattern[str]
-    """Matched against the error message of a 4xx answer."""
+    """Matched against the error message of the answer."""
     how_to_enable: str
+    statuses: frozenset[int] = frozenset(range(400, 500))
+    """The statuses the statement comes with (a 4xx, unless the engine is known to say it with
+    another)."""
 
 
 DOCUMENTED_ABSENCES: tuple[DocumentedAbsence, ...] = (
@@ -423,6 +468,13 @@ DOCUMENTED_ABSENCES: tuple[DocumentedAbsence, ...] = (
         "serve a pooling model (--runner pooling --convert embed)",
     ),
     DocumentedAbsence(
+        "llamacpp",
+        "embeddings",
+        re.compile(r"must be created with embedding=True"),
+        "start llama-cpp-python's server with --embedding true (it answers HTTP 500 saying so)",
+        frozenset({500}),
+    ),
+    DocumentedAbsence(
         "vllm",
         "LoRA adapters",
         re.compile(r"LoRA is not enabled|--enable-lora"),
@@ -432,11 +484,13 @@ DOCUMENTED_ABSENCES: tuple[DocumentedAbsence, ...] = (
 
 
 def documented_absence(capability: str, response: httpx.Response) -> DocumentedAbsence | None:
-    """The engine statement in a 4xx answer that ``capability`` is switched off, if it is one."""
-    if not 400 <= response.status_code < 500:
-        return None
+    """The engine statement in an answer that ``capability`` is switched off, if it is one."""
     message = error_message(response)
     for absence in DOCUMENTED_ABSENCES:
-        if absence.capability == capability and absence.pattern.search(message):
+        if (
+            absence.capability == capability
+            and response.status_code in absence.statuses
+            and absence.pattern.search(message)
+        ):
             return absence
     return None

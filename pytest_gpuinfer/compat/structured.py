@@ -62,6 +62,20 @@ def probe(server: ServerProbe) -> Feature:
     )
 
 
+def json_object_probe(server: ServerProbe) -> Feature:
+    """The server takes ``response_format`` json_object (one token is enough to know)."""
+    return server.cached(
+        "JSON mode",
+        lambda: server.request_after_chat(
+            "JSON mode",
+            "POST",
+            CHAT,
+            server.chat_body({"response_format": {"type": "json_object"}}),
+            shape=_has_choices,
+        ),
+    )
+
+
 def guided_probe(server: ServerProbe) -> Feature:
     """vLLM's ``structured_outputs`` extension is honoured: a guided choice comes back as one
     of the choices (a server that ignores the field writes free text)."""

@@ -116,26 +116,26 @@ def validate_arguments(name: str, arguments: Any) -> str | None:
     return None
 
 
-def _calls_of(body: dict[str, Any], check: str) -> list[dict[str, Any]]:
-    """The tool calls of the first choice; a failure naming what came instead."""
+def _calls_of(body: dict[str, Any], check: str) -> list[dict[str, Any]] | Finding:
+    """The tool calls of the first choice, or the failure naming what came instead."""
     choice = calls.choices_of(body, CHAT)[0]
     message = choice.get("message") or {}
     tool_calls = message.get("tool_calls")
-    if not isinstance(tool_calls, list) or not tool_calls:
-        # A random model never ends its turn, so "length" after complete calls is normal;
-        # without any parsed call, it means the call itself was not forced to completion.
-        cut = (
-            f"; max_tokens {MAX_TOKENS} ran out although every valid call of these tools fits"
-            if choice.get("finish_reason") == "length"
-            else ""
-        )
-        raise calls.fail(
-            check,
-            f"no tool_calls in the message (content {message.get('content')!r}, finish_reason "
-            f"{choice.get('finish_reason')!r}){cut}",
-            short(json.dumps(body), 800),
-        )
-    return tool_calls
+    if isinstance(tool_calls, list) and tool_calls:
+        return tool_calls
+    # A random model never ends its turn, so "length" after complete calls is normal; without
+    # any parsed call, it means the call itself was not forced to completion.
+    cut = (
+        f"; max_tokens {MAX_TOKENS} ran out although every valid call of these tools fits"
+        if choice.get("finish_reason") == "length"
+        else ""
+    )
+    return Finding.failed(
+        check,
+        f"no tool_calls in the message (content {message.get('content')!r}, finish_reason "
+        f"{choice.get('finish_reason')!r}){cut}",
+        short(json.dumps(body), 800),
+    )
 
 
 def _call_problems(tool_calls: list[dict[str, Any]], allowed: set[str]) -> list[str]:
@@ -166,6 +166,8 @@ def forced_call(target: CompatTarget, tool_choice: Any) -> Finding:
     allowed = {tool_choice["function"]["name"]} if named else set(SCHEMAS)
     body = calls.post_ok(target.client, CHAT, tool_request(target, tool_choice))
     tool_calls = _calls_of(body, check)
+    if isinstance(tool_calls, Finding):
+        return tool_calls
     problems = _call_problems(tool_calls, allowed)
     if problems:
         return Finding.failed(check, "; ".join(problems), short(json.dumps(body), 800))
@@ -198,6 +200,8 @@ def streamed_call(target: CompatTarget) -> Finding:
     check = "tools:streamed"
     request = tool_request(target, "required")
     whole = _calls_of(calls.post_ok(target.client, CHAT, request), check)
+    if isinstance(whole, Finding):
+        return whole
     events = calls.stream_events(target.client, CHAT, request)
     streamed = assemble_stream(events)
     problems = _call_problems(streamed, set(SCHEMAS)) if streamed else ["no tool-call deltas"]
@@ -276,7 +280,14 @@ def tool_result_turn(target: CompatTarget) -> Finding:
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"sky": "clear"})},
     ]
     extra = {"tools": TOOLS, "max_tokens": 4, **target.thinking_off()}
-    with_result = calls.post_ok(target.client, CHAT, target.chat_request(turn, **extra))
+    response = calls.post(target.client, CHAT, target.chat_request(turn, **extra))
+    if response.status_code != 200:
+        return Finding.failed(
+            check,
+            f"a conversation with a tool call and its result answered {response.status_code}",
+            describe_response(response),
+        )
+    with_result = response.json()
     calls.choices_of(with_result, CHAT)
     without = calls.post_ok(target.client, CHAT, target.chat_request(MESSAGES, **extra))
     grown = int(with_result["usage"]["prompt_tokens"]) - int(without["usage"]["prompt_tokens"])

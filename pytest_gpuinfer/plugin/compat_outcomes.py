@@ -43,10 +43,27 @@ def judge(finding: Finding | None) -> None:
     conclude(finding)
 
 
-def require(feature: Feature, check: str | None = None) -> None:
-    """Return when the probed feature is available; skip when absent; fail when broken."""
-    if not feature.available:
-        conclude(feature.finding(check))
+def require(
+    feature: Feature,
+    check: str | None = None,
+    *,
+    identity: tuple[str, str | None] | None = None,
+) -> None:
+    """Return when the probed feature is available; skip when absent; fail when broken (xfail
+    instead when ``identity``'s engine version documents exactly that breakage)."""
+    if feature.available:
+        return
+    if feature.broken and identity is not None:
+        excuse(identity, feature.name, feature)
+    conclude(feature.finding(check))
+
+
+def verdict(identity: tuple[str, str | None], finding: Finding) -> None:
+    """Judge ``finding``, excused (xfail) when it shows a documented deviation of its check on
+    this engine version."""
+    if not finding.ok:
+        excuse(identity, finding.check, finding)
+    judge(finding)
 
 
 def excuse(identity: tuple[str, str | None], check: str, evidence: Any) -> None:

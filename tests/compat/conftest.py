@@ -306,3 +306,10 @@ def compat_target(
         probe=probe,
         tokenizer=server_tokenizer,
     )
+
+
+@pytest.fixture(scope=server_scope)
+def chat_extra(compat_target: CompatTarget) -> dict[str, Any]:
+    """Fields every core chat check adds: on a reasoning server, thinking off (through the chat
+    template), so the answer is content; the reasoning checks cover thinking on."""
+    return compat_target.thinking_off()

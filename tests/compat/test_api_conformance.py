@@ -115,10 +115,13 @@ def test_completion_shape(
 
 
 def test_chat_completion_shape(
-    chat: None, http_client: httpx.Client, inference_server: InferenceServer
+    chat: None,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    chat_extra: dict[str, Any],
 ) -> None:
     """A chat completion has one choice with an assistant message and a finish reason."""
-    request = _chat(inference_server)
+    request = _chat(inference_server, **chat_extra)
     body = post_ok(http_client, "/v1/chat/completions", request)
     assert body.get("object") == "chat.completion", f"object is {body.get('object')!r}"
     assert body.get("model") == inference_server.model, f"model is {body.get('model')!r}"
@@ -234,9 +237,10 @@ def test_streamed_chat_equals_non_streamed(
     http_client: httpx.Client,
     inference_server: InferenceServer,
     engine_identity: tuple[str, str | None],
+    chat_extra: dict[str, Any],
 ) -> None:
     """Streamed chat deltas start with the assistant role and add up to the non-streamed reply."""
-    request = _chat(inference_server, max_tokens=24)
+    request = _chat(inference_server, max_tokens=24, **chat_extra)
     whole = post_ok(http_client, "/v1/chat/completions", request)
     events = stream_events(
         http_client, "/v1/chat/completions", {**request, "stream_options": {"include_usage": True}}
@@ -268,13 +272,21 @@ def _pick_stop(text: str) -> tuple[str, int] | None:
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])
 def test_stop_sequence_is_honoured(
-    kind: str, probe: ServerProbe, http_client: httpx.Client, inference_server: InferenceServer
+    kind: str,
+    probe: ServerProbe,
+    http_client: httpx.Client,
+    inference_server: InferenceServer,
+    chat_extra: dict[str, Any],
 ) -> None:
     """Asked to stop at text it emitted at temperature 0, the model ends just before it."""
     feature = probe.completions() if kind == "completions" else probe.chat()
     feature.require()
     path = "/v1/completions" if kind == "completions" else "/v1/chat/completions"
-    build = _completion if kind == "completions" else _chat
+
+    def build(server: InferenceServer, **extra: Any) -> dict[str, Any]:
+        if kind == "completions":
+            return _completion(server, **extra)
+        return _chat(server, **chat_extra, **extra)
 
     def text_of(body: dict[str, Any]) -> str:
         choice = body["choices"][0]
@@ -576,15 +588,18 @@ def test_openai_client_chat(
     sdk_texts: Any,
     inference_server: InferenceServer,
     engine_identity: tuple[str, str | None],
+    chat_extra: dict[str, Any],
 ) -> None:
     """The official client's chat call and its stream (with usage) agree."""
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "model": inference_server.model,
         "messages": MESSAGES,
         "max_tokens": 12,
         "temperature": 0.0,
         "seed": SEED,
     }
+    if chat_extra:
+        kwargs["extra_body"] = chat_extra
     whole = sdk_texts.chat.completions.create(**kwargs)
     text = whole.choices[0].message.content
     assert isinstance(text, str), f"content is {text!r}"

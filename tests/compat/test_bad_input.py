@@ -521,6 +521,16 @@ OTHER_CHECKS = (
     "prompt list",
     "schemathesis",
     "sdk:bad request",
+    "lora:broken adapter (weights that do not fit the model)",
+    "structured:completions regex",
+    "structured outputs",
+    "tools:required",
+    "tools:named",
+    "tools:streamed",
+    "tools:malformed:function without a name",
+    "tools:malformed:tools is not a list",
+    "tools:malformed:tool_choice names a tool not offered",
+    "tools:result turn",
 )
 """Checks outside this module that consult the deviation table."""
 

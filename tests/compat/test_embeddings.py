@@ -14,13 +14,13 @@ import pytest
 
 from pytest_gpuinfer.compat import embeddings
 from pytest_gpuinfer.compat.target import CompatTarget
-from pytest_gpuinfer.plugin.compat_outcomes import judge, require
+from pytest_gpuinfer.plugin.compat_outcomes import require, verdict
 
 
 @pytest.fixture
 def embedding_target(compat_target: CompatTarget) -> CompatTarget:
     """The target, after the probe showed that it serves embeddings."""
-    require(embeddings.probe(compat_target.probe))
+    require(embeddings.probe(compat_target.probe), identity=compat_target.identity)
     return compat_target
 
 
@@ -39,31 +39,35 @@ def test_embedding_shape_and_dimension(
     embedding_target: CompatTarget, hidden_size: int | None
 ) -> None:
     """One vector per input, all of the model's hidden size; usage counts the prompt."""
-    judge(embeddings.shape_and_dimension(embedding_target, hidden_size))
+    verdict(
+        embedding_target.identity, embeddings.shape_and_dimension(embedding_target, hidden_size)
+    )
 
 
 def test_single_input_equals_batch(embedding_target: CompatTarget) -> None:
     """A text embedded alone equals its vector inside a batch."""
-    judge(embeddings.single_equals_batch(embedding_target))
+    verdict(embedding_target.identity, embeddings.single_equals_batch(embedding_target))
 
 
 def test_embeddings_are_deterministic(embedding_target: CompatTarget) -> None:
     """The same text twice gives the same vector."""
-    judge(embeddings.deterministic(embedding_target))
+    verdict(embedding_target.identity, embeddings.deterministic(embedding_target))
 
 
 def test_base64_equals_float(embedding_target: CompatTarget) -> None:
     """encoding_format base64 decodes to the float vector."""
-    judge(embeddings.base64_equals_float(embedding_target))
+    verdict(embedding_target.identity, embeddings.base64_equals_float(embedding_target))
 
 
 def test_input_over_the_context_is_rejected(
     embedding_target: CompatTarget, max_context: int
 ) -> None:
     """An input longer than the context is a 4xx about the length; the server lives on."""
-    judge(embeddings.over_context_rejected(embedding_target, max_context))
+    verdict(
+        embedding_target.identity, embeddings.over_context_rejected(embedding_target, max_context)
+    )
 
 
 def test_models_lists_the_pooling_model(embedding_target: CompatTarget) -> None:
     """/v1/models lists the served model."""
-    judge(embeddings.models_list(embedding_target))
+    verdict(embedding_target.identity, embeddings.models_list(embedding_target))

@@ -15,7 +15,7 @@ import pytest
 from pytest_gpuinfer.compat import adapters
 from pytest_gpuinfer.compat.target import CompatTarget
 from pytest_gpuinfer.models import builtin, lora
-from pytest_gpuinfer.plugin.compat_outcomes import excuse, judge, require
+from pytest_gpuinfer.plugin.compat_outcomes import excuse, judge, require, verdict
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
 
@@ -23,7 +23,7 @@ from pytest_gpuinfer.targets import InferenceServer
 @pytest.fixture
 def lora_target(compat_target: CompatTarget) -> CompatTarget:
     """The target, after the probe showed an adapter on the served model."""
-    require(adapters.probe(compat_target.probe))
+    require(adapters.probe(compat_target.probe), identity=compat_target.identity)
     return compat_target
 
 
@@ -54,13 +54,13 @@ def test_adapter_is_listed(
     """The adapter is in /v1/models with the base model as its parent."""
     serves_own = served_builtin is not None and served_builtin.serve_adapter
     expected = served_builtin.adapter_name if served_builtin and serves_own else None
-    judge(adapters.adapter_listed(lora_target, expected))
+    verdict(lora_target.identity, adapters.adapter_listed(lora_target, expected))
 
 
 def test_adapter_changes_outputs_stably(lora_target: CompatTarget) -> None:
     """Greedy outputs through the adapter differ from the base's and repeat exactly."""
     for name in adapters.listed(lora_target.probe):
-        judge(adapters.differs_and_stable(lora_target, name))
+        verdict(lora_target.identity, adapters.differs_and_stable(lora_target, name))
 
 
 def test_runtime_load_and_unload(
@@ -70,11 +70,13 @@ def test_runtime_load_and_unload(
 ) -> None:
     """An adapter loaded at runtime is listed and applied like the same files served from the
     start; after unloading it is gone."""
-    require(adapters.runtime_probe(lora_target.probe))
+    require(adapters.runtime_probe(lora_target.probe), identity=lora_target.identity)
     reference = served_builtin.adapter_name if served_builtin else None
     if reference not in adapters.listed(lora_target.probe):
         reference = None
-    judge(adapters.runtime_load_unload(lora_target, local_adapter, reference))
+    verdict(
+        lora_target.identity, adapters.runtime_load_unload(lora_target, local_adapter, reference)
+    )
 
 
 @pytest.mark.parametrize("case", ["weights that do not fit the model", "no such directory"])
@@ -86,7 +88,7 @@ def test_broken_adapter_is_refused(
     case: str,
 ) -> None:
     """A broken adapter gets a 4xx naming the problem, is not listed, the server lives on."""
-    require(adapters.runtime_probe(lora_target.probe))
+    require(adapters.runtime_probe(lora_target.probe), identity=lora_target.identity)
     assert served_builtin is not None
     broken = tmp_path / "broken-adapter"
     if case == "weights that do not fit the model":

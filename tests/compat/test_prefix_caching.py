@@ -14,6 +14,6 @@ from pytest_gpuinfer.plugin.compat_outcomes import judge, require
 
 def test_prefix_cache_hit_gives_identical_output(compat_target: CompatTarget) -> None:
     """Output from the cache equals output without it; the hits counter rose."""
-    require(caching.prefix_probe(compat_target.probe))
+    require(caching.prefix_probe(compat_target.probe), identity=compat_target.identity)
     require(compat_target.probe.completions())
     judge(caching.prefix_cache_identical(compat_target.client, compat_target.model))

@@ -12,33 +12,33 @@ import pytest
 
 from pytest_gpuinfer.compat import reasoning
 from pytest_gpuinfer.compat.target import CompatTarget
-from pytest_gpuinfer.plugin.compat_outcomes import judge, require
+from pytest_gpuinfer.plugin.compat_outcomes import require, verdict
 
 
 @pytest.fixture
 def reasoning_target(compat_target: CompatTarget) -> CompatTarget:
     """The target, after the probe showed that it returns reasoning in its own field."""
-    require(reasoning.probe(compat_target.probe))
+    require(reasoning.probe(compat_target.probe), identity=compat_target.identity)
     return compat_target
 
 
 def test_reasoning_has_its_own_field(reasoning_target: CompatTarget) -> None:
     """Thinking on: the reasoning is text in its own field and not in content."""
-    judge(reasoning.field_shapes(reasoning_target))
+    verdict(reasoning_target.identity, reasoning.field_shapes(reasoning_target))
 
 
 def test_enable_thinking_false_reaches_the_template(reasoning_target: CompatTarget) -> None:
     """enable_thinking false: a longer prompt (closed think block) and no reasoning."""
-    judge(reasoning.thinking_switch(reasoning_target))
+    verdict(reasoning_target.identity, reasoning.thinking_switch(reasoning_target))
 
 
 def test_parser_splits_a_forced_output(reasoning_target: CompatTarget) -> None:
     """A forced output is split at the first end-of-thinking tag, nothing lost."""
     require(reasoning_target.probe.completions())
     require(reasoning_target.probe.tokenize_chat_route())
-    judge(reasoning.forced_split(reasoning_target))
+    verdict(reasoning_target.identity, reasoning.forced_split(reasoning_target))
 
 
 def test_streamed_reasoning_equals_non_streamed(reasoning_target: CompatTarget) -> None:
     """Streamed reasoning and content deltas add up to the non-streamed message."""
-    judge(reasoning.streamed_equals_whole(reasoning_target))
+    verdict(reasoning_target.identity, reasoning.streamed_equals_whole(reasoning_target))

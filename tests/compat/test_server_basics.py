@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -75,6 +77,7 @@ def test_streamed_chat_completion_is_well_formed(
     http_client: httpx.Client,
     inference_server: InferenceServer,
     engine_identity: tuple[str, str | None],
+    chat_extra: dict[str, Any],
 ) -> None:
     """A streamed chat completion is SSE with content chunks, a finish reason and usage."""
     max_tokens = 6
@@ -85,6 +88,7 @@ def test_streamed_chat_completion_is_well_formed(
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **chat_extra,
     }
     with http_client.stream("POST", "/v1/chat/completions", json=request) as response:
         assert response.status_code == 200, response.read()[:500]

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from engine_env import require_launched_vllm
 
 from pytest_gpuinfer.compat import caching
 from pytest_gpuinfer.compat.target import CompatTarget
@@ -27,7 +26,12 @@ def speculative_server(
     inference_server: InferenceServer, server_factory: ServerFactory
 ) -> Iterator[InferenceServer]:
     """The run's model served again with n-gram speculative decoding."""
-    require_launched_vllm(inference_server)
+    if inference_server.engine != "vllm" or not inference_server.launched:
+        pytest.skip(
+            "speculative decoding is compared on a second vLLM server launched beside the "
+            f"target; the target is {inference_server.engine!r}"
+            f"{'' if inference_server.launched else ' (not launched here)'}"
+        )
     with httpx.Client(
         base_url=inference_server.base_url, headers=inference_server.auth_headers()
     ) as client:
