@@ -32,6 +32,9 @@ class BuiltinModel:
     architecture: str
     fingerprint: str
     write_dir: Callable[[], Path]
+    """Return the cached checkpoint directory, writing it first when needed."""
+    write_to: Callable[[Path], Path]
+    """Write a fresh copy of the checkpoint into a directory (for reproducibility checks)."""
     tool_parser: str | None = None
     """vLLM --tool-call-parser for the chat template's tool-call format (None: no parser)."""
     reasoning_parser: str | None = None
@@ -94,6 +97,7 @@ LLAMA = BuiltinModel(
     architecture="LlamaForCausalLM",
     fingerprint=tinymodel.DEFAULT_SPEC.fingerprint(),
     write_dir=lambda: tinymodel.ensure_model(),
+    write_to=lambda out: tinymodel.write_model(out),
 )
 
 QWEN3 = BuiltinModel(
@@ -102,6 +106,7 @@ QWEN3 = BuiltinModel(
     architecture="Qwen3ForCausalLM",
     fingerprint=qwen3.DEFAULT_QWEN3_SPEC.fingerprint(),
     write_dir=lambda: qwen3.ensure_model(),
+    write_to=lambda out: qwen3.write_model(out),
     tool_parser="hermes",
     reasoning_parser="qwen3",
     serve_adapter=True,
@@ -116,6 +121,7 @@ QWEN3_EMBED = BuiltinModel(
     architecture="Qwen3ForCausalLM",
     fingerprint=qwen3.DEFAULT_QWEN3_SPEC.fingerprint(),
     write_dir=lambda: qwen3.ensure_model(),
+    write_to=lambda out: qwen3.write_model(out),
     pooling=True,
     dtype="float32",
 )
@@ -129,6 +135,14 @@ DEFAULT = LLAMA
 
 class UnknownBuiltinModel(ValueError):
     """A ``builtin:NAME`` whose NAME is not a built-in model."""
+
+
+def by_directory(model_dir: Path) -> BuiltinModel | None:
+    """The built-in model whose cached checkpoint directory has ``model_dir``'s name."""
+    for model in BUILTIN_MODELS.values():
+        if model_dir.name == model.ensure().name:
+            return model
+    return None
 
 
 def is_builtin_name(value: str) -> bool:

@@ -297,13 +297,25 @@ def ensure_written(name: str, write: Callable[[Path], Path], cache_dir: Path | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: write (or find) the built-in model and print its directory."""
+    """Console entry point: write (or find) a built-in model and print its directory."""
+    from pytest_gpuinfer.models import builtin
+
     parser = argparse.ArgumentParser(
         prog="gpuinfer-make-model",
-        description="Write the built-in tiny Llama checkpoint (offline, reproducible).",
+        description="Write a built-in tiny checkpoint (offline, reproducible): the Llama by "
+        "default, or the Qwen3-shaped model, and its seeded LoRA adapter.",
+    )
+    parser.add_argument(
+        "--builtin",
+        choices=sorted(builtin.BUILTIN_MODELS),
+        default=builtin.DEFAULT.key,
+        help="which built-in model (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, help="write here instead of the cache directory")
     parser.add_argument("--verify", type=Path, help="check a model directory against its manifest")
+    parser.add_argument(
+        "--adapter", action="store_true", help="also write (or find) its LoRA adapter and print it"
+    )
     args = parser.parse_args(argv)
     if args.verify:
         problems = verify_model(args.verify)
@@ -311,8 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line)
         print("ok" if not problems else f"{len(problems)} problem(s)")
         return 1 if problems else 0
-    path = write_model(args.out) if args.out else ensure_model()
+    model = builtin.BUILTIN_MODELS[args.builtin]
+    path = model.write_to(args.out) if args.out else model.ensure()
     print(path)
+    if args.adapter:
+        print(model.ensure_adapter())
     return 0
 
 

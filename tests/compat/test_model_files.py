@@ -16,13 +16,9 @@ import pytest
 
 from pytest_gpuinfer.compat.probe import ServerProbe
 from pytest_gpuinfer.compat.tokens import first_difference
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.models import manifest as model_manifest
-from pytest_gpuinfer.models.tinymodel import (
-    BUILTIN_MODEL_NAME,
-    DEFAULT_SPEC,
-    file_digests,
-    write_model,
-)
+from pytest_gpuinfer.models.tinymodel import file_digests
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.fixtures import gpuinfer_settings_of
 from pytest_gpuinfer.targets import InferenceServer
@@ -236,9 +232,10 @@ def test_model_files_match_manifest(
 
 def test_builtin_model_is_reproducible(model_dir: Path, tmp_path: Path) -> None:
     """The served built-in model is byte for byte what a fresh write of its spec gives."""
-    if model_dir.name != f"{BUILTIN_MODEL_NAME}-{DEFAULT_SPEC.fingerprint()}":
-        pytest.skip(f"{model_dir} is not the built-in model")
-    fresh = file_digests(write_model(tmp_path / "fresh"))
+    known = builtin.by_directory(model_dir)
+    if known is None:
+        pytest.skip(f"{model_dir} is not a built-in model")
+    fresh = file_digests(known.write_to(tmp_path / "fresh"))
     served = file_digests(model_dir)
     problems = model_manifest.compare_digests(fresh, served)
     assert not problems, (
