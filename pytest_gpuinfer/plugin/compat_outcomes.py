@@ -12,6 +12,7 @@ under TYPE_CHECKING or inside functions.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -80,15 +81,25 @@ def excuse_all(identity: tuple[str, str | None], check: str, evidence: list[Any]
     judge(deviations.excuse_all(identity, check, evidence))
 
 
+def _unmet_finding(exc: BaseException) -> Finding | None:
+    """The finding an Unmet carries, else None (without importing the compat package: if it
+    is not loaded, nothing raised an Unmet)."""
+    findings = sys.modules.get("pytest_gpuinfer.compat.findings")
+    if findings is not None and isinstance(exc, findings.Unmet):
+        finding: Finding = exc.finding
+        return finding
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
     """An Unmet raised in a test becomes the outcome its finding asks for."""
-    from pytest_gpuinfer.compat.findings import Unmet
-
     try:
         return (yield)
-    except Unmet as exc:
-        finding = exc.finding
+    except Exception as exc:
+        finding = _unmet_finding(exc)
+        if finding is None:
+            raise
     conclude(finding)  # outside the except block: no "during handling" chain in the report
 
 
@@ -97,10 +108,10 @@ def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, Any, Any]:
     """An Unmet raised while a fixture sets up becomes the outcome its finding asks for."""
-    from pytest_gpuinfer.compat.findings import Unmet
-
     try:
         return (yield)
-    except Unmet as exc:
-        finding = exc.finding
+    except Exception as exc:
+        finding = _unmet_finding(exc)
+        if finding is None:
+            raise
     conclude(finding)

@@ -69,6 +69,16 @@ def offline_setup(server: InferenceServer, model_dir: Path, config: pytest.Confi
     return OfflineSetup(env, cli_flags, llm_kwargs, dtype)
 
 
+def sibling_memory_flags(server: InferenceServer, config: pytest.Config) -> list[str]:
+    """vLLM flags that fit a second engine beside ``server`` on its GPU (none without a GPU);
+    skips when the server leaves too little GPU memory."""
+    inventory = gpuinfer_inventory_of(config)
+    if not inventory.has_gpu:
+        return []
+    share = _free_share(server.gpu_uuids or tuple(g.uuid for g in inventory.gpus[:1]))
+    return ["--gpu-memory-utilization", str(share)]
+
+
 def _read(path: Path) -> str:
     """A log file's text (empty when unreadable)."""
     try:

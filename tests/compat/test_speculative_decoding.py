@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from engine_env import sibling_memory_flags
 
 from pytest_gpuinfer.compat import caching
 from pytest_gpuinfer.compat.target import CompatTarget
@@ -23,7 +24,7 @@ from pytest_gpuinfer.targets import InferenceServer, TargetError
 
 @pytest.fixture(scope="module")
 def speculative_server(
-    inference_server: InferenceServer, server_factory: ServerFactory
+    inference_server: InferenceServer, server_factory: ServerFactory, pytestconfig: pytest.Config
 ) -> Iterator[InferenceServer]:
     """The run's model served again with n-gram speculative decoding."""
     if inference_server.engine != "vllm" or not inference_server.launched:
@@ -42,8 +43,11 @@ def speculative_server(
             "side, so run it against a target without --speculative-config"
         )
     config = json.dumps(caching.NGRAM_SPECULATION)
+    # On a GPU the second engine gets the memory the target leaves (it skips when too little:
+    # serve the target with a lower --gpu-memory-utilization to run this check there).
+    memory = sibling_memory_flags(inference_server, pytestconfig)
     try:
-        server = server_factory.launch(["--speculative-config", config])
+        server = server_factory.launch(["--speculative-config", config, *memory])
     except TargetError as exc:
         pytest.fail(
             f"a server with --speculative-config {config} did not start: {exc}", pytrace=False
