@@ -24,24 +24,33 @@ if TYPE_CHECKING:
 NOT_JUDGED_PREFIX = "NOT JUDGED"
 
 
-def conclude(finding: Finding) -> NoReturn:
-    """End the test as ``finding`` says (never returns): skip, xfail or fail."""
+def conclude(finding: Finding, config: pytest.Config | None = None) -> NoReturn:
+    """End the test as ``finding`` says (never returns): skip, xfail or fail. NOT JUDGED is a
+    skip saying so, never a pass, and a failure when the run requires judgement
+    (``--gpuinfer-require-judgement``, read from ``config``)."""
     from pytest_gpuinfer.compat.findings import Outcome
+    from pytest_gpuinfer.plugin.verdicts import judgement_required
 
     if finding.outcome is Outcome.ABSENT:
         pytest.skip(finding.message())
     if finding.outcome is Outcome.DEVIATION:
         pytest.xfail(finding.message())
     if finding.outcome is Outcome.NOT_JUDGED:
+        if config is not None and judgement_required(config):
+            pytest.fail(
+                "judgement required (--gpuinfer-require-judgement), but "
+                f"{NOT_JUDGED_PREFIX}: {finding.message()}",
+                pytrace=False,
+            )
         pytest.skip(f"{NOT_JUDGED_PREFIX}: {finding.message()}")
     pytest.fail(finding.message(), pytrace=False)
 
 
-def judge(finding: Finding | None) -> None:
+def judge(finding: Finding | None, config: pytest.Config | None = None) -> None:
     """Return for an ok finding (or None: nothing to say); end the test otherwise."""
     if finding is None or finding.ok:
         return
-    conclude(finding)
+    conclude(finding, config)
 
 
 def require(

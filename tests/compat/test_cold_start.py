@@ -64,6 +64,7 @@ def test_cold_start_to_first_completion(
                 Outcome.NOT_JUDGED,
                 f"{measured} measured; no --max-cold-start (ini gpuinfer_max_cold_start) to "
                 "judge it by",
-            )
+            ),
+            request.config,
         )
     assert total_s <= limit, f"{measured} exceeds --max-cold-start {limit:g} s"

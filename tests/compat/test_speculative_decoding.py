@@ -13,13 +13,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from engine_env import sibling_memory_flags
 
 from pytest_gpuinfer.compat import caching
 from pytest_gpuinfer.compat.target import CompatTarget
 from pytest_gpuinfer.plugin.compat_outcomes import judge, require
 from pytest_gpuinfer.plugin.fixtures import ServerFactory
 from pytest_gpuinfer.targets import InferenceServer, TargetError
+
+from .engine_env import sibling_memory_flags
 
 
 @pytest.fixture(scope="module")

@@ -107,3 +107,33 @@ def test_200_with_empty_choices_fails_instead_of_skipping(
     assert red >= 3 and not outcomes.get("passed") and not outcomes.get("skipped"), output
     assert "not supported by this target" not in output, output
     assert "answered 200 but without choices" in output, output
+
+
+@pytest.mark.parametrize(
+    ("flags", "outcome", "message"),
+    [
+        ((), "skipped", "NOT JUDGED: cold start: cold start"),
+        (("--gpuinfer-require-judgement",), "failed", "judgement required"),
+        (("--max-cold-start=0.001",), "failed", "exceeds --max-cold-start 0.001 s"),
+        (("--max-cold-start=600",), "passed", "; limit 600 s"),
+    ],
+)
+def test_cold_start_without_a_limit_reads_not_judged_never_pass(
+    pytester: pytest.Pytester, flags: tuple[str, ...], outcome: str, message: str
+) -> None:
+    """Without --max-cold-start the figures are reported NOT JUDGED (a skip), never a pass."""
+    command = shlex.join([sys.executable, str(FAKE_OPENAI), "--port", "{port}"])
+    result = pytester.runpytest_subprocess(
+        str(COMPAT / "test_cold_start.py"),
+        "--engine",
+        "command",
+        "--server-command",
+        command,
+        "-rsf",
+        "-p",
+        "no:cacheprovider",
+        *flags,
+        timeout=120,
+    )
+    result.assert_outcomes(**{outcome: 1})
+    assert message in result.stdout.str(), result.stdout.str()
