@@ -137,3 +137,43 @@ def test_cold_start_without_a_limit_reads_not_judged_never_pass(
     )
     result.assert_outcomes(**{outcome: 1})
     assert message in result.stdout.str(), result.stdout.str()
+
+
+def test_endpoint_usage_is_counted_with_the_model_files_when_given(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """On --endpoint with the model's files here, usage is checked against the model's own
+    tokenizer (not skipped for want of /tokenize, not the server against itself): the fake's
+    fixed prompt_tokens 5 disagrees with it and fails."""
+    import socket
+    import subprocess
+
+    from pytest_gpuinfer.models import tinymodel
+
+    model_dir = tinymodel.ensure_model()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(FAKE_OPENAI), "--port", str(port), "--model", str(model_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        result = pytester.runpytest_subprocess(
+            str(COMPAT / "test_api_conformance.py"),
+            "-k",
+            "completion_usage_matches_tokenizer and 7",
+            f"--endpoint=http://127.0.0.1:{port}",
+            f"--model={model_dir}",
+            "-rsf",
+            "-p",
+            "no:cacheprovider",
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "usage.prompt_tokens 5 != 18 counted by the local tokenizer (transformers)" in output
