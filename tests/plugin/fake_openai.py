@@ -4,7 +4,8 @@ It serves /health, /v1/models, /v1/completions, /v1/chat/completions (tools, res
 and /v1/embeddings with small well-formed answers, and can be told to misbehave in the ways the
 compat checks must catch: tool arguments that break the tool's schema, a 500 for an invalid
 JSON schema, a 400 for every completion and chat request however valid, a 200 with an empty
-``choices`` list.
+``choices`` list, completions that stop after one token whatever is asked. Completions repeat
+one text for every one of ``n`` choices; ``--tokenizer DIR`` counts prompt tokens truly.
 """
 
 from __future__ import annotations
@@ -38,10 +39,24 @@ def main() -> None:
     parser.add_argument("--invalid-schema-500", action="store_true")
     parser.add_argument("--reject-valid", action="store_true", help="400 for every generation")
     parser.add_argument("--empty-choices", action="store_true")
+    parser.add_argument("--tokenizer", help="count prompt tokens with this model's tokenizer.json")
+    parser.add_argument("--stop-early", action="store_true", help="end every completion at once")
     args = parser.parse_args()
+    counter = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
 
-    def usage() -> dict[str, int]:
-        return {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        counter = Tokenizer.from_file(f"{args.tokenizer}/tokenizer.json")
+
+    def usage(prompt: Any = None, completion: int = 1) -> dict[str, int]:
+        prompt_tokens = 5
+        if counter is not None and isinstance(prompt, str):
+            prompt_tokens = len(counter.encode(prompt).ids)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     def chat_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         message: dict[str, Any] = {"role": "assistant", "content": "ok"}
@@ -135,10 +150,18 @@ def main() -> None:
                     return
                 self._send(*chat_answer(body))
             elif self.path == "/v1/completions":
+                # Every choice the same text (n is not sampled independently); "stop" after one
+                # token with --stop-early, whatever max_tokens and ignore_eos say.
+                n = int(body.get("n") or 1)
+                made = 1 if args.stop_early else int(body.get("max_tokens") or 16)
+                finish = "stop" if args.stop_early else "length"
                 choices = (
                     []
                     if args.empty_choices
-                    else [{"index": 0, "text": " ok", "finish_reason": "length"}]
+                    else [
+                        {"index": i, "text": " ok" * made, "finish_reason": finish}
+                        for i in range(n)
+                    ]
                 )
                 self._send(
                     200,
@@ -148,7 +171,7 @@ def main() -> None:
                         "created": int(time.time()),
                         "model": args.model,
                         "choices": choices,
-                        "usage": usage(),
+                        "usage": usage(body.get("prompt"), made * n),
                     },
                 )
             else:

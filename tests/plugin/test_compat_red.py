@@ -18,6 +18,14 @@ FAKE_OPENAI = Path(__file__).with_name("fake_openai.py")
 COMPAT = Path(__file__).parents[1] / "compat"
 
 
+@pytest.fixture(scope="module")
+def llama_dir() -> Path:
+    """The built-in Llama's files (found before pytester points HOME elsewhere)."""
+    from pytest_gpuinfer.models import tinymodel
+
+    return tinymodel.ensure_model()
+
+
 @pytest.fixture
 def run_compat(pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
     """Run compat modules (with a -k selection) against fake_openai.py with the given flags."""
@@ -140,7 +148,7 @@ def test_cold_start_without_a_limit_reads_not_judged_never_pass(
 
 
 def test_endpoint_usage_is_counted_with_the_model_files_when_given(
-    pytester: pytest.Pytester, tmp_path: Path
+    pytester: pytest.Pytester, llama_dir: Path
 ) -> None:
     """On --endpoint with the model's files here, usage is checked against the model's own
     tokenizer (not skipped for want of /tokenize, not the server against itself): the fake's
@@ -148,9 +156,7 @@ def test_endpoint_usage_is_counted_with_the_model_files_when_given(
     import socket
     import subprocess
 
-    from pytest_gpuinfer.models import tinymodel
-
-    model_dir = tinymodel.ensure_model()
+    model_dir = llama_dir
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -177,3 +183,22 @@ def test_endpoint_usage_is_counted_with_the_model_files_when_given(
     result.assert_outcomes(failed=1)
     output = result.stdout.str()
     assert "usage.prompt_tokens 5 != 18 counted by the local tokenizer (transformers)" in output
+
+
+def test_n_choices_that_repeat_one_text_fail(run_compat: Callable[..., pytest.RunResult]) -> None:
+    """n=3 at temperature 1 must give three different texts; three copies of one fail."""
+    result = run_compat(["test_api_conformance.py"], "distinct_choices")
+    result.assert_outcomes(failed=1)
+    assert "returned the same text more than once" in result.stdout.str(), result.stdout.str()
+
+
+def test_a_context_fill_that_stops_early_fails(
+    run_compat: Callable[..., pytest.RunResult], llama_dir: Path
+) -> None:
+    """The context must really be filled: a server that stops after one token, even with
+    ignore_eos, fails the fill check instead of passing it early."""
+    result = run_compat(
+        ["test_context_limits.py"], "exactly_filling", "--stop-early", "--tokenizer", str(llama_dir)
+    )
+    result.assert_outcomes(failed=1)
+    assert "1 of 4 tokens generated in a context of 512" in result.stdout.str(), result.stdout.str()
