@@ -457,6 +457,12 @@ class DocumentedAbsence:
 DOCUMENTED_ABSENCES: tuple[DocumentedAbsence, ...] = (
     DocumentedAbsence(
         "vllm",
+        "chat completions",
+        re.compile(r"chat template", re.I),
+        "serve a model whose tokenizer has a chat template, or pass --chat-template",
+    ),
+    DocumentedAbsence(
+        "vllm",
         "tool calls",
         re.compile(r"requires --tool-call-parser|requires --enable-auto-tool-choice"),
         "serve with --enable-auto-tool-choice --tool-call-parser NAME",

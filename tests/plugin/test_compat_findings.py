@@ -274,3 +274,20 @@ def test_chat_features_follow_a_broken_chat() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(500, json={"error": {}}))
     found = tools.probe(ServerProbe("http://fake", "m", transport=transport))
     assert found.broken and "needs chat completions" in found.reason, found
+
+
+def test_a_base_model_without_a_chat_template_has_no_chat() -> None:
+    """vLLM's 400 about a missing chat template says chat is off: absent, not broken."""
+    message = (
+        "As of transformers v4.44, default chat template is no longer allowed, so you must "
+        "provide a chat template if the tokenizer does not define one."
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/chat/completions":
+            return httpx.Response(400, json={"error": {"message": message}})
+        return httpx.Response(200, json=completion(" x"))
+
+    probe = ServerProbe("http://fake", "m", transport=httpx.MockTransport(answer))
+    chat = probe.chat()
+    assert not chat.available and not chat.broken and "--chat-template" in chat.reason
