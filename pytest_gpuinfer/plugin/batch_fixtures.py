@@ -90,11 +90,12 @@ class BatchSettings:
 @pytest.fixture(scope="session")
 def batch_settings(pytestconfig: pytest.Config) -> BatchSettings:
     """The batch suite's settings for this run."""
-    from pytest_gpuinfer.models.tinymodel import ensure_model
+    from pytest_gpuinfer.models import builtin
 
     state = pytestconfig.stash[RUN_STATE]
     settings = state.settings
-    model = settings.model or str(ensure_model())
+    known = builtin.resolve(settings.model)
+    model = str(known.ensure()) if known else str(settings.model)
     return BatchSettings(
         model=model,
         ray_address=settings.ray_address,
