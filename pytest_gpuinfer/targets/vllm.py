@@ -98,7 +98,7 @@ class VLLMLauncher(CommandLauncher):
                 engine_args=ctx.engine_args,
                 default_max_model_len=None,
             )
-            env = environment(pinned_env(ctx), has_gpu=ctx.has_gpu, offline=False)
+            env = environment(engine_env(ctx), has_gpu=ctx.has_gpu, offline=False)
             return LaunchPlan(argv, env, version, model_path, model_path)
         # A built-in model comes with the settings that switch on what it offers (parsers, its
         # LoRA adapter); the run's own --engine-arg values come after them and win.
