@@ -19,11 +19,11 @@ part() {
   echo "==> qwen3 $name: exit $rc after $((SECONDS - started)) s"
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 }
-part generation .venv/bin/pytest -m compat -p no:cacheprovider -rsx --model builtin:qwen3 \
+part generation ${GPUINFER_PYTEST:-.venv/bin/pytest} -m compat -p no:cacheprovider -rsx --model builtin:qwen3 \
   tests/compat/test_cold_start.py tests/compat/test_server_basics.py \
   tests/compat/test_api_conformance.py tests/compat/test_tools.py \
   tests/compat/test_structured_outputs.py tests/compat/test_reasoning.py \
   tests/compat/test_lora.py tests/compat/test_prefix_caching.py "$@"
-part embeddings .venv/bin/pytest -m compat -p no:cacheprovider -rsx --model builtin:qwen3-embed \
+part embeddings ${GPUINFER_PYTEST:-.venv/bin/pytest} -m compat -p no:cacheprovider -rsx --model builtin:qwen3-embed \
   tests/compat/test_embeddings.py "$@"
 exit "$status"
