@@ -1,0 +1,58 @@
+"""An interrupted load run ends with its one message: no stray errors from the event loop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LONG_LOAD = """
+import pathlib
+
+def test_long_load(load_runner):
+    pathlib.Path({flag!r}).write_text("up")
+    load_runner.run(rate=50, duration_s=120, max_tokens=16)
+"""
+
+STRAY = ("no running event loop", "Task was destroyed", "Exception ignored", "Event loop is closed")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_interrupted_load_run_ends_with_one_message(
+    pytester: pytest.Pytester, tmp_path: Path, signame: str
+) -> None:
+    flag = tmp_path / "load-started"
+    pytester.makepyfile(LONG_LOAD.format(flag=str(flag)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--engine=sim", "-q"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the load test never started"
+            time.sleep(0.1)
+        time.sleep(2.0)  # mid-run: requests in flight
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, signame))
+        output, _ = proc.communicate(timeout=30)
+        ended_s = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in output, output[-2000:]
+    stray = [text for text in STRAY if text in output]
+    assert not stray, f"after {signame}, stray errors {stray}:\n{output[-3000:]}"
+    assert ended_s < 15, f"took {ended_s:.1f} s to end after {signame}"
