@@ -32,6 +32,7 @@ from pytest_gpuinfer.compat.findings import (
     error_message,
     short,
 )
+from pytest_gpuinfer.targets.responsiveness import WatchedTransport, watch_for
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.targets.base import InferenceServer
@@ -714,12 +715,16 @@ _PROBES_LOCK = threading.Lock()
 
 
 def probe_for(server: InferenceServer) -> ServerProbe:
-    """The cached probe for ``server`` (one per base URL, model, credentials and process)."""
+    """The cached probe for ``server`` (one per base URL, model, credentials and process); its
+    requests fail at once once the server is judged unresponsive (targets.responsiveness)."""
     headers = server.auth_headers()
     pid = server.process.pid if server.process is not None else None
     key = (server.base_url, server.model, headers.get("Authorization", ""), pid)
     with _PROBES_LOCK:
         probe = _PROBES.get(key)
         if probe is None:
-            probe = _PROBES[key] = ServerProbe(server.base_url, server.model, headers=headers)
+            transport = WatchedTransport(watch_for(server))
+            probe = _PROBES[key] = ServerProbe(
+                server.base_url, server.model, headers=headers, transport=transport
+            )
         return probe

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_gpuinfer.plugin.extras import require
+from pytest_gpuinfer.plugin.fail_fast import watch_server
 from pytest_gpuinfer.plugin.options import Settings
 from pytest_gpuinfer.plugin.state import RUN_STATE
 from pytest_gpuinfer.plugin.verdicts import VerdictGate
@@ -81,33 +82,46 @@ def inference_server(pytestconfig: pytest.Config) -> Iterator[InferenceServer]:
     if state.server_failure is not None:  # failed outside the except: no chained traceback
         pytest.fail(state.server_failure, pytrace=False)
     state.servers_seen.append(server)
+    watch_server(server, pytestconfig)
     yield server
     state.manager.stop(server)
 
 
 @pytest.fixture
-def http_client(inference_server: InferenceServer) -> Iterator[Any]:
-    """An httpx client bound to the server's base URL, with the API key and bounded timeouts."""
-    import httpx
-
-    with httpx.Client(
-        base_url=inference_server.base_url,
-        headers=inference_server.auth_headers(),
-        timeout=httpx.Timeout(60.0, connect=5.0),
-    ) as client:
+def http_client(inference_server: InferenceServer, pytestconfig: pytest.Config) -> Iterator[Any]:
+    """An httpx client bound to the server's base URL, with the API key and bounded timeouts
+    (reads wait at most --first-token-timeout)."""
+    with _watched_httpx_client(inference_server, pytestconfig) as client:
         yield client
 
 
+def _watched_httpx_client(server: InferenceServer, config: pytest.Config) -> Any:
+    """An httpx client for ``server`` whose timeouts judge the server's responsiveness."""
+    import httpx
+
+    from pytest_gpuinfer.targets.responsiveness import WatchedTransport, watch_for
+
+    wait_s = gpuinfer_settings_of(config).first_token_timeout_s
+    return httpx.Client(
+        base_url=server.base_url,
+        headers=server.auth_headers(),
+        timeout=httpx.Timeout(wait_s, connect=5.0),
+        transport=WatchedTransport(watch_for(server)),
+    )
+
+
 @pytest.fixture
-def openai_client(inference_server: InferenceServer) -> Any:
+def openai_client(inference_server: InferenceServer, pytestconfig: pytest.Config) -> Iterator[Any]:
     """The official ``openai`` Python client pointed at the server (skips if not installed)."""
     openai = require("openai")
-    return openai.OpenAI(
-        base_url=f"{inference_server.base_url}/v1",
-        api_key=inference_server.api_key or "not-needed",
-        timeout=60.0,
-        max_retries=0,
-    )
+    with _watched_httpx_client(inference_server, pytestconfig) as transport_client:
+        yield openai.OpenAI(
+            base_url=f"{inference_server.base_url}/v1",
+            api_key=inference_server.api_key or "not-needed",
+            timeout=gpuinfer_settings_of(pytestconfig).first_token_timeout_s,
+            http_client=transport_client,
+            max_retries=0,
+        )
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ SERVER_SCOPES = ("session", "package", "module", "class", "function")
 
 DEFAULT_SERVER_TIMEOUT_S = 600.0
 
+DEFAULT_FIRST_TOKEN_TIMEOUT_S = 60.0
+
 GROUP = "gpuinfer"
 GROUP_TITLE = "pytest-gpuinfer: LLM inference server testing"
 
@@ -289,6 +291,15 @@ class Settings:
         f"Seconds to wait for the server to become ready (default {DEFAULT_SERVER_TIMEOUT_S:.0f}).",
         parse=_positive_float,
         default=DEFAULT_SERVER_TIMEOUT_S,
+        metavar="SECONDS",
+    )
+    first_token_timeout_s: float = option(
+        "first-token-timeout",
+        "Seconds a check waits for a server's first answer; after a check times out, one "
+        "probe waits this long and, unanswered, fails the rest of the session at once "
+        f"(default {DEFAULT_FIRST_TOKEN_TIMEOUT_S:.0f}).",
+        parse=_positive_float,
+        default=DEFAULT_FIRST_TOKEN_TIMEOUT_S,
         metavar="SECONDS",
     )
     server_port: int | None = option(

@@ -2,7 +2,7 @@
 
 It answers /health, /v1/models, /version and /v1/completions, and can be told to be slow to
 start, never become ready, exit early, spawn child processes (like vLLM's EngineCore and
-Worker), die after N requests, or require an API key.
+Worker), die after N requests, require an API key, or hang on every POST (an unresponsive engine).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--die-after-requests", type=int, default=None)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--pidfile", default=None)
+    parser.add_argument(
+        "--hang-posts", action="store_true", help="accept POSTs and never answer them"
+    )
     parser.add_argument(
         "--escaped-children", type=int, default=0, help="children in a session of their own"
     )
@@ -98,6 +101,10 @@ def main() -> None:
             length = int(self.headers.get("content-length") or 0)
             self.rfile.read(length)
             if not self._authorised():
+                return
+            if args.hang_posts:
+                print("fake server: holding a POST without answering", flush=True)
+                time.sleep(3600)
                 return
             served["count"] += 1
             self._send(
