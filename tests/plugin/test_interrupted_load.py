@@ -18,7 +18,13 @@ def test_long_load(load_runner):
     load_runner.run(rate=50, duration_s=120, max_tokens=16)
 """
 
-STRAY = ("no running event loop", "Task was destroyed", "Exception ignored", "Event loop is closed")
+STRAY = (
+    "no running event loop",
+    "Task was destroyed",
+    "Exception ignored",
+    "Event loop is closed",
+    "Fatal error on transport",
+)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
