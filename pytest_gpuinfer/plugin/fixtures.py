@@ -128,19 +128,23 @@ def openai_client(inference_server: InferenceServer, pytestconfig: pytest.Config
 def load_runner(
     request: pytest.FixtureRequest, inference_server: InferenceServer
 ) -> TestLoadRunner:
-    """Runs load against the server; each run is judged by the test's SLOs and reported."""
+    """Runs load against the server (through the fault proxy in a test marked ``fault``); each
+    run is judged by the test's SLOs and reported."""
     from pytest_gpuinfer.load.runner import LoadRunner
     from pytest_gpuinfer.plugin.load_fixture import LOAD_RUNNERS, TestLoadRunner, slos_for
 
     state = request.config.stash[RUN_STATE]
+    server = inference_server
+    if request.node.get_closest_marker("fault") is not None:
+        server = request.getfixturevalue("faulty_server")
     runner = TestLoadRunner(
         runner=LoadRunner(
-            inference_server.base_url,
-            inference_server.model,
-            api_key=inference_server.api_key,
-            model_dir=inference_server.model_path,
+            server.base_url,
+            server.model,
+            api_key=server.api_key,
+            model_dir=server.model_path,
         ),
-        server=inference_server,
+        server=server,
         slos=slos_for(request.node, state.settings.slos),
         item=request.node,
         report_dir=state.settings.report_dir,

@@ -30,6 +30,7 @@ FIXTURE_MODULES: tuple[str, ...] = (
     "pytest_gpuinfer.plugin.report_plugin",
     "pytest_gpuinfer.plugin.compat_outcomes",
     "pytest_gpuinfer.plugin.fail_fast",
+    "pytest_gpuinfer.plugin.fault_fixtures",
 )
 """Modules whose fixtures the plugin provides; each suite's fixtures live in a module of its own."""
 
