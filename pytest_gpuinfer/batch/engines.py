@@ -27,6 +27,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ from pytest_gpuinfer.memory.tracker import (
 )
 
 MODES = ("offline", "ray", "ray-llm")
+INTERRUPT_GRACE_S = 6.0
+"""How long an interrupted worker gets to shut its engine and Ray down before it is killed."""
 ENGINE_NAMES = {"offline": "vllm-offline", "ray": "ray-data", "ray-llm": "ray-data-llm"}
 RESOURCE_LOG_LINES = re.compile(
     r".*(No available node types can fulfill resource request|"
@@ -159,6 +162,11 @@ class BatchJob:
         }
 
 
+def _default_sigint() -> None:
+    """In the worker, before exec: SIGINT raises KeyboardInterrupt again."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def make_rows(
     model_dir: str | Path, count: int, prompt_tokens: int, *, seed: int = 0, first_id: int = 0
 ) -> list[InputRow]:
@@ -225,6 +233,8 @@ class BatchEngine:
         self._ray_dir: str | None = None
         self._pending_start: float | None = None
         self.closed_cleanly = False
+        self._busy = False
+        """The worker is loading its engine or running a job: it reads no close request."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -286,17 +296,22 @@ class BatchEngine:
                 env=env,
                 pass_fds=(write_fd,),
                 start_new_session=True,
+                # A shell that starts pytest in the background leaves SIGINT ignored; the worker
+                # needs it to interrupt a job when the run is interrupted (see close()).
+                preexec_fn=_default_sigint,
             )
         os.close(write_fd)
         self._events_fd = read_fd
         self._watch.add_root(self.process.pid)
         self._watch.start()
         self.memory = MemoryTracker(self._memory_source(), interval_s=0.5).start()
+        self._busy = True
         try:
             ready = self._next_event(began + self.spec.start_timeout_s, "the engine to start")
         except BaseException:
             self.close()
             raise
+        self._busy = False
         if ready.get("event") != "ready":
             message = ready.get("message", ready)
             self.close()
@@ -325,7 +340,7 @@ class BatchEngine:
         if self.leftovers is not None:
             return self.leftovers
         proc = self.process
-        if proc is not None and proc.poll() is None and graceful:
+        if proc is not None and proc.poll() is None and graceful and not self._busy:
             with contextlib.suppress(OSError):
                 assert proc.stdin is not None
                 proc.stdin.write(b'{"cmd": "close"}\n')
@@ -334,6 +349,17 @@ class BatchEngine:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30.0)
             self.closed_cleanly = proc.poll() == 0
+        elif proc is not None and proc.poll() is None and self._busy:
+            # Interrupted mid-job or mid-start (Ctrl-C, a failed test): the worker would read a
+            # close request only once its job ends. SIGINT interrupts the job; with its stdin
+            # closed the worker then shuts its engine (and Ray) down and exits.
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=INTERRUPT_GRACE_S)
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 15)
@@ -432,9 +458,11 @@ class BatchEngine:
             wire["num_gpus"] = 1.0  # on GPUs each replica asks Ray for one
         proc.stdin.write((json.dumps({"cmd": "run", "job": wire}) + "\n").encode())
         proc.stdin.flush()
+        self._busy = True
         try:
             # The worker reports its own deadline first; this is the backstop if it cannot.
             event = self._next_event(began + job.time_limit_s + 15.0, "the job's rows")
+            self._busy = False
         except BatchTimeout as exc:
             self.close(graceful=False)
             raise BatchTimeout(
