@@ -68,6 +68,26 @@ def _port(value: Any) -> int:
     return int(number)
 
 
+def _ip_address(value: Any) -> str:
+    """An IPv4 or IPv6 address literal."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise OptionValueError(f"expects an IP address like 0.0.0.0, got {value!r}") from None
+
+
+def _duration(value: Any) -> float:
+    """A duration: 1h, 30m, 90s, 1h30m or seconds."""
+    from pytest_gpuinfer.soak.drift import parse_duration
+
+    try:
+        return parse_duration(str(value))
+    except ValueError as exc:
+        raise OptionValueError(str(exc)) from None
+
+
 def _scope(value: Any) -> str:
     """A pytest fixture scope."""
     scope = str(value).strip().lower()
@@ -308,6 +328,14 @@ class Settings:
         parse=_port,
         metavar="PORT",
     )
+    server_host: str = option(
+        "server-host",
+        "Address the launched server (or the container's published port) binds on this machine: "
+        "127.0.0.1 by default, so nothing outside can reach it; 0.0.0.0 when it must be.",
+        parse=_ip_address,
+        default="127.0.0.1",
+        metavar="ADDRESS",
+    )
     server_scope: str = option(
         "server-scope",
         f"Scope of the inference_server fixture: {', '.join(SERVER_SCOPES)} (default session, "
@@ -360,6 +388,13 @@ class Settings:
         parse=_positive_float,
         default=1.0,
         metavar="FACTOR",
+    )
+    soak_s: float | None = option(
+        "soak",
+        "Run the soak test (tests/load/test_soak.py) this long, e.g. 1h: steady load, memory and "
+        "latency sampled throughout, verdicts on drift. Default: a CI-sized 2 minutes.",
+        parse=_duration,
+        metavar="DURATION",
     )
     report_dir: Path | None = option(
         "report",

@@ -106,6 +106,7 @@ class RunState:
         return LaunchContext(
             engine=settings.engine,
             port=settings.server_port or 0,
+            host=settings.server_host,
             work_dir=self.work_dir,
             model=settings.model,
             engine_args=settings.engine_args,

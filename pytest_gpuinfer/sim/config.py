@@ -45,11 +45,14 @@ class SimConfig:
     max_model_len: int = 1024
     model: str = "sim-model"
     seed: int = 0
+    ttft_growth: float = 0.0
+    """Seconds of TTFT added per second the simulator has run: a server that slows down over a
+    long run (for drift verdicts)."""
 
     def __post_init__(self) -> None:
         """Reject settings that describe no possible engine."""
-        if self.ttft_s < 0 or self.itl_s < 0:
-            raise ValueError("ttft_s and itl_s must be >= 0")
+        if self.ttft_s < 0 or self.itl_s < 0 or self.ttft_growth < 0:
+            raise ValueError("ttft_s, itl_s and ttft_growth must be >= 0")
         if self.tokens_per_chunk < 1 or self.output_tokens < 1:
             raise ValueError("tokens_per_chunk and output_tokens must be >= 1")
         if self.max_num_seqs < 1 or self.max_model_len < 1:

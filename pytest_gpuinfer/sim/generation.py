@@ -207,6 +207,8 @@ class Engine(Protocol):
     """What a generation needs from the server that runs it."""
 
     config: SimConfig
+    started: float
+    """perf_counter() when the server was made (TTFT growth counts from it)."""
     model_json: bytes
     token_texts: list[bytes]
     timers: DeadlineTimers
@@ -315,7 +317,7 @@ class Generation:
         self.running = True
         self.record.admitted = now
         config = self.server.config
-        self.first_due = now + config.ttft_s
+        self.first_due = now + config.ttft_s + config.ttft_growth * (now - self.server.started)
         if self.params.stream:
             object_name = b"chat.completion.chunk" if self.params.chat else b"text_completion"
             self.chunk_prefix = self._event_head(object_name)

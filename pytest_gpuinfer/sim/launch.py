@@ -134,6 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     parser.add_argument("--model", default=defaults.model)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--ttft-growth", type=float, default=defaults.ttft_growth, help="TTFT s added per s run"
+    )
     return parser.parse_args(argv)
 
 
@@ -156,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_model_len=args.max_model_len,
         model=args.model,
         seed=args.seed,
+        ttft_growth=args.ttft_growth,
     )
 
 

@@ -49,6 +49,7 @@ class SimServer:
     def __init__(self, config: SimConfig | None = None, *, exit_process_on_crash: bool = False):
         """Prepare a server; ``exit_process_on_crash`` makes ``crash_after`` kill the process."""
         self.config = config or SimConfig()
+        self.started = time.perf_counter()
         self.exit_process_on_crash = exit_process_on_crash
         self.model_json = json.dumps(self.config.model).encode()
         self.token_texts = [b" tok%d" % index for index in range(self.config.output_tokens)]

@@ -64,6 +64,12 @@ class LaunchContext:
     gpus: tuple[GPUInfo, ...] = ()
     has_gpu: bool = False
 
+    @property
+    def client_host(self) -> str:
+        """Where this machine's clients reach the server: the bound address, or the loopback
+        address when the server listens on every interface."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
 
 @dataclass
 class InferenceServer:

@@ -435,7 +435,7 @@ class DockerLauncher(Launcher):
         host_port = int(bindings[0]["HostPort"])
         simulator = handle.container.labels.get("io.gpuinfer.simulator") == "true"
         server = InferenceServer(
-            base_url=f"http://{ctx.host}:{host_port}",
+            base_url=f"http://{ctx.client_host}:{host_port}",
             model=model.served,
             # The engine inside: vLLM (this target passes vLLM's arguments), or the simulator.
             engine=self.name if simulator else "vllm",
@@ -518,3 +518,53 @@ def _start_failure(exc: Exception, ctx: LaunchContext, fixed_port: int | None) -
             f"(install the NVIDIA Container Toolkit and restart dockerd): {why}"
         )
     return f"--engine docker: the container did not start: {why}"
+
+
+_REACH_SCRIPT = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as answer:
+        print(answer.status, answer.read(200).decode(errors="replace"))
+except Exception as exc:
+    print(type(exc).__name__, exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whether a container on a network reached a URL, and what it saw."""
+
+    ok: bool
+    url: str
+    network: str
+    detail: str
+
+    def line(self) -> str:
+        """One line for failure messages."""
+        verdict = "reached" if self.ok else "could not reach"
+        return f"a container on network {self.network} {verdict} {self.url}: {self.detail}"
+
+
+def reach_from_container(
+    client: DockerClient, image: str, *, network: str, url: str, timeout_s: float = 10.0
+) -> Reach:
+    """Run a throwaway container of ``image`` (it needs python) on ``network`` that GETs ``url``.
+
+    On a user-defined network Docker's DNS resolves other containers by name; on the default
+    bridge it does not, so the same call says why it failed.
+    """
+    import docker.errors
+
+    try:
+        output = client.containers.run(
+            image,
+            entrypoint=["python", "-c", _REACH_SCRIPT, url, str(timeout_s)],
+            network=network,
+            remove=True,
+            stderr=True,
+        )
+        return Reach(True, url, network, bytes(output).decode(errors="replace").strip())
+    except docker.errors.ContainerError as exc:
+        text = bytes(exc.stderr or b"").decode(errors="replace").strip() or str(exc)
+        return Reach(False, url, network, " ".join(text.split())[-300:])

@@ -73,7 +73,7 @@ class CommandLauncher(Launcher):
         log_path = ctx.work_dir / f"{self.name}-{ctx.port}.log"
         process = ManagedProcess(plan.argv, log_path=log_path, env=plan.env)
         server = InferenceServer(
-            base_url=f"http://{ctx.host}:{ctx.port}",
+            base_url=f"http://{ctx.client_host}:{ctx.port}",
             model=plan.served_name,
             engine=self.name,
             engine_version=plan.version,

