@@ -8,9 +8,11 @@ requests without failing them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from pytest_gpuinfer.faults import Fault, FaultProxy, FaultSpecError
@@ -153,12 +155,29 @@ def test_plain(load_runner, inference_server):
 """
 
 
+def proxy_processes() -> set[int]:
+    """Pids of fault proxy processes running now."""
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if "pytest_gpuinfer.faults" in " ".join(process.info["cmdline"] or ()):
+            found.add(process.pid)
+    return found
+
+
 def test_marker_routes_load_runner_through_the_proxy(pytester: pytest.Pytester) -> None:
+    before = proxy_processes()
     pytester.makepyfile(FAULT_SUITE)
     result = pytester.runpytest("--engine=sim", f"--gpuinfer-report={pytester.path / 'r'}")
     result.assert_outcomes(passed=2)
-    report = (pytester.path / "r" / "report.json").read_text()
-    assert '"fault proxy"' in report and "reset_mid_stream" in report
+    report = json.loads((pytester.path / "r" / "report.json").read_text())  # intact JSON
+    notes = [
+        entry["payload"]
+        for test in report["tests"]
+        for entry in test.get("results", ())
+        if entry["kind"] == "note"
+    ]
+    assert any(n["title"] == "fault proxy" and n["fault_proxy"]["applied"] for n in notes), notes
+    assert proxy_processes() - before == set(), "the fault proxy outlived the run"
 
 
 def test_bad_fault_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
