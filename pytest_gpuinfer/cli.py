@@ -27,6 +27,7 @@ SUITE_NOTES: dict[str, str] = {
     "memory": "VRAM/RSS leak checks and OOM boundaries (launches servers: not for --endpoint)",
     "batch": "offline batch inference: vLLM's LLM, Ray Data with the `ray` extra",
     "docker": "the Docker target: container lifecycle and networking (`docker` extra)",
+    "faults": "network faults through the fault proxy; kills of engine processes with MTTR",
 }
 """One line per suite for ``gpuinfer list``."""
 

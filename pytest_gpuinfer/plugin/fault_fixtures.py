@@ -19,41 +19,12 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.faults import Fault, FaultProxy
     from pytest_gpuinfer.targets import InferenceServer
 
-MARKER = (
-    "fault(name, p=1.0, start_s=0, duration_s=None, **params): run this test's faulty_server and "
-    "load_runner through the fault proxy with this fault (latency, bandwidth, reset_mid_stream, "
-    "stall, black_hole; see docs/faults.md)"
-)
-
 
 def faults_for(item: pytest.Item) -> tuple[Fault, ...]:
-    """The faults a test's ``fault`` markers name (a bad one is a usage error)."""
-    from pytest_gpuinfer.faults import Fault, FaultSpecError
+    """The faults a test's ``fault`` markers name (checked at collection by plugin.markers)."""
+    from pytest_gpuinfer.faults import Fault
 
-    faults: list[Fault] = []
-    for marker in item.iter_markers(name="fault"):
-        if len(marker.args) != 1 or not isinstance(marker.args[0], str):
-            raise pytest.UsageError(
-                f"{item.nodeid}: @pytest.mark.fault takes one fault name and keyword parameters, "
-                'e.g. @pytest.mark.fault("reset_mid_stream", p=0.05)'
-            )
-        try:
-            faults.append(Fault.of(marker.args[0], **marker.kwargs))
-        except (FaultSpecError, TypeError) as exc:
-            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.fault: {exc}") from None
-    return tuple(faults)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Declare the ``fault`` marker."""
-    config.addinivalue_line("markers", MARKER)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Reject malformed ``fault`` markers before anything runs."""
-    for item in items:
-        if item.get_closest_marker("fault") is not None:
-            faults_for(item)
+    return tuple(Fault.of(m.args[0], **m.kwargs) for m in item.iter_markers(name="fault"))
 
 
 def _server_scope(fixture_name: str, config: pytest.Config) -> Any:

@@ -100,6 +100,22 @@ def _leak_problem(mark: pytest.Mark) -> str | None:
     return None
 
 
+def _fault_problem(mark: pytest.Mark) -> str | None:
+    """What is wrong with a ``fault`` marker: not one name, an unknown fault or parameter."""
+    from pytest_gpuinfer.faults.scenario import Fault, FaultSpecError
+
+    if len(mark.args) != 1 or not isinstance(mark.args[0], str):
+        return (
+            "@pytest.mark.fault takes one fault name and keyword parameters, "
+            'e.g. @pytest.mark.fault("reset_mid_stream", p=0.05)'
+        )
+    try:
+        Fault.of(mark.args[0], **mark.kwargs)
+    except (FaultSpecError, TypeError) as exc:
+        return f"@pytest.mark.fault: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class MarkerSpec:
     """One marker: how it is written, what makes a use of it wrong, and when it skips a test."""
@@ -144,6 +160,13 @@ MARKERS: tuple[MarkerSpec, ...] = (
         "skip unless enough GPUs (with enough memory) are available",
         problem=_requires_gpu_problem,
         skip=_requires_gpu_skip,
+    ),
+    MarkerSpec(
+        "fault",
+        "(name, p=1.0, start_s=0, duration_s=None, **params)",
+        "run this test's faulty_server and load_runner through the fault proxy with this fault "
+        "(latency, bandwidth, reset_mid_stream, stall, black_hole; see docs/faults.md)",
+        problem=_fault_problem,
     ),
     MarkerSpec(
         "slo",

@@ -4,5 +4,5 @@
 URL``) runs one from any directory. Each name below is a package mapped from ``tests/<name>``.
 """
 
-SUITES: tuple[str, ...] = ("compat", "perf", "load", "memory", "batch", "docker")
+SUITES: tuple[str, ...] = ("compat", "perf", "load", "memory", "batch", "docker", "faults")
 """Every shipped suite, in the order ``gpuinfer all`` runs them."""
