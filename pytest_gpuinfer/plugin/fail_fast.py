@@ -21,6 +21,7 @@ from pytest_gpuinfer.plugin.state import RUN_STATE
 
 if TYPE_CHECKING:
     from pytest_gpuinfer.targets.base import InferenceServer
+    from pytest_gpuinfer.targets.responsiveness import Unresponsive
 
 UNRESPONSIVE = pytest.StashKey[str]()
 """The unresponsive-server story, once a probe has confirmed it."""
@@ -47,11 +48,12 @@ def looks_like_timeout(error: BaseException | None) -> bool:
     return False
 
 
-def _judged_story(error: BaseException | None) -> str | None:
+def _judged(error: BaseException | None) -> Unresponsive | None:
     """The verdict carried by a ServerUnresponsive in the exception chain, if any."""
     for link in _chain(error):
-        if any(kind.__name__ == "ServerUnresponsive" for kind in type(link).__mro__):
-            return str(link)
+        verdict = getattr(link, "verdict", None)
+        if verdict is not None and type(link).__name__ == "ServerUnresponsive":
+            return verdict
     return None
 
 
@@ -83,17 +85,17 @@ def pytest_runtest_makereport(
         or call.excinfo is None
     ):
         return report
-    story = _judged_story(call.excinfo.value)
+    verdict = _judged(call.excinfo.value)
     servers = config.stash[RUN_STATE].servers_seen
-    if story is None and servers and looks_like_timeout(call.excinfo.value):
+    if verdict is None and servers and looks_like_timeout(call.excinfo.value):
         from pytest_gpuinfer.targets.responsiveness import watch_for
 
         verdict = watch_for(servers[-1]).after_timeout(item.nodeid)
-        story = verdict.story() if verdict is not None else None
-    if story is not None:
-        story += f". Decided by {item.nodeid}; tests that need the server now fail at once."
-        config.stash[UNRESPONSIVE] = story
-        report.sections.append(("gpuinfer: server unresponsive", story))
+    if verdict is not None:
+        decided = f"Decided by {item.nodeid}; tests that need the server now fail at once."
+        report.sections.append(("gpuinfer: server unresponsive", f"{verdict.story()}. {decided}"))
+        # Later tests say it in one line; the evidence is in the deciding test's report.
+        config.stash[UNRESPONSIVE] = f"{verdict.summary()}; judged after {item.nodeid} timed out"
     return report
 
 

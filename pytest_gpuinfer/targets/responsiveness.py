@@ -37,6 +37,10 @@ DEFAULT_WAIT_S = 60.0
 class ServerUnresponsive(TargetError):
     """The server was judged unresponsive; the message is the verdict with its evidence."""
 
+    def __init__(self, verdict: Unresponsive) -> None:
+        super().__init__(verdict.story())
+        self.verdict = verdict
+
 
 def probe_body(model: str) -> dict[str, object]:
     """The smallest streamed completion: one token, any text, no sampling state."""
@@ -55,6 +59,13 @@ class Unresponsive:
     """What came back before the wait ran out (nothing, or headers and no body)."""
     trigger: str = ""
     """The request whose timeout led to the probe."""
+
+    def summary(self) -> str:
+        """One line for the tests after the deciding one."""
+        return (
+            f"the server at {self.base_url} is unresponsive: no answer to a minimal completion "
+            f"in {self.waited_s:.1f} s; seen: {self.seen}"
+        )
 
     def story(self) -> str:
         """One paragraph naming the cause and the evidence, for failure messages."""
@@ -114,7 +125,7 @@ class ResponsivenessWatch:
     def raise_if_judged(self) -> None:
         """Raise ServerUnresponsive when the server was already judged unresponsive."""
         if self.verdict is not None:
-            raise ServerUnresponsive(self.verdict.story())
+            raise ServerUnresponsive(self.verdict)
 
     def after_timeout(self, trigger: str) -> Unresponsive | None:
         """A request timed out: probe the server once (unless judged already); the verdict."""
@@ -178,7 +189,7 @@ def _judge(watch: ResponsivenessWatch, what: str) -> None:
     """After a timeout on ``what``: raise ServerUnresponsive if the probe confirms a hang."""
     verdict = watch.after_timeout(what)
     if verdict is not None:
-        raise ServerUnresponsive(verdict.story())
+        raise ServerUnresponsive(verdict)
 
 
 class WatchedTransport(httpx.BaseTransport):
