@@ -194,10 +194,12 @@ class _Connection:
 
     async def read_down(self) -> None:
         """Server to proxy: stamp each chunk with its arrival and its exchange."""
-        while data := await self.up_reader.read(_READ_SIZE):
-            self.answered = True
-            await self.queue.put((time.monotonic(), data, self.exchange))
-        await self.queue.put(None)
+        try:
+            while data := await self.up_reader.read(_READ_SIZE):
+                self.answered = True
+                await self.queue.put((time.monotonic(), data, self.exchange))
+        finally:  # the server closed or reset: the client's side ends once the rest is written
+            self.queue.put_nowait(None)
 
     async def write_down(self) -> None:
         """Proxy to client: hold, slow, stall or cut each chunk as its exchange's faults say."""

@@ -193,3 +193,18 @@ def test_bad_fault_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--engine=sim")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*fault 'reset_mid_stream' takes no after*"])
+
+
+def test_server_dying_behind_the_proxy_fails_requests_promptly() -> None:
+    """The server's side closing mid-stream reaches the client through the proxy at once."""
+    with (
+        run_in_process("--ttft-ms", "20", "--itl-ms", "20", "--crash-after", "3") as url,
+        FaultProxy.start(url) as proxy,
+    ):
+        started = time.monotonic()
+        records = run_load(proxy.base_url, requests=6, timeouts=Timeouts(2.0, 10.0, 10.0))
+        elapsed = time.monotonic() - started
+    outcome = count_outcome(records, expected_tokens=TOKENS)
+    assert outcome.problems() == [], outcome.problems()
+    assert outcome.failures >= 3, outcome.line()
+    assert elapsed < 5, f"{elapsed:.1f} s: the proxy held the client after the server died"
