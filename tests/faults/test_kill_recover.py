@@ -25,7 +25,8 @@ from pytest_gpuinfer.load.client import Timeouts
 from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
 from pytest_gpuinfer.targets import InferenceServer
 
-TOKENS = 32
+TOKENS = 128
+"""Long enough (about a second on vLLM-CPU) that requests are in flight at any moment."""
 MAX_MTTR_S = 240.0
 """A restart on 2 CPU cores takes 60-75 s when the machine is idle; four times that fails."""
 
@@ -51,8 +52,8 @@ class BackgroundLoad:
             # Open loop: after the kill, requests keep their schedule instead of retrying a
             # refused connection as fast as the loop can (a closed loop sent 189,000).
             self.result = self.runner.run(
-                rate=8.0,
-                concurrency=4,
+                rate=6.0,
+                concurrency=6,
                 duration_s=self.duration_s,
                 max_tokens=TOKENS,
                 extra_body={"ignore_eos": True},
