@@ -41,7 +41,7 @@ def test_hung_server_decided_by_first_timeout(
     assert "is unresponsive: it accepts connections but did not answer" in out
     probe = 'Probe: POST /v1/completions {"model": "fake-model", "prompt": "Hi", "max_tokens": 1'
     assert probe in out
-    result.stdout.fnmatch_lines(["*waited 2.? s; seen: no response (not even a status line)*"])
+    result.stdout.fnmatch_lines(["*waited * s; seen: no response (not even a status line)*"])
     assert "Decided by test_hung_server_decided_by_first_timeout.py::test_first" in out
     # The later tests say it in one line, naming the test that decided.
     assert out.count("judged after test_hung_server_decided_by_first_timeout.py::test_first") >= 2
