@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import selectors
 import signal
 import socket
 import subprocess
@@ -141,8 +142,6 @@ class FaultProxy:
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
     """The process's first output line, or what it said before exiting or the timeout."""
-    import selectors
-
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
