@@ -26,7 +26,7 @@ SCHEMA_VERSION = "1.1"
 ``limit``, ``unit`` and ``source``; ``passed`` is true for PASS only; matrix, sweep,
 projection, boundary and regression payloads carry ``verdicts`` too."""
 
-SUITES = ("compat", "perf", "load", "memory", "docker", "batch", "plugin")
+SUITES = ("compat", "perf", "load", "memory", "docker", "batch", "faults", "plugin")
 _MARKER_SUITES = {"oom": "memory", "leak": "memory"}
 
 

@@ -453,6 +453,23 @@ KINDS: dict[str, ReportKind] = {
             description="an offline batch result",
         ),
         ReportKind(
+            "fault",
+            junit=lambda p: [
+                ("exchanges", (p.get("fault_proxy") or {}).get("exchanges")),
+                ("applied", sum(((p.get("fault_proxy") or {}).get("applied") or {}).values())),
+            ],
+            key_figure=lambda p: "; ".join(p.get("faults") or ()) or "no faults",
+            html=_text_html("fault"),
+            description="a test through the fault proxy: its faults and what the proxy applied",
+        ),
+        ReportKind(
+            "soak",
+            junit=lambda p: [("duration_s", _rounded(p.get("duration_s"), 1))],
+            key_figure=lambda p: f"soak {p.get('duration_s', 0):.0f} s",
+            html=_text_html("soak"),
+            description="a soak run: windows, memory samples, memory and latency drift verdicts",
+        ),
+        ReportKind(
             "note",
             verdicts=lambda _p: [],
             html=_text_html("note"),

@@ -4,7 +4,8 @@ The run is cut into windows; each window is one load run whose records are summa
 dropped, so the client holds one window's records at a time whatever the duration. The server's
 memory is sampled all along by a :class:`~pytest_gpuinfer.memory.tracker.MemoryTracker`.
 
-Verdicts (each can be NOT JUDGED, which never reads as a pass):
+Verdicts (:class:`~pytest_gpuinfer.metrics.verdicts.Verdict`; each can be NOT JUDGED, never a
+pass):
 
 * **memory drift**: the growth the least-squares slope of the server's memory implies over the
   run after the warm-up share (slope x span) at most ``max_memory_mb_per_h`` for the span, and
@@ -25,6 +26,7 @@ from typing import Any
 from pytest_gpuinfer.memory.tracker import MB, MemoryTracker, least_squares_slope
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.stats import distribution
+from pytest_gpuinfer.metrics.verdicts import Unjudged, Verdict, judged, not_judged
 
 
 def parse_duration(text: str) -> float:
@@ -74,20 +76,6 @@ class WindowStats:
     e2e_p95_s: float | None
 
 
-@dataclass(frozen=True)
-class DriftVerdict:
-    """One drift verdict: passed (True), failed (False) or NOT JUDGED (None), and why."""
-
-    name: str
-    passed: bool | None
-    text: str
-
-    def line(self) -> str:
-        """``memory drift: FAIL: ...``."""
-        state = {True: "PASS", False: "FAIL", None: "NOT JUDGED"}[self.passed]
-        return f"{self.name}: {state}: {self.text}"
-
-
 @dataclass
 class SoakResult:
     """What a soak measured and its verdicts."""
@@ -97,11 +85,7 @@ class SoakResult:
     memory: list[tuple[float, float]]
     """(seconds since the start, MB) samples of the server's memory."""
     memory_slope_mb_per_h: float | None
-    verdicts: list[DriftVerdict] = field(default_factory=list)
-
-    def failed(self) -> list[DriftVerdict]:
-        """The verdicts that failed."""
-        return [v for v in self.verdicts if v.passed is False]
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for reports."""
@@ -110,7 +94,7 @@ class SoakResult:
             "windows": [asdict(w) for w in self.windows],
             "memory_mb": self.memory,
             "memory_slope_mb_per_h": self.memory_slope_mb_per_h,
-            "verdicts": [asdict(v) for v in self.verdicts],
+            "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
 
@@ -128,34 +112,44 @@ def window_stats(start_s: float, records: Sequence[RequestRecord]) -> WindowStat
     )
 
 
+MEMORY_SOURCE = "soak default: 100 MB/h of the span, at least 50 MB (a short run's RSS noise)"
+LATENCY_SOURCE = "soak default: last window's TTFT p95 within +50% + 50 ms of the first's"
+
+
 def judge_memory(
     points: Sequence[tuple[float, float]], duration_s: float, limits: SoakLimits
-) -> tuple[DriftVerdict, float | None]:
+) -> tuple[Verdict, float | None]:
     """The memory-drift verdict and the slope (MB/h) after the warm-up."""
     after = [(t, mb) for t, mb in points if t >= duration_s * limits.warmup_share]
     span = after[-1][0] - after[0][0] if len(after) >= 2 else 0.0
     if len(after) < 3 or span < limits.min_span_s:
-        return (
-            DriftVerdict(
-                "memory drift",
-                None,
-                f"{len(after)} samples over {span:.0f} s after warm-up; needs "
-                f"{limits.min_span_s:.0f} s",
-            ),
-            None,
+        message = (
+            f"{len(after)} samples over {span:.0f} s after warm-up; needs {limits.min_span_s:.0f} s"
         )
+        reason = Unjudged.TOO_FEW_SAMPLES if points else Unjudged.NO_DATA
+        return not_judged("memory drift", reason, message, count=len(after)), None
     slope = least_squares_slope([t for t, _ in after], [mb for _, mb in after]) * 3600
     growth = slope * span / 3600
     allowed = max(limits.noise_floor_mb, limits.max_memory_mb_per_h * span / 3600)
-    text = (
+    message = (
         f"slope {slope:+.1f} MB/h over {span:.0f} s ({len(after)} samples, "
         f"{after[0][1]:.0f} -> {after[-1][1]:.0f} MB): {growth:+.1f} MB; limit {allowed:.0f} MB "
         f"({limits.max_memory_mb_per_h:g} MB/h, at least {limits.noise_floor_mb:g} MB)"
     )
-    return DriftVerdict("memory drift", growth <= allowed, text), slope
+    verdict = judged(
+        "memory drift",
+        growth <= allowed,
+        message,
+        measured=growth,
+        limit=allowed,
+        unit="MB",
+        source=MEMORY_SOURCE,
+        count=len(after),
+    )
+    return verdict, slope
 
 
-def judge_latency(windows: Sequence[WindowStats], limits: SoakLimits) -> DriftVerdict:
+def judge_latency(windows: Sequence[WindowStats], limits: SoakLimits) -> Verdict:
     """The latency-drift verdict: last window's TTFT p95 against the first after warm-up."""
     usable = [
         w
@@ -163,21 +157,30 @@ def judge_latency(windows: Sequence[WindowStats], limits: SoakLimits) -> DriftVe
         if w.ttft_p95_s is not None and w.requests - w.failed >= limits.min_window_requests
     ]
     if len(usable) < 2:
-        return DriftVerdict(
+        return not_judged(
             "latency drift",
-            None,
+            Unjudged.TOO_FEW_SAMPLES,
             f"{len(usable)} window(s) with {limits.min_window_requests}+ successful requests; "
             "needs 2",
         )
     first, last = usable[0], usable[-1]
     assert first.ttft_p95_s is not None and last.ttft_p95_s is not None
     limit = first.ttft_p95_s * (1 + limits.p95_growth) + limits.p95_slack_s
-    text = (
+    message = (
         f"TTFT p95 {first.ttft_p95_s * 1000:.1f} ms at {first.start_s:.0f} s -> "
         f"{last.ttft_p95_s * 1000:.1f} ms at {last.start_s:.0f} s; limit {limit * 1000:.1f} ms "
         f"(+{limits.p95_growth:.0%} + {limits.p95_slack_s * 1000:.0f} ms)"
     )
-    return DriftVerdict("latency drift", last.ttft_p95_s <= limit, text)
+    return judged(
+        "latency drift",
+        last.ttft_p95_s <= limit,
+        message,
+        measured=last.ttft_p95_s,
+        limit=limit,
+        unit="s",
+        source=LATENCY_SOURCE,
+        count=last.requests - last.failed,
+    )
 
 
 def run_soak(
@@ -207,7 +210,7 @@ def run_soak(
     )
     memory_verdict, slope = judge_memory(points, total, limits)
     if tracker is None:
-        memory_verdict = DriftVerdict("memory drift", None, "no memory source to sample")
+        memory_verdict = not_judged("memory drift", Unjudged.NO_DATA, "no memory source to sample")
     result = SoakResult(total, windows, points, slope)
     result.verdicts = [memory_verdict, judge_latency(windows, limits)]
     return result

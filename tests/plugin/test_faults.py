@@ -170,13 +170,13 @@ def test_marker_routes_load_runner_through_the_proxy(pytester: pytest.Pytester) 
     result = pytester.runpytest("--engine=sim", f"--gpuinfer-report={pytester.path / 'r'}")
     result.assert_outcomes(passed=2)
     report = json.loads((pytester.path / "r" / "report.json").read_text())  # intact JSON
-    notes = [
+    faults = [
         entry["payload"]
         for test in report["tests"]
         for entry in test.get("results", ())
-        if entry["kind"] == "note"
+        if entry["kind"] == "fault"
     ]
-    assert any(n["title"] == "fault proxy" and n["fault_proxy"]["applied"] for n in notes), notes
+    assert any(f["fault_proxy"]["applied"] for f in faults), faults
     assert proxy_processes() - before == set(), "the fault proxy outlived the run"
 
 
@@ -208,3 +208,26 @@ def test_server_dying_behind_the_proxy_fails_requests_promptly() -> None:
     assert outcome.problems() == [], outcome.problems()
     assert outcome.failures >= 3, outcome.line()
     assert elapsed < 5, f"{elapsed:.1f} s: the proxy held the client after the server died"
+
+
+def test_a_server_that_never_serves_again_fails_the_mttr_wait() -> None:
+    """MTTR's red side: nothing serves within the limit, even after the restart."""
+    from pytest_gpuinfer.faults.kill import time_until_serving
+
+    restarts: list[str] = []
+
+    def restart() -> tuple[str, str]:
+        restarts.append("restarted")
+        return "http://127.0.0.1:9", "m"  # the discard port: nothing answers
+
+    with pytest.raises(TimeoutError, match="nothing served a completion within 2 s"):
+        time_until_serving(
+            time.monotonic(),
+            "http://127.0.0.1:9",
+            "m",
+            dead=lambda: True,
+            restart=restart,
+            timeout_s=2.0,
+            poll_s=0.2,
+        )
+    assert restarts == ["restarted"]

@@ -57,15 +57,15 @@ def soak_against(url: str, pid: int, duration_s: float) -> list[str]:
 def test_steady_server_and_steady_memory_pass(helper: int) -> None:
     with run_in_process("--ttft-ms", "20", "--itl-ms", "2") as url:
         lines = soak_against(url, helper, 8.0)
-    assert lines[0].startswith("memory drift: PASS"), lines
-    assert lines[1].startswith("latency drift: PASS"), lines
+    assert lines[0].startswith("PASS  memory drift"), lines
+    assert lines[1].startswith("PASS  latency drift"), lines
 
 
 @pytest.mark.parametrize("helper", [2_000_000], indirect=True)
 def test_leaking_helper_fails_memory_drift(helper: int) -> None:
     with run_in_process("--ttft-ms", "20", "--itl-ms", "2") as url:
         lines = soak_against(url, helper, 8.0)
-    assert lines[0].startswith("memory drift: FAIL: slope +"), lines
+    assert lines[0].startswith("FAIL  memory drift: slope +"), lines
 
 
 @pytest.mark.parametrize("helper", [0], indirect=True)
@@ -74,13 +74,13 @@ def test_slowing_simulator_fails_latency_drift(helper: int) -> None:
     # of a busy machine).
     with run_in_process("--ttft-ms", "20", "--itl-ms", "2", "--ttft-growth", "0.2") as url:
         lines = soak_against(url, helper, 8.0)
-    assert lines[1].startswith("latency drift: FAIL: TTFT p95"), lines
+    assert lines[1].startswith("FAIL  latency drift: TTFT p95"), lines
 
 
 def test_too_little_evidence_is_not_judged() -> None:
     windows = [WindowStats(0.0, 5, 0, 0.1, 0.2), WindowStats(2.0, 5, 0, 0.9, 1.0)]
     verdict = judge_latency(windows, LIMITS)
-    assert verdict.passed is None and verdict.line().startswith("latency drift: NOT JUDGED")
+    assert not verdict.judged and verdict.line().startswith("NOT JUDGED (too few samples)  latency")
 
 
 def test_durations() -> None:
