@@ -20,15 +20,20 @@ import os
 import statistics
 
 from pytest_gpuinfer.faults import Fault, FaultProxy
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.sim.launch import run_in_process
+
+QUIET = RunnerOptions(preflight=False, gauge_interval_s=None)
+"""No preflight request and no /metrics polling: only the measured requests go through."""
 
 
 def run(url: str, requests: int, concurrency: int = 2) -> list[RequestRecord]:
     """A closed-loop run of 16-token streamed requests; its records."""
-    runner = LoadRunner(url, "sim-model", preflight=False, gauge_interval_s=None)
-    return runner.run(concurrency=concurrency, requests=requests, max_tokens=16).records
+    runner = LoadRunner(url, "sim-model", options=QUIET)
+    return runner.run(ClosedLoop(concurrency), Prompts(output_tokens=16), Limits(requests)).records
 
 
 def ttft_ms(records: list[RequestRecord], q: float) -> float:
@@ -44,8 +49,8 @@ def e2e_ms(records: list[RequestRecord]) -> float:
 
 def rate(url: str, requests: int) -> float:
     """Completed requests per second at concurrency 32."""
-    runner = LoadRunner(url, "sim-model", preflight=False, gauge_interval_s=None)
-    result = runner.run(concurrency=32, requests=requests, max_tokens=16)
+    runner = LoadRunner(url, "sim-model", options=QUIET)
+    result = runner.run(ClosedLoop(32), Prompts(output_tokens=16), Limits(requests))
     return result.summary.request_throughput
 
 

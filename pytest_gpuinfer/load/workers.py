@@ -16,9 +16,10 @@ import contextlib
 import itertools
 import math
 import multiprocessing
+import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -327,14 +328,23 @@ def run_coroutine(kind: LoopKind, coroutine: Awaitable[Any]) -> Any:
     """Run a coroutine to completion on a new loop (in a thread if this one already has a loop)."""
 
     async def main() -> Any:
-        return await coroutine
+        if threading.current_thread() is not threading.main_thread():
+            return await coroutine
+        with _signals_cancel(asyncio.current_task()) as received:
+            try:
+                return await coroutine
+            except asyncio.CancelledError:
+                if not received:
+                    raise
+        signum, handler = received[0]
+        handler(signum, None)  # the handler the run had: it raises (KeyboardInterrupt)
+        raise KeyboardInterrupt(f"received signal {signum}")
 
     def run() -> Any:
-        loop = new_event_loop(kind)
-        try:
-            return loop.run_until_complete(main())
-        finally:
-            loop.close()
+        # asyncio.Runner cancels and drains every task before it closes the loop, so an
+        # interrupt leaves no task pending and ``finally`` blocks that await run on a live loop.
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
+            return runner.run(main())
 
     try:
         asyncio.get_running_loop()
@@ -354,6 +364,38 @@ def run_coroutine(kind: LoopKind, coroutine: Awaitable[Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@contextlib.contextmanager
+def _signals_cancel(task: asyncio.Task[Any] | None) -> Iterator[list[tuple[int, Any]]]:
+    """While the load runs, SIGINT/SIGTERM handlers that raise cancel the run's task instead.
+
+    A handler that raises KeyboardInterrupt (Ctrl-C; the plugin's SIGTERM) would raise it inside
+    whatever callback the loop is running: uvloop takes it for a transport's fatal error and the
+    run could hang. The loop's own signal handling cancels the task cleanly; the original handler
+    is called (and raises) once everything has unwound. Yields the (signal, handler) received.
+    """
+    loop = asyncio.get_running_loop()
+    received: list[tuple[int, Any]] = []
+    previous: dict[int, Any] = {
+        int(signum): handler
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if callable(handler := signal.getsignal(signum))
+    }
+
+    def on_signal(signum: int) -> None:
+        received.append((signum, previous[signum]))
+        if task is not None:
+            task.cancel()
+
+    for signum in previous:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
 
 
 def _worker_main(connection: Connection, settings: ClientSettings, plan: Plan, shared: Any) -> None:

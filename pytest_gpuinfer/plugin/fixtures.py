@@ -135,14 +135,25 @@ def load_runner(
 
     state = request.config.stash[RUN_STATE]
     server = inference_server
+    counter = None
     if request.node.get_closest_marker("fault") is not None:
+        from pytest_gpuinfer.load.prompts import token_counter_for
+
         server = request.getfixturevalue("faulty_server")
+        # Prompts are counted on the server itself: a black hole must not swallow /tokenize.
+        counter = token_counter_for(
+            inference_server.base_url,
+            inference_server.model,
+            model_dir=inference_server.model_path,
+            headers=inference_server.auth_headers(),
+        )
     runner = TestLoadRunner(
         runner=LoadRunner(
             server.base_url,
             server.model,
             api_key=server.api_key,
             model_dir=server.model_path,
+            counter=counter,
         ),
         server=server,
         slos=slos_for(request.node, state.settings.slos),

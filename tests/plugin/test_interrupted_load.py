@@ -12,10 +12,13 @@ import pytest
 
 LONG_LOAD = """
 import pathlib
+from pytest_gpuinfer.load.runner import Limits
+from pytest_gpuinfer.load.schedule import Poisson
+from pytest_gpuinfer.load.workloads import Prompts
 
 def test_long_load(load_runner):
     pathlib.Path({flag!r}).write_text("up")
-    load_runner.run(rate=50, duration_s=120, max_tokens=16)
+    load_runner.run(Poisson(50), Prompts(output_tokens=16), Limits(duration_s=120))
 """
 
 STRAY = (

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_gpuinfer.load.runner import LoadRunner
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.schedule import Poisson
+from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.memory.tracker import MemoryTracker, ProcessTreeRSS
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.sim.launch import run_in_process
@@ -41,10 +43,11 @@ def helper(request: pytest.FixtureRequest) -> Iterator[int]:
 
 def soak_against(url: str, pid: int, duration_s: float) -> list[str]:
     """A short soak on ``url`` while tracking ``pid``'s memory; its verdict lines."""
-    runner = LoadRunner(url, "sim-model", preflight=False, gauge_interval_s=None)
+    options = RunnerOptions(preflight=False, gauge_interval_s=None)
+    runner = LoadRunner(url, "sim-model", options=options)
 
     def window(seconds: float) -> list[RequestRecord]:
-        return runner.run(rate=20, duration_s=seconds, max_tokens=8).records
+        return runner.run(Poisson(20), Prompts(output_tokens=8), Limits(duration_s=seconds)).records
 
     with MemoryTracker(ProcessTreeRSS(pid), interval_s=0.25) as tracker:
         result = run_soak(
