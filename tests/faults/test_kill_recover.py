@@ -27,8 +27,9 @@ from pytest_gpuinfer.load.schedule import Poisson
 from pytest_gpuinfer.load.workloads import Prompts
 from pytest_gpuinfer.targets import InferenceServer
 
-TOKENS = 128
-"""Long enough (about a second on vLLM-CPU) that requests are in flight at any moment."""
+TOKENS = 512
+"""Long enough that requests are in flight at almost any moment; the kill also waits until the
+engine reports one running (:func:`wait_until_running`)."""
 MAX_MTTR_S = 240.0
 """A restart on 2 CPU cores takes 60-75 s when the machine is idle; four times that fails."""
 
@@ -51,7 +52,7 @@ class BackgroundLoad:
             # Open loop: after the kill, requests keep their schedule instead of retrying a
             # refused connection as fast as the loop can (a closed loop sent 189,000).
             self.result = self.runner.run(
-                Poisson(6.0, max_concurrency=6),
+                Poisson(6.0, max_concurrency=8),
                 Prompts(output_tokens=TOKENS, ignore_eos=True),
                 Limits(duration_s=self.duration_s),
             )
@@ -71,6 +72,20 @@ class BackgroundLoad:
         assert self.error is None, f"the load run raised {self.error!r}"
         assert self.result is not None
         return self.result.records
+
+
+def wait_until_running(server: InferenceServer, timeout_s: float = 10.0) -> None:
+    """Return once the engine's /metrics shows a request running (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"{server.base_url}/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            text = ""
+        for line in text.splitlines():
+            if line.startswith("vllm:num_requests_running") and float(line.split()[-1]) >= 1:
+                return
+        time.sleep(0.05)
 
 
 def healthy(server: InferenceServer) -> bool:
@@ -97,7 +112,8 @@ def test_kill_worker_mid_load_counts_losses_and_measures_mttr(
     assert roles["worker"] or roles["engine_core"], f"no engine process found: {roles}"
     role = "worker" if roles["worker"] else "engine_core"
     with BackgroundLoad(server, duration_s=12.0) as load:
-        time.sleep(4.0)
+        time.sleep(3.0)
+        wait_until_running(server)
         killed_perf = time.perf_counter()
         killed_at = time.monotonic()
         kill_role(leader, role, signal.SIGKILL)
@@ -144,6 +160,7 @@ def test_kill_api_server_mid_load_leaves_nothing_once_stopped(
     leader = server.process.pid
     with BackgroundLoad(server, duration_s=8.0) as load:
         time.sleep(3.0)
+        wait_until_running(server)
         killed_perf = time.perf_counter()
         kill_role(leader, "api_server", signal.SIGKILL)
     records = load.records()
