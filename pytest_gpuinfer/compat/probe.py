@@ -716,15 +716,20 @@ _PROBES_LOCK = threading.Lock()
 
 def probe_for(server: InferenceServer) -> ServerProbe:
     """The cached probe for ``server`` (one per base URL, model, credentials and process); its
-    requests fail at once once the server is judged unresponsive (targets.responsiveness)."""
+    reads wait at most the run's first-token timeout, and its requests fail at once once the
+    server is judged unresponsive (targets.responsiveness)."""
     headers = server.auth_headers()
     pid = server.process.pid if server.process is not None else None
     key = (server.base_url, server.model, headers.get("Authorization", ""), pid)
     with _PROBES_LOCK:
         probe = _PROBES.get(key)
         if probe is None:
-            transport = WatchedTransport(watch_for(server))
+            watch = watch_for(server)
             probe = _PROBES[key] = ServerProbe(
-                server.base_url, server.model, headers=headers, transport=transport
+                server.base_url,
+                server.model,
+                headers=headers,
+                timeout=watch.wait_s,
+                transport=WatchedTransport(watch),
             )
         return probe
