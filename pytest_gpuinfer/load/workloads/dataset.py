@@ -146,7 +146,7 @@ def _read(file: Path, format: str) -> Iterable[DatasetRow]:
 def _hf_rows(directory: Path) -> Iterable[Mapping[str, Any]]:
     """Rows of a dataset saved with ``save_to_disk`` (through the ``datasets`` package)."""
     try:
-        import datasets  # type: ignore[import-not-found,unused-ignore]
+        import datasets
     except ImportError:
         raise DatasetError(
             f"dataset {directory} (hf-disk) needs the 'datasets' package: "

@@ -121,7 +121,7 @@ def write_openai_chat(
 def write_hf_disk(directory: str | Path, rows: int = 32, *, turns: int = 1, seed: int = 0) -> Path:
     """A Hugging Face dataset of chat rows written with ``save_to_disk`` (needs ``datasets``)."""
     try:
-        import datasets  # type: ignore[import-not-found,unused-ignore]
+        import datasets
     except ImportError:
         raise RuntimeError(
             "writing a Hugging Face dataset needs the 'datasets' package: "
