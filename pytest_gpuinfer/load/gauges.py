@@ -33,6 +33,7 @@ from pytest_gpuinfer.metrics.engine_gauges import (
     parse_metrics,
 )
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.streaming import Timeline
 
 GaugeSource = Literal["engine", "client_in_flight"]
 DEFAULT_INTERVAL_S = 0.5
@@ -192,6 +193,19 @@ def in_flight_series(records: Sequence[RequestRecord], interval_s: float) -> lis
     return readings
 
 
+def in_flight_timeline(timeline: Timeline) -> list[GaugeReading]:
+    """Requests in flight at the end of each window of a streamed run's time series."""
+    return [
+        GaugeReading(
+            timeline.origin + row.t_s + row.width_s,
+            EngineGauges(
+                running=float(row.in_flight), waiting=None, kv_cache_usage=None, preemptions=None
+            ),
+        )
+        for row in timeline.rows()
+    ]
+
+
 class GaugeRecorder:
     """Samples a target's engine gauges on a thread for the length of a run."""
 
@@ -238,8 +252,11 @@ class GaugeRecorder:
         if self._sampler is not None:
             self._sampler.stop()
 
-    def series(self, records: Sequence[RequestRecord]) -> GaugeSeries:
-        """The engine's series, or the client-side in-flight fallback built from ``records``."""
+    def series(
+        self, records: Sequence[RequestRecord], timeline: Timeline | None = None
+    ) -> GaugeSeries:
+        """The engine's series, or the client-side in-flight fallback built from ``records``
+        (from a streamed run's ``timeline`` when it kept none)."""
         sampler = self._sampler
         readings = sampler.readings if sampler is not None else []
         if sampler is not None and readings:
@@ -256,6 +273,8 @@ class GaugeRecorder:
             "client_in_flight",
             None,
             self.interval_s,
-            in_flight_series(records, self.interval_s),
+            in_flight_series(records, self.interval_s)
+            if timeline is None
+            else in_flight_timeline(timeline),
             note=self.note or "no engine gauges were read during the run",
         )

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_gpuinfer.load.gauges import GaugeSeries, PrefixCacheUse
+from pytest_gpuinfer.load.retention import StreamedRecords
 from pytest_gpuinfer.load.selfcheck import SelfCheck
 from pytest_gpuinfer.metrics import slo, stats, units
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.streaming import Timeline, TimelineRow, fold_records
 from pytest_gpuinfer.metrics.workload import (
     EmbeddingFigures,
     LengthReport,
@@ -24,11 +26,17 @@ from pytest_gpuinfer.metrics.workload import (
 )
 
 
+class RecordsNotKept(ValueError):
+    """A figure needs every record in memory, and the run streamed them (see ``retention``)."""
+
+
 @dataclass
 class LoadResult:
     """The records of a load run, their summary and the engine's self-check."""
 
     records: list[RequestRecord]
+    """Every request's record, in index order; empty for a streamed run (``streamed`` is set:
+    read them back with :meth:`read_records`)."""
     summary: stats.Summary
     self_check: SelfCheck
     config: dict[str, Any]
@@ -38,11 +46,49 @@ class LoadResult:
     """The run's verdicts once :meth:`judge` has been called."""
     workload_text: str = ""
     """What was sent, in one line (from the workload)."""
+    streamed: StreamedRecords | None = None
+    """A run past its retention limit: its figures were folded as it went (percentiles are
+    estimates with bounds) and its records went to a file, if anywhere."""
 
     def judge(self, slos: Sequence[slo.SLO], *, allow_errors: bool = False) -> list[slo.SLOVerdict]:
-        """Judge the run by its SLOs and (unless allowed) its failed requests; keep the verdicts."""
-        self.verdicts = slo.judge_run(slos, self.summary, allow_errors=allow_errors)
+        """Judge the run by its SLOs and (unless allowed) its failed requests; keep the verdicts.
+
+        A streamed run's percentile whose bounds hold the limit is judged exactly from its
+        record file, or NOT JUDGED without one: a sketch's error never flips a verdict."""
+        exact = None
+        if self.streamed is not None and self.streamed.files:
+            exact = self.streamed.exact_percentile
+        self.verdicts = slo.judge_run(slos, self.summary, allow_errors=allow_errors, exact=exact)
         return self.verdicts
+
+    def require_records(self, purpose: str) -> list[RequestRecord]:
+        """Every record, or RecordsNotKept naming ``purpose`` when the run streamed them."""
+        if self.streamed is not None:
+            raise RecordsNotKept(
+                f"{purpose} needs every request record in memory, but this run streamed them "
+                f"({self.streamed.describe()}); run it with "
+                "RunnerOptions(retention=Retention(keep='all')) or fewer requests"
+            )
+        return self.records
+
+    def read_records(self) -> Iterator[RequestRecord]:
+        """The records: those kept in memory, or a streamed run's, read back from its file."""
+        if self.streamed is None:
+            return iter(self.records)
+        return self.streamed.read_records()
+
+    @functools.cached_property
+    def timeline(self) -> Timeline:
+        """Per-window counts, in-flight requests and p95 latencies over the run."""
+        if self.streamed is not None and self.streamed.fold.timeline is not None:
+            return self.streamed.fold.timeline
+        timeline = fold_records(self.records).timeline
+        assert timeline is not None
+        return timeline
+
+    def timeline_rows(self) -> list[TimelineRow]:
+        """:attr:`timeline` as rows (seconds from the run's first scheduled request)."""
+        return self.timeline.rows()
 
     @property
     def client_bound(self) -> bool:
@@ -82,16 +128,22 @@ class LoadResult:
     @functools.cached_property
     def lengths(self) -> LengthReport:
         """Asked vs achieved prompt and output lengths, per request."""
+        if self.streamed is not None:
+            return self.streamed.fold.length_report()
         return length_report(self.records)
 
     @functools.cached_property
     def turns(self) -> list[TurnStats]:
         """TTFT, E2E and prompt tokens by turn index (empty unless conversations ran)."""
+        if self.streamed is not None:
+            return self.streamed.fold.turn_stats()
         return turn_stats(self.records)
 
     @functools.cached_property
     def embeddings(self) -> EmbeddingFigures | None:
         """Inputs per second and latency (None unless embeddings ran)."""
+        if self.streamed is not None:
+            return self.streamed.fold.embedding_figures(self.summary)
         warmup = float(self.config.get("warmup_s") or 0.0)
         measured = self.records
         if warmup and self.records:
@@ -108,6 +160,8 @@ class LoadResult:
     def dispatch_error(self) -> stats.Distribution:
         """How late each request was sent after its scheduled time (all requests, warm-up too):
         against a replayed trace, the error of the replay."""
+        if self.streamed is not None:
+            return stats.sketch_distribution(self.streamed.fold.dispatch)
         return stats.distribution(r.sent - r.scheduled for r in self.records if r.sent is not None)
 
     def extra_lines(self) -> list[str]:
@@ -123,6 +177,8 @@ class LoadResult:
             lines.append("per turn [ms]:\n" + turn_table(self.turns))
         if self.prefix_cache is not None:
             lines.append(self.prefix_cache.text())
+        if self.streamed is not None:
+            lines.append(f"kept: {self.streamed.describe()}")
         schedule = self.config.get("schedule") or {}
         if schedule.get("name") == "trace" and self.dispatch_error.count:
             error = self.dispatch_error
@@ -138,7 +194,8 @@ class LoadResult:
         return "\n".join([self.summary.table(), *self.extra_lines(), self.self_check.text()])
 
     def to_dict(self, *, include_records: bool = True) -> dict[str, Any]:
-        """Plain-JSON form: config, summary, self-check and (optionally) every record."""
+        """Plain-JSON form: config, summary, self-check and (optionally) every record; a
+        streamed run gives its record files and time series instead of its records."""
         out: dict[str, Any] = {
             "config": self.config,
             "summary": self.summary.to_dict(),
@@ -155,7 +212,9 @@ class LoadResult:
             out["dispatch_error"] = self.dispatch_error.to_dict()
         if self.verdicts is not None:
             out["verdicts"] = [slo.verdict_dict(v) for v in self.verdicts]
-        if include_records:
+        if self.streamed is not None:
+            out["streamed"] = self.streamed.to_dict()
+        elif include_records:
             out["records"] = [record.to_dict() for record in self.records]
         return out
 

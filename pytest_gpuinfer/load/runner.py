@@ -44,6 +44,7 @@ from pytest_gpuinfer.load.progress import (
 )
 from pytest_gpuinfer.load.prompts import TokenCounter, token_counter_for
 from pytest_gpuinfer.load.result import LoadResult
+from pytest_gpuinfer.load.retention import Keeping, KeptRecords, Retention
 from pytest_gpuinfer.load.schedule import ClosedLoop, OpenSchedule, Schedule
 from pytest_gpuinfer.load.selfcheck import ProbeFigures, SelfCheck, SelfCheckLimits
 from pytest_gpuinfer.load.workers import (
@@ -66,6 +67,7 @@ __all__ = [
     "ProbeFigures",
     "Progress",
     "ProgressCallback",
+    "Retention",
     "RunnerOptions",
     "SelfCheck",
     "SelfCheckLimits",
@@ -124,6 +126,9 @@ class RunnerOptions:
     progress: ProgressCallback | bool | None = None
     """A callback taking :class:`Progress`, or True for a line on stderr."""
     progress_interval_s: float = 5.0
+    retention: Retention = field(default_factory=Retention)
+    """What a run keeps of its requests: every record in memory up to a limit, then streamed
+    figures and a record file (:mod:`pytest_gpuinfer.load.retention`)."""
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -254,12 +259,25 @@ class LoadRunner:
         plans = split.plans()
         if options.processes > 1 and self.tokenizer is not None:
             raise ValueError("a tokenizer callable cannot be sent to worker processes")
-        if options.preflight:
-            await self._preflight(settings, prepared)
-            settings = replace(settings, usage_mode=self._settings.usage_mode)
         planned = (
             prepared.size if split.talks is not None else len(split.arrivals) or split.requests
         )
+        keeping = Keeping.plan(
+            options.retention,
+            processes=options.processes,
+            planned=planned,
+            first_offset_s=_first_offset(plans),
+            warmup_s=limits.warmup_s,
+            slos=tuple(limits.parsed_slos()),
+        )
+        plans = [replace(plan, sink=sink) for plan, sink in zip(plans, keeping.sinks, strict=True)]
+        if options.preflight:
+            try:
+                await self._preflight(settings, prepared)
+            except BaseException:
+                keeping.discard()
+                raise
+            settings = replace(settings, usage_mode=self._settings.usage_mode)
         reporter = ProgressReporter(options.progress, options.progress_interval_s, planned)
         recorder = None
         if options.gauge_interval_s is not None:  # sampled on a thread, off the client's loop
@@ -269,14 +287,21 @@ class LoadRunner:
             await asyncio.to_thread(recorder.start)
         try:
             if options.processes == 1:
-                records, figures = await self._run_single(settings, plans[0], reporter)
+                kept, figures = await self._run_single(settings, plans[0], reporter)
             else:
-                records, figures = await asyncio.to_thread(run_processes, settings, plans, reporter)
+                kept, figures = await asyncio.to_thread(run_processes, settings, plans, reporter)
+        except BaseException:
+            keeping.discard()
+            raise
         finally:
             if recorder is not None:
                 await asyncio.to_thread(recorder.stop)
-        records.sort(key=lambda r: r.index)
-        summary = stats.summarize(records, warmup_s=limits.warmup_s, slos=limits.parsed_slos())
+        records, streamed = keeping.gather(kept)
+        if streamed is None:
+            records.sort(key=lambda r: r.index)
+            summary = stats.summarize(records, warmup_s=limits.warmup_s, slos=limits.parsed_slos())
+        else:
+            summary = streamed.fold.summary()
         config = {
             "base_url": settings.base_url,
             "model": settings.model,
@@ -293,8 +318,12 @@ class LoadRunner:
             "usage_mode": settings.usage_mode,
             "timeouts": asdict(settings.timeouts),
             "workload": prepared.info,
+            "retention": options.retention.keep,
         }
-        gauges = recorder.series(records) if recorder is not None else None
+        gauges = None
+        if recorder is not None:
+            timeline = streamed.fold.timeline if streamed is not None else None
+            gauges = recorder.series(records, timeline)
         return LoadResult(
             records,
             summary,
@@ -302,6 +331,7 @@ class LoadRunner:
             config,
             gauges,
             workload_text=prepared.text,
+            streamed=streamed,
         )
 
     async def _preflight(self, settings: ClientSettings, prepared: PreparedWorkload) -> None:
@@ -324,19 +354,26 @@ class LoadRunner:
 
     async def _run_single(
         self, settings: ClientSettings, plan: Any, reporter: ProgressReporter
-    ) -> tuple[list[RequestRecord], list[ProbeFigures]]:
+    ) -> tuple[list[KeptRecords], list[ProbeFigures]]:
         """Run the whole plan in this process."""
         counters = Counters()
         task = asyncio.get_running_loop().create_task(
             reporter.watch_local(counters, time.perf_counter())
         )
         try:
-            records, figures = await run_plan(settings, plan, start_soon, counters, self.tokenizer)
+            kept, figures = await run_plan(settings, plan, start_soon, counters, self.tokenizer)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        return records, [figures]
+        return [kept], [figures]
+
+
+def _first_offset(plans: list[Any]) -> float:
+    """Offset from the start of the run's first scheduled request (the warm-up counts from it)."""
+    offsets = [o for plan in plans for o in plan.slot_offsets_s]
+    offsets += [plan.arrivals[0][1] for plan in plans if plan.arrivals]
+    return min(offsets, default=0.0)
 
 
 def _split(

@@ -27,11 +27,21 @@ from typing import Any
 from pytest_gpuinfer.clock import DeadlineTimers, LoopKind, new_event_loop
 from pytest_gpuinfer.load.client import Endpoint, InferenceClient, RequestSpec, Timeouts, UsageMode
 from pytest_gpuinfer.load.progress import Counters, ProgressReporter, count_finished, share_counts
+from pytest_gpuinfer.load.retention import KeptRecords, RecordSink, SinkPlan
 from pytest_gpuinfer.load.selfcheck import ProbeFigures, cpu_wait, probe
 from pytest_gpuinfer.load.workloads.base import History, Session
 from pytest_gpuinfer.metrics.records import RequestRecord
 
 _WORKER_START_MARGIN_S = 0.25
+_KEEP_ALL = SinkPlan(
+    stream=False,
+    switch_at=math.inf,
+    first_offset_s=0.0,
+    warmup_s=0.0,
+    slos=(),
+    window_s=1.0,
+    records_file=None,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class Plan:
     index_stride: int
     talks: Talks | None = None
     """Conversations (then ``specs`` is empty)."""
+    sink: SinkPlan | None = None
+    """What the process keeps of its records (None: every record, in memory)."""
 
 
 def new_record(index: int, scheduled: float, worker: int, spec: RequestSpec) -> RequestRecord:
@@ -111,7 +123,7 @@ async def run_plan(
     wait_for_start: Callable[[], Awaitable[float]],
     counters: Counters,
     tokenizer: Callable[[str], int] | None,
-) -> tuple[list[RequestRecord], ProbeFigures]:
+) -> tuple[KeptRecords, ProbeFigures]:
     """Open the connections, learn the start time, then run one process's share of the run."""
     loop = asyncio.get_running_loop()
     pool_size = plan.closed_concurrency or plan.concurrency_cap
@@ -126,18 +138,21 @@ async def run_plan(
         tokenizer=tokenizer,
     )
     figures = ProbeFigures(worker=plan.worker, event_loop=type(loop).__module__.split(".")[0])
-    records: list[RequestRecord] = []
+    sink = RecordSink(plan.sink or _KEEP_ALL)
+    sink.prepare()  # imports and warms up what streaming needs, before anything is timed
     stop = asyncio.Event()
     prober = loop.create_task(probe(client, figures, stop))
     sleeper = DeadlineTimers(loop)
     figures.precise_timer = sleeper.precise
-    run = _Run(client, plan, sleeper, records, counters, figures)
+    run = _Run(client, plan, sleeper, sink, counters, figures)
+    kept: KeptRecords | None = None
     for spec in plan.specs:  # serialise every body now, not while requests are due
         spec.body(settings.endpoint, settings.model, settings.usage_mode)
     try:
         if pool_size:
             await client.open_connections(pool_size)
         start_at = await wait_for_start()
+        sink.start(start_at)
         await sleeper.sleep_until(start_at)
         cpu_start = time.process_time()
         wait_start = cpu_wait()
@@ -155,12 +170,15 @@ async def run_plan(
             figures.cpu_wait_s = wait_end[0] - wait_start[0]
             figures.wakeups = wait_end[1] - wait_start[1]
         figures.wall_s = time.perf_counter() - wall_start
+        kept = sink.finish()
     finally:
+        if kept is None:
+            sink.abandon()
         stop.set()
         await prober
         sleeper.close()
         await client.aclose()
-    return records, figures
+    return kept, figures
 
 
 @dataclass
@@ -170,7 +188,7 @@ class _Run:
     client: InferenceClient
     plan: Plan
     sleeper: DeadlineTimers
-    records: list[RequestRecord]
+    sink: RecordSink
     counters: Counters
     figures: ProbeFigures
     start: float = 0.0
@@ -179,7 +197,7 @@ class _Run:
     async def closed(self) -> None:
         """Closed loop: each slot starts at its ramp offset, then sends when its last one ends."""
         plan, client, sleeper = self.plan, self.client, self.sleeper
-        records, counters = self.records, self.counters
+        sink, counters = self.sink, self.counters
         assert plan.closed_concurrency is not None
         numbers = itertools.count()
         cap = math.inf if plan.request_cap is None else plan.request_cap
@@ -199,11 +217,12 @@ class _Run:
                 index = plan.index_offset + number * plan.index_stride
                 spec = specs[index % n_specs]
                 record = new_record(index, scheduled, worker, spec)
-                records.append(record)
+                sink.opened(record)
                 await client.send(spec, record)
                 if record.sent is not None:
                     slips.append(record.sent - scheduled)
                 count_finished(record, counters)
+                sink.closed(record)
                 scheduled = record.end if record.end is not None else time.perf_counter()
 
         await asyncio.gather(*(slot(offset) for offset in plan.slot_offsets_s))
@@ -211,7 +230,7 @@ class _Run:
     async def open(self) -> None:
         """Open loop: start each request at its scheduled time, whatever is still in flight."""
         plan, client, sleeper = self.plan, self.client, self.sleeper
-        records, counters = self.records, self.counters
+        sink, counters = self.sink, self.counters
         loop = asyncio.get_running_loop()
         worker = plan.worker
         slips = self.figures.dispatch_slip_s
@@ -228,6 +247,7 @@ class _Run:
             else:
                 await client.send(spec, record)
             count_finished(record, counters)
+            sink.closed(record)
 
         for index, offset in plan.arrivals:
             due = start + offset
@@ -235,7 +255,7 @@ class _Run:
             slips.append(max(0.0, time.perf_counter() - due))
             spec = specs[index % n_specs]
             record = new_record(index, due, worker, spec)
-            records.append(record)
+            sink.opened(record)
             task = loop.create_task(one(spec, record))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -305,7 +325,7 @@ class _Run:
                 keep_text=keep,
             )
             record = new_record(first + turn_number, scheduled, self.plan.worker, spec)
-            self.records.append(record)
+            self.sink.opened(record)
             if self.gate is not None:
                 async with self.gate:
                     await self.client.send(spec, record)
@@ -315,6 +335,7 @@ class _Run:
                 slips.append(record.sent - scheduled)
             count_finished(record, self.counters)
             ended = record.end if record.end is not None else time.perf_counter()
+            self.sink.closed(record)
             if not record.ok:
                 break  # the conversation cannot go on without this turn's reply
             reply = (record.response_text or "") if keep else (turn.reply or "")
@@ -407,7 +428,7 @@ def _worker_main(connection: Connection, settings: ClientSettings, plan: Plan, s
         start_at: float = await asyncio.get_running_loop().run_in_executor(None, connection.recv)
         return start_at
 
-    async def main() -> tuple[list[RequestRecord], ProbeFigures]:
+    async def main() -> tuple[KeptRecords, ProbeFigures]:
         reporter = asyncio.get_running_loop().create_task(
             share_counts(counters, shared, plan.worker)
         )
@@ -419,10 +440,12 @@ def _worker_main(connection: Connection, settings: ClientSettings, plan: Plan, s
                 await reporter
 
     try:
-        records, figures = run_coroutine(settings.loop, main())
+        kept, figures = run_coroutine(settings.loop, main())
         shared[2 * plan.worker] = counters.done
         shared[2 * plan.worker + 1] = counters.failed
-        connection.send(("done", ([r.to_dict() for r in records], figures)))
+        dicts = None if kept.records is None else [r.to_dict() for r in kept.records]
+        kept.records = None
+        connection.send(("done", (dicts, kept, figures)))
     except BaseException as exc:
         connection.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -431,8 +454,8 @@ def _worker_main(connection: Connection, settings: ClientSettings, plan: Plan, s
 
 def run_processes(
     settings: ClientSettings, plans: list[Plan], reporter: ProgressReporter
-) -> tuple[list[RequestRecord], list[ProbeFigures]]:
-    """Run each plan in its own spawned process, start them together, merge their records."""
+) -> tuple[list[KeptRecords], list[ProbeFigures]]:
+    """Run each plan in its own spawned process, start them together, collect what each kept."""
     context = multiprocessing.get_context("spawn")
     shared = context.Array("q", 2 * len(plans), lock=False)
     pipes: list[Connection] = []
@@ -457,7 +480,7 @@ def run_processes(
         start_at = time.perf_counter() + _WORKER_START_MARGIN_S
         for pipe in pipes:
             pipe.send(start_at)
-        records: list[RequestRecord] = []
+        kept: list[KeptRecords] = []
         figures: list[ProbeFigures] = []
         watcher = threading.Event()
         thread = threading.Thread(
@@ -469,8 +492,10 @@ def run_processes(
                 kind, detail = pipe.recv()
                 if kind != "done":
                     raise RuntimeError(f"load worker failed: {detail}")
-                dicts, worker_figures = detail
-                records.extend(RequestRecord.from_dict(d) for d in dicts)
+                dicts, worker_kept, worker_figures = detail
+                if dicts is not None:
+                    worker_kept.records = [RequestRecord.from_dict(d) for d in dicts]
+                kept.append(worker_kept)
                 figures.append(worker_figures)
         finally:
             watcher.set()
@@ -482,7 +507,7 @@ def run_processes(
                 process.terminate()
         for pipe in pipes:
             pipe.close()
-    return records, figures
+    return kept, figures
 
 
 def _share(total: int, parts: int, part: int) -> int:

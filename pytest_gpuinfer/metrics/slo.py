@@ -256,17 +256,63 @@ def _verdict(slo: SLO, passed: bool, measured: float, count: int, message: str) 
     )
 
 
-def evaluate(slo: SLO, summary: stats.Summary) -> Verdict:
+ExactPercentile = Callable[[str, float, tuple[float, float]], float | None]
+"""Computes a streamed run's percentile exactly: (summary field such as ``ttft`` or
+``itl_token``, percentile 0..100, the sketch's bounds) -> the exact value, or None."""
+
+
+def _judge_estimate(
+    slo: SLO, value: stats.Distribution, measured: float, exact: ExactPercentile | None
+) -> tuple[float, str] | Verdict:
+    """For a streamed run's estimated percentile: the value to judge and how it was had, or
+    NOT JUDGED when its bounds hold the limit and ``exact`` cannot settle it."""
+    assert slo.stat is not None
+    count = value.count
+    if value.exact or not count or not slo.stat.startswith("p"):
+        return measured, ""
+    if _few_samples_note(slo.stat, count) is not None:
+        return measured, ""
+    q = float(slo.stat[1:])
+    lo, hi = value.bounds(q)
+    bounds = f"{_fmt(slo.metric, lo)}..{_fmt(slo.metric, hi)}"
+    if not lo <= slo.limit <= hi:
+        return measured, f"; t-digest estimate, exact value within {bounds}"
+    found = None if exact is None else exact(stats.summary_field(slo.metric), q, (lo, hi))
+    if found is not None:
+        return found, f"; exact from the record file: the estimate's bounds {bounds} held the limit"
+    return not_judged(
+        slo.text,
+        Unjudged.WITHIN_ESTIMATE_ERROR,
+        f"{slo.name} estimated {_fmt(slo.metric, measured)}: the exact value lies within "
+        f"{bounds}, which holds the limit {_fmt(slo.metric, slo.limit)}, and no record file "
+        f"settled it (keep one: pyarrow installed, Retention(spill=True)) (n={count})",
+        measured=measured,
+        limit=slo.limit,
+        unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
+        source=slo.source,
+        count=count,
+    )
+
+
+def evaluate(slo: SLO, summary: stats.Summary, exact: ExactPercentile | None = None) -> Verdict:
     """Judge one SLO against a run summary.
 
     A percentile from fewer samples than it needs (p99 from under 100) is NOT JUDGED: it is
-    the sample's maximum, which says nothing either way about the 99th percentile.
+    the sample's maximum, which says nothing either way about the 99th percentile. A streamed
+    run's percentile is an estimate with bounds: judged from the estimate when the limit lies
+    outside them, else computed exactly by ``exact`` (from the run's record file), else NOT
+    JUDGED (within estimate error), so a sketch's error never flips a verdict.
     """
     value = summary.metric(slo.metric)
+    how = ""
     if isinstance(value, stats.Distribution):
         assert slo.stat is not None
         measured = value.stat(slo.stat)
         count = value.count
+        estimate = _judge_estimate(slo, value, measured, exact)
+        if isinstance(estimate, Verdict):
+            return estimate
+        measured, how = estimate
     else:
         measured = value
         count = summary.requests if slo.metric == "error_rate" else summary.completed
@@ -292,13 +338,15 @@ def evaluate(slo: SLO, summary: stats.Summary) -> Verdict:
             count=count,
         )
     return _verdict(
-        slo, _OPS[slo.op](measured, slo.limit), measured, count, f"{figures} (n={count})"
+        slo, _OPS[slo.op](measured, slo.limit), measured, count, f"{figures} (n={count}{how})"
     )
 
 
-def evaluate_all(slos: Sequence[SLO], summary: stats.Summary) -> list[Verdict]:
+def evaluate_all(
+    slos: Sequence[SLO], summary: stats.Summary, exact: ExactPercentile | None = None
+) -> list[Verdict]:
     """Judge every SLO against a run summary."""
-    return [evaluate(slo, summary) for slo in slos]
+    return [evaluate(slo, summary, exact) for slo in slos]
 
 
 def is_per_request(slo: SLO) -> bool:
@@ -356,7 +404,11 @@ def unjudged_latency(slos: Sequence[SLO], summary: stats.Summary) -> list[Verdic
 
 
 def judge_run(
-    slos: Sequence[SLO], summary: stats.Summary, *, allow_errors: bool = False
+    slos: Sequence[SLO],
+    summary: stats.Summary,
+    *,
+    allow_errors: bool = False,
+    exact: ExactPercentile | None = None,
 ) -> list[Verdict]:
     """Judge a load run: its SLOs, and by default that no request failed.
 
@@ -364,7 +416,7 @@ def judge_run(
     ``error_rate`` SLO replaces that default, and ``allow_errors`` turns it off. (Whether a run
     with no latency SLO reads NOT JUDGED for latency is :func:`unjudged_latency`'s.)
     """
-    verdicts = evaluate_all(slos, summary)
+    verdicts = evaluate_all(slos, summary, exact)
     if allow_errors or any(s.metric == "error_rate" for s in slos):
         return verdicts
     failed = summary.failed

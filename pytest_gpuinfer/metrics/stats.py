@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from pytest_gpuinfer.metrics import units
 from pytest_gpuinfer.metrics.records import RequestRecord
+from pytest_gpuinfer.metrics.sketch import LatencySketch
 
 
 class RequestCheck(Protocol):
@@ -124,7 +125,12 @@ def _weighted_percentiles(values: FloatArray, cum: IntArray, qs: FloatArray) -> 
 
 @dataclass(frozen=True)
 class Distribution:
-    """Summary statistics of one latency metric (seconds), keeping the sorted samples for any q."""
+    """Summary statistics of one latency metric (seconds), keeping the sorted samples for any q.
+
+    A distribution of a streamed run keeps a :class:`~pytest_gpuinfer.metrics.sketch.LatencySketch`
+    instead of its samples: count, mean, min and max stay exact, percentiles are estimates
+    (``exact`` is False) and :meth:`bounds` says where the exact value lies.
+    """
 
     count: int
     mean: float
@@ -137,6 +143,36 @@ class Distribution:
     p999: float
     _values: FloatArray = field(default_factory=_empty_floats, repr=False, compare=False)
     _cum_weights: IntArray | None = field(default=None, repr=False, compare=False)
+    _sketch: LatencySketch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def exact(self) -> bool:
+        """False when the percentiles are a sketch's estimates (a streamed run)."""
+        return self._sketch is None
+
+    def bounds(self, q: float) -> tuple[float, float]:
+        """Where the exact percentile ``q`` (0..100) lies: the value itself when exact, else the
+        sketch's bounds around its estimate."""
+        if self._sketch is None:
+            value = self.percentile(q)
+            return value, value
+        return self._sketch.bounds(q / 100.0)
+
+    def spread(self, limit: int) -> list[float]:
+        """At most ``limit`` values evenly spaced in rank, first and last included: the sorted
+        samples thinned, or a streamed run's quantiles (its distribution's shape for a plot)."""
+        if self.count == 0 or limit < 1:
+            return []
+        if self._sketch is not None:
+            qs = np.linspace(0.0, 1.0, min(limit, self.count))
+            return [float(v) for v in self._sketch.quantiles(qs)]
+        if self._values.size == 0:
+            return []
+        step = max(1, -(-self._values.size // limit))
+        picked = self._values[::step].tolist()
+        if picked[-1] != self._values[-1]:
+            picked[-1] = float(self._values[-1])
+        return [float(v) for v in picked]
 
     def percentile(self, q: float) -> float:
         """Percentile ``q`` (0..100) with linear interpolation; NaN when there are no samples."""
@@ -144,6 +180,8 @@ class Distribution:
             raise ValueError(f"percentile must be within 0..100, got {q!r}")
         if self.count == 0:
             return _NAN
+        if self._sketch is not None:
+            return self._sketch.quantile(q / 100.0)
         if self._values.size == 0:
             return self._stored_percentile(q)
         qs = np.asarray([q], dtype=np.float64)
@@ -184,6 +222,11 @@ class Distribution:
         out: dict[str, Any] = {"count": self.count}
         for key in ("mean", "min", "max", "p50", "p90", "p95", "p99", "p999"):
             out[key] = _json_float(getattr(self, key))
+        if self._sketch is not None and self.count:
+            out["estimated"] = "t-digest"
+            out["bounds"] = {
+                key: [_json_float(v) for v in self.bounds(q)] for q, key in _STAT_KEYS.items()
+            }
         return out
 
     @classmethod
@@ -270,6 +313,26 @@ def _make_distribution(
     )
 
 
+def sketch_distribution(sketch: LatencySketch) -> Distribution:
+    """The distribution a streamed run's sketch estimates (percentiles are estimates)."""
+    if sketch.count == 0:
+        return _empty_distribution()
+    pct = sketch.quantiles(np.asarray(PERCENTILES, dtype=np.float64) / 100.0)
+    p50, p90, p95, p99, p999 = (float(p) for p in pct)
+    return Distribution(
+        count=sketch.count,
+        mean=sketch.mean,
+        min=sketch.min,
+        max=sketch.max,
+        p50=p50,
+        p90=p90,
+        p95=p95,
+        p99=p99,
+        p999=p999,
+        _sketch=sketch,
+    )
+
+
 def _empty_distribution() -> Distribution:
     """The distribution of no samples: count 0, every statistic NaN."""
     return Distribution(0, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN)
@@ -296,6 +359,11 @@ def _py_percentile(ordered: Sequence[float], q: float) -> float:
     hi = min(lo + 1, len(ordered) - 1)
     a, b, t = ordered[lo], ordered[hi], h - lo
     return b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def summary_field(metric: str) -> str:
+    """The Summary field a latency metric name reads: 'itl' -> 'itl_token', 'ttft' -> 'ttft'."""
+    return _DIST_FIELD[metric]
 
 
 class RequestLatencies(NamedTuple):

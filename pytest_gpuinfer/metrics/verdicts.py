@@ -39,6 +39,9 @@ class Unjudged(StrEnum):
     """The client was the bottleneck or the machine was busy: the figure measures the machine."""
     NO_DATA = "no data"
     """The figure could not be measured (no readings where it needs them)."""
+    WITHIN_ESTIMATE_ERROR = "within estimate error"
+    """A streamed run's estimated percentile could be either side of the limit, and no record
+    file was kept to compute it exactly."""
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,20 @@ def load_payload(result: LoadResult) -> dict[str, Any]:
     and latency samples; the per-request records stay in the per-run files."""
     out: dict[str, Any] = jsonable(result.to_dict(include_records=False))
     out["client_bound"] = result.client_bound
-    out["samples"] = latency_samples(result.records, result.config.get("warmup_s"))
+    if result.streamed is None:
+        out["samples"] = latency_samples(result.records, result.config.get("warmup_s"))
+    else:  # a streamed run kept no samples: its sketches' quantiles draw the same curves
+        summary = result.summary
+        dists = {name: getattr(summary, name) for name in ("ttft", "tpot", "e2e", "queue")}
+        dists["itl_token"] = summary.itl_token
+        out["samples"] = {
+            "unit": "s",
+            "counts": {name: d.count for name, d in dists.items()},
+            "values": {
+                name: [round(v, 7) for v in d.spread(MAX_SAMPLES)] for name, d in dists.items()
+            },
+            "estimated": "t-digest quantiles",
+        }
     return out
 
 
