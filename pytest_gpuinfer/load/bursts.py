@@ -383,7 +383,7 @@ def analyze(
 ) -> BurstReport:
     """Measure a burst run of ``shape`` and judge it against ``limits``."""
     limits = limits or BurstLimits()
-    records = result.records
+    records = result.require_records(f"burst {shape.name!r} analysis")
     if not records:
         raise ValueError(f"burst {shape.name!r}: the run sent no requests")
     t0 = run_start(records, shape)

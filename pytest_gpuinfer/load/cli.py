@@ -24,10 +24,12 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_gpuinfer.load import prompts
 from pytest_gpuinfer.load.client import Timeouts
-from pytest_gpuinfer.load.runner import Limits, LoadRunner, RunnerOptions
+from pytest_gpuinfer.load.retention import DEFAULT_MAX_RECORDS, KEEP_MODES
+from pytest_gpuinfer.load.runner import Limits, LoadRunner, Retention, RunnerOptions
 from pytest_gpuinfer.load.schedule import (
     ARRIVAL_KINDS,
     ClosedLoop,
@@ -158,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 even when requests failed (default: any failed request exits 1)",
     )
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON here")
+    keep = parser.add_argument_group("memory (what the run keeps of its requests)")
+    keep.add_argument(
+        "--keep",
+        choices=KEEP_MODES,
+        default="auto",
+        help="all: every record in memory; stream: t-digest figures and a record file; "
+        "auto (default): all up to --max-records, then stream",
+    )
+    keep.add_argument(
+        "--max-records",
+        type=int,
+        default=DEFAULT_MAX_RECORDS,
+        help=f"--keep auto: records kept in memory (default {DEFAULT_MAX_RECORDS:,})",
+    )
+    keep.add_argument(
+        "--records-dir",
+        metavar="DIR",
+        help="where a streamed run writes its records (Arrow IPC; default: a temporary folder)",
+    )
     parser.add_argument("--progress", type=float, default=5.0, help="progress line every S s")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -281,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 processes=args.processes,
                 progress=None if args.quiet or not math.isfinite(args.progress) else True,
                 progress_interval_s=args.progress,
+                retention=Retention(
+                    keep=args.keep,
+                    max_records=args.max_records,
+                    records_dir=Path(args.records_dir) if args.records_dir else None,
+                ),
             ),
         )
         limits = Limits(args.requests, args.duration, args.warmup, tuple(slos))

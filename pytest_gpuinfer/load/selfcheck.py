@@ -18,10 +18,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pytest_gpuinfer.load.client import InferenceClient
 from pytest_gpuinfer.metrics import stats, units
+from pytest_gpuinfer.metrics.sketch import LatencySketch
 
 PROBE_INTERVAL_S = 0.010
+
+KEEP_SAMPLES = 50_000
+"""Lag or slip samples a process keeps as they are; past that they are folded into a sketch."""
 _BACKLOG_SAMPLE = 8
 
 
@@ -66,6 +72,37 @@ class ProbeFigures:
     """Times the client was scheduled onto a CPU during the run (schedstat)."""
     precise_timer: bool = False
     event_loop: str = ""
+    lag_sketch: LatencySketch | None = None
+    slip_sketch: LatencySketch | None = None
+    """Lag and slip samples past :data:`KEEP_SAMPLES`, folded (a long run's memory stays flat)."""
+
+    def bound(self) -> None:
+        """Fold the sample lists into sketches once they pass :data:`KEEP_SAMPLES`."""
+        if len(self.loop_lag_s) >= KEEP_SAMPLES:
+            self.lag_sketch = _fold(self.lag_sketch, self.loop_lag_s)
+        if len(self.dispatch_slip_s) >= KEEP_SAMPLES:
+            self.slip_sketch = _fold(self.slip_sketch, self.dispatch_slip_s)
+
+
+def _fold(sketch: LatencySketch | None, values: list[float]) -> LatencySketch:
+    """``values`` folded into ``sketch`` (a new one when None), the list emptied in place."""
+    sketch = sketch or LatencySketch()
+    sketch.add(np.asarray(values, dtype=np.float64))
+    del values[:]
+    return sketch
+
+
+def _samples(lists: list[list[float]], sketches: list[LatencySketch | None]) -> stats.Distribution:
+    """The distribution of every process's samples: exact unless some were folded."""
+    folded = [s for s in sketches if s is not None]
+    if not folded:
+        return stats.distribution([v for values in lists for v in values])
+    merged = LatencySketch()
+    for sketch in folded:
+        merged.merge(sketch)
+    for values in lists:
+        merged.add(np.asarray(values, dtype=np.float64))
+    return stats.sketch_distribution(merged)
 
 
 @dataclass(frozen=True)
@@ -102,8 +139,8 @@ class SelfCheck:
                     f"worker {fig.worker} used {fraction:.0%} of a CPU core "
                     f"(limit {limits.cpu_fraction:.0%})"
                 )
-        lag = stats.distribution([v for fig in figures for v in fig.loop_lag_s])
-        slip = stats.distribution([v for fig in figures for v in fig.dispatch_slip_s])
+        lag = _samples([f.loop_lag_s for f in figures], [f.lag_sketch for f in figures])
+        slip = _samples([f.dispatch_slip_s for f in figures], [f.slip_sketch for f in figures])
         if lag.count and lag.p99 >= limits.loop_lag_p99_s:
             reasons.append(
                 f"event-loop lag p99 {lag.p99 * 1e3:.2f} ms "
@@ -218,6 +255,7 @@ async def probe(client: InferenceClient, figures: ProbeFigures, stop: asyncio.Ev
         due = time.perf_counter() + PROBE_INTERVAL_S
         await asyncio.sleep(PROBE_INTERVAL_S)
         lags.append(max(0.0, time.perf_counter() - due))
+        figures.bound()
         pending = client.unread_bytes(_BACKLOG_SAMPLE)
         if pending:
             figures.backlog_samples += 1

@@ -91,7 +91,7 @@ class MachineIdentity:
 def _samples(result: LoadResult) -> dict[str, list[float]]:
     """Raw per-request samples of the latency metrics, plus completion gaps for throughput."""
     out: dict[str, list[float]] = {}
-    records = [r for r in result.records if r.ok]
+    records = [r for r in result.require_records("a baseline's samples") if r.ok]
     for metric in SAMPLE_METRICS:
         values: list[float] = []
         for record in records:

@@ -262,7 +262,7 @@ def batch_figures(
 ) -> BatchFigures:
     """The figures of one batch from its load result."""
     summary = result.summary
-    records = sorted(result.records, key=lambda r: r.index)
+    records = sorted(result.require_records("batch figures"), key=lambda r: r.index)
     first = _latency(records[0], metric) if records else math.nan
     rest = [v for v in (_latency(r, metric) for r in records[1:]) if math.isfinite(v)]
     return BatchFigures(

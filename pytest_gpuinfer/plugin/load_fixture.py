@@ -106,6 +106,11 @@ class TestLoadRunner:
         if not limits.slos:
             limits = replace(limits, slos=tuple(self.slos))
         runner = self.runner
+        retention = runner.options.retention
+        if self.report_dir is not None and retention.records_dir is None:
+            # a streamed run's records go beside its per-run JSON file, which names them
+            records_dir = self.report_dir / "loads"
+            runner = runner.with_options(retention=replace(retention, records_dir=records_dir))
         if runner.options.progress is None:
             progress = report_plugin.live_progress(self.item.config, "load")
             if progress is not None:
@@ -163,7 +168,7 @@ class TestLoadRunner:
         from pytest_gpuinfer.report.jsonable import jsonable
 
         report_plugin.record(self.item, "load", result)
-        if self.report_dir is not None:  # the per-run file also keeps every request record
+        if self.report_dir is not None:  # the per-run file keeps every record (or their file)
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.item.nodeid).strip("_")
             path = self.report_dir / "loads" / f"{name}-{index}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
