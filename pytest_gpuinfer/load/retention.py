@@ -174,7 +174,8 @@ class RecordSink:
     def closed(self, record: RequestRecord) -> None:
         """A request finished (answered, failed or timed out)."""
         if not self.streaming:
-            self._finished.add(record.index)
+            if self.plan.switch_at != math.inf:  # only a run that may switch needs to know
+                self._finished.add(record.index)
             return
         batch = self._batch
         batch.append(record)
@@ -320,7 +321,6 @@ class Keeping:
 
     retention: Retention
     sinks: list[SinkPlan]
-    warmup_cutoff_offset_s: float
     folder: Path | None
     """The temporary folder the record files go to (None: a chosen folder, or no files)."""
     note: str | None
@@ -340,7 +340,10 @@ class Keeping:
         note = spill_note(retention)
         folder = None
         records_dir = None
-        if retention.keep != "all" and note is None:
+        may_stream = retention.streams_from_start(planned) or (
+            retention.keep == "auto" and planned is None
+        )
+        if may_stream and note is None:
             if retention.records_dir is not None:
                 records_dir = retention.records_dir
                 records_dir.mkdir(parents=True, exist_ok=True)
@@ -355,11 +358,9 @@ class Keeping:
             slos=slos,
             records_dir=records_dir,
         )
-        return cls(retention, sinks, first_offset_s + warmup_s, folder, note)
+        return cls(retention, sinks, folder, note)
 
-    def gather(
-        self, kept: list[KeptRecords], start_at: float | None = None
-    ) -> tuple[list[RequestRecord], StreamedRecords | None]:
+    def gather(self, kept: list[KeptRecords]) -> tuple[list[RequestRecord], StreamedRecords | None]:
         """Every record (when each process kept them all) or the merged stream."""
         if all(k.records is not None for k in kept):
             self.discard()
