@@ -226,7 +226,7 @@ def bounds_coverage(rng: Any) -> None:
     )
 
 
-def spill_formats(count: int = 200_000, batch: int = 256) -> None:
+def spill_formats(count: int = 200_000, batch: int = 1024) -> None:
     """Cost per record and bytes per record of the record file formats that could hold them."""
     import numpy as np
 

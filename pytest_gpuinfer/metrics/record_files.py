@@ -1,11 +1,11 @@
 """Request records on disk: a columnar Arrow IPC file (zstd) written batch by batch during a run.
 
 A streamed run keeps no records in memory; when it keeps them at all, each client process appends
-them here as they finish (one record batch per call). Arrow IPC was chosen by measurement
-(``bench/bench_memory.py --spill``): the cheapest to write of the formats measured (Parquet,
-Arrow IPC, numpy ``.npz``) at about 115 bytes per 16-chunk request with zstd, and read by
-pyarrow, pandas, polars and DuckDB alike. pyarrow is the ``records`` extra; without it a streamed
-run keeps its figures but no records (:func:`spill_unavailable` says why).
+them here as they finish, 1,024 at a time. The format was chosen by measurement
+(``bench/bench_memory.py --spill``, docs/workloads.md): Arrow IPC with zstd, about 3.5 us and 64
+bytes per 16-chunk request, read by pyarrow, pandas, polars and DuckDB alike. pyarrow is the
+``records`` extra; without it a streamed run keeps its figures but no records
+(:func:`spill_unavailable` says why).
 
 Columns are the :class:`~pytest_gpuinfer.metrics.records.RequestRecord` fields (the conversation
 text kept between turns is left out); ``chunk_times`` and ``chunk_tokens`` are list columns.
