@@ -40,9 +40,11 @@ def _digest(max_centroids: int = CENTROIDS) -> Any:
 class LatencySketch:
     """Count, sum, min, max and a t-digest of a stream of values (seconds, tokens, ...)."""
 
-    __slots__ = ("_digest", "count", "max", "min", "total")
+    __slots__ = ("_digest", "centroids", "count", "max", "min", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, centroids: int = CENTROIDS) -> None:
+        """``centroids``: the digest's size (fewer: smaller and rougher; a time window's)."""
+        self.centroids = centroids
         self._digest: Any = None  # made on the first value (an empty sketch costs nothing)
         self.count = 0
         self.total = 0.0
@@ -54,7 +56,7 @@ class LatencySketch:
         if values.size == 0:
             return
         if self._digest is None:
-            self._digest = _digest()
+            self._digest = _digest(self.centroids)
         if weights is None:
             self._digest.batch_update(values)
             self.count += int(values.size)
@@ -71,7 +73,7 @@ class LatencySketch:
         if other.count == 0:
             return
         if self._digest is None:
-            self._digest = _digest()
+            self._digest = _digest(self.centroids)
         self._digest.merge_inplace(other._digest)
         self.count += other.count
         self.total += other.total
@@ -122,6 +124,7 @@ class LatencySketch:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable form (workers send their sketches back over a pipe)."""
         return {
+            "centroids": self.centroids,
             "digest": None if self._digest is None else self._digest.to_bytes(),
             "count": self.count,
             "total": self.total,
@@ -133,6 +136,7 @@ class LatencySketch:
         """Rebuild from :meth:`__getstate__`."""
         from fastdigest import TDigest
 
+        self.centroids = state["centroids"]
         data = state["digest"]
         self._digest = None if data is None else TDigest.from_bytes(data)
         self.count = state["count"]
