@@ -76,7 +76,8 @@ def one_size(requests: int, keep: str) -> None:
         f"({(peak - base) * 1024 / requests:6.0f} bytes per request over the "
         f"{base / 1024:.0f} MB at start); RSS at 1/4, 1/2, 3/4, end of the run "
         f"{'/'.join(quarters)} MB; {result.summary.completed:,} completed in {elapsed:.0f} s "
-        f"({result.summary.request_throughput:.0f} req/s); kept: {kept}",
+        f"({result.summary.request_throughput:.0f} req/s, client CPU "
+        f"{result.self_check.cpu_s / requests * 1000:.3f} s per 1,000 requests); kept: {kept}",
         flush=True,
     )
 
