@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_gpuinfer.load.gauges import GaugeSeries, PrefixCacheUse
@@ -30,13 +30,11 @@ class RecordsNotKept(ValueError):
     """A figure needs every record in memory, and the run streamed them (see ``retention``)."""
 
 
-@dataclass
+@dataclass(init=False)
 class LoadResult:
     """The records of a load run, their summary and the engine's self-check."""
 
-    records: list[RequestRecord]
-    """Every request's record, in index order; empty for a streamed run (``streamed`` is set:
-    read them back with :meth:`read_records`)."""
+    _records: list[RequestRecord] = field(repr=False)
     summary: stats.Summary
     self_check: SelfCheck
     config: dict[str, Any]
@@ -49,6 +47,34 @@ class LoadResult:
     streamed: StreamedRecords | None = None
     """A run past its retention limit: its figures were folded as it went (percentiles are
     estimates with bounds) and its records went to a file, if anywhere."""
+
+    def __init__(
+        self,
+        records: list[RequestRecord],
+        summary: stats.Summary,
+        self_check: SelfCheck,
+        config: dict[str, Any],
+        gauges: GaugeSeries | None = None,
+        verdicts: list[slo.SLOVerdict] | None = None,
+        workload_text: str = "",
+        streamed: StreamedRecords | None = None,
+    ) -> None:
+        """``records``: every record (empty when ``streamed`` says where they went instead)."""
+        self._records = records
+        self.summary = summary
+        self.self_check = self_check
+        self.config = config
+        self.gauges = gauges
+        self.verdicts = verdicts
+        self.workload_text = workload_text
+        self.streamed = streamed
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        """Every request's record, in index order; a streamed run kept none in memory and
+        raises :class:`RecordsNotKept` (its figures are in ``summary``, ``timeline``, ...; its
+        records, when written, come back from :meth:`read_records`)."""
+        return self.require_records("reading result.records")
 
     def judge(self, slos: Sequence[slo.SLO], *, allow_errors: bool = False) -> list[slo.SLOVerdict]:
         """Judge the run by its SLOs and (unless allowed) its failed requests; keep the verdicts.
@@ -69,7 +95,7 @@ class LoadResult:
                 f"({self.streamed.describe()}); run it with "
                 "RunnerOptions(retention=Retention(keep='all')) or fewer requests"
             )
-        return self.records
+        return self._records
 
     def read_records(self) -> Iterator[RequestRecord]:
         """The records: those kept in memory, or a streamed run's, read back from its file."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pytest_gpuinfer.load import cli as load_cli
+from pytest_gpuinfer.load.result import RecordsNotKept
 from pytest_gpuinfer.load.retention import Retention
 from pytest_gpuinfer.load.runner import Limits, LoadResult, LoadRunner, RunnerOptions
 from pytest_gpuinfer.load.schedule import ClosedLoop, Poisson
@@ -130,7 +131,9 @@ def test_streamed_run_agrees_with_the_exact_summary_of_its_own_records(sim_url: 
     read back from its file (same run, so any difference is the sketch's)."""
     limits = Limits(requests=1500, warmup_s=0.1)
     result = runner(sim_url, keep="stream").run(ClosedLoop(8), Prompts(output_tokens=8), limits)
-    assert result.records == [] and result.streamed is not None
+    assert result.streamed is not None
+    with pytest.raises(RecordsNotKept, match=r"reading result\.records needs every request record"):
+        _ = result.records  # loud, never an empty list a caller could take for no requests
     back = records_back(result)
     assert [r.index for r in back] == list(range(1500))  # every record once: none lost, none twice
     assert_agrees(result.summary, stats.summarize(back, warmup_s=0.1))
@@ -231,7 +234,6 @@ def test_two_processes_stream_one_file_each_and_merge(sim_url: str) -> None:
 def test_records_not_kept_is_a_clear_error_for_figures_that_need_them(sim_url: str) -> None:
     """Burst analysis of a streamed run names why it cannot run instead of finding no requests."""
     from pytest_gpuinfer.load.bursts import analyze
-    from pytest_gpuinfer.load.result import RecordsNotKept
     from pytest_gpuinfer.load.shapes import spike
 
     result = runner(sim_url, keep="stream").run(
@@ -243,6 +245,7 @@ def test_records_not_kept_is_a_clear_error_for_figures_that_need_them(sim_url: s
 
 
 FIXTURE_TEST = """
+from pytest_gpuinfer.load.result import RecordsNotKept
 from pytest_gpuinfer.load.retention import Retention
 from pytest_gpuinfer.load.runner import Limits
 from pytest_gpuinfer.load.schedule import ClosedLoop
