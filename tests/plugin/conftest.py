@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shlex
 import sys
 from collections.abc import Callable
@@ -15,6 +16,15 @@ from fake_nvml import H100, L4, make_fake_nvml
 # tests monkeypatch here, once: pytester's in-process runs drop modules first imported inside them,
 # and a patch would land on a module object the next run no longer uses.
 import pytest_gpuinfer.hardware.gpu  # noqa: F401  (isort: keep after the fakes)
+
+# Extension modules that refuse a second import in one process (numpy 2: "cannot load module more
+# than once per process"). pytest 8.1's pytester drops them after an in-process run that first
+# imported them, so the next run's import fails; imported here, they outlive every run.
+for _extension in ("numpy", "fastdigest", "pyarrow"):
+    try:
+        importlib.import_module(_extension)
+    except ImportError:
+        pass
 
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")
 
