@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shlex
 import sys
@@ -21,10 +22,8 @@ import pytest_gpuinfer.hardware.gpu  # noqa: F401  (isort: keep after the fakes)
 # than once per process"). pytest 8.1's pytester drops them after an in-process run that first
 # imported them, so the next run's import fails; imported here, they outlive every run.
 for _extension in ("numpy", "fastdigest", "pyarrow"):
-    try:
+    with contextlib.suppress(ImportError):
         importlib.import_module(_extension)
-    except ImportError:
-        pass
 
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")
 
