@@ -28,6 +28,15 @@ for _extension in ("numpy", "fastdigest", "pyarrow"):
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")
 
 
+@pytest.fixture(autouse=True)
+def not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every plugin test as outside CI: the suites they run in-process size themselves by
+    ``CI`` (short versions), and these tests choose their sizes with --load-scale instead. A test
+    of the short versions sets ``CI=true`` itself. (Unset, not "false": pytest also reads the
+    variable's presence, to print whole failure messages in the short summary.)"""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture
 def fake_server_command() -> Callable[..., str]:
     """Build a --server-command value running fake_server.py with the given flags."""
