@@ -18,12 +18,14 @@ from fake_nvml import H100, L4, make_fake_nvml
 # and a patch would land on a module object the next run no longer uses.
 import pytest_gpuinfer.hardware.gpu  # noqa: F401  (isort: keep after the fakes)
 
-# Extension modules that refuse a second import in one process (numpy 2: "cannot load module more
-# than once per process"). pytest 8.1's pytester drops them after an in-process run that first
-# imported them, so the next run's import fails; imported here, they outlive every run.
-for _extension in ("numpy", "fastdigest", "pyarrow"):
+# Modules that must outlive pytester's in-process runs, which drop what a run first imported (pytest
+# 8.1 does, and on any version a module imported there first is a fresh copy in the next run):
+# numpy 2 refuses a second import in one process ("cannot load module more than once"), and httpx
+# caches httpcore's exception classes on first use, so a fresh httpcore's ConnectError or
+# ReadTimeout would escape unmapped (not an httpx.HTTPError). Imported here, they are never dropped.
+for _module in ("numpy", "fastdigest", "pyarrow", "httpcore", "httpx", "h11", "anyio"):
     with contextlib.suppress(ImportError):
-        importlib.import_module(_extension)
+        importlib.import_module(_module)
 
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")
 
