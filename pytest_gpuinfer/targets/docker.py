@@ -325,8 +325,11 @@ class DockerLauncher(Launcher):
         extra = list(ctx.engine_args)
         if not vllm.has_flag(extra, "--served-model-name"):
             args += ["--served-model-name", served]
-        if builtin.resolve(ctx.model) and not vllm.has_flag(extra, "--max-model-len"):
+        known = builtin.resolve(ctx.model)
+        if known and not vllm.has_flag(extra, "--max-model-len"):
             args += ["--max-model-len", "1024"]
+        if known and known.dtype and not vllm.has_flag(extra, "--dtype"):
+            args += ["--dtype", known.dtype]
         return args + extra
 
     def environment(self, ctx: LaunchContext, wants_gpu: bool) -> dict[str, str]:

@@ -43,6 +43,7 @@ def test_builtin_model_is_mounted_read_only_and_served_under_its_name(tmp_path: 
     assert args[:6] == ["--model", model.inside, "--host", "0.0.0.0", "--port", "8000"]
     assert args[args.index("--served-model-name") + 1] == tinymodel.BUILTIN_MODEL_NAME
     assert args[args.index("--max-model-len") + 1] == "1024"
+    assert args[args.index("--dtype") + 1] == "float32", "the checkpoint's dtype (see builtin.py)"
 
 
 def test_user_model_directory_and_file_and_hub_id(
@@ -70,11 +71,14 @@ def test_user_model_directory_and_file_and_hub_id(
 
 def test_user_engine_args_win_over_defaults(tmp_path: Path) -> None:
     launcher = docker_target.DockerLauncher()
-    ctx = context(tmp_path, engine_args=("--served-model-name=mine", "--max-model-len", "512"))
+    ctx = context(
+        tmp_path,
+        engine_args=("--served-model-name=mine", "--max-model-len", "512", "--dtype=bfloat16"),
+    )
     args = launcher.server_args(ctx, "/models/m", "default-name")
     assert args == [
         "--model", "/models/m", "--host", "0.0.0.0", "--port", "8000",
-        "--served-model-name=mine", "--max-model-len", "512",
+        "--served-model-name=mine", "--max-model-len", "512", "--dtype=bfloat16",
     ]  # fmt: skip
 
 
