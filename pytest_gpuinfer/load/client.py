@@ -555,6 +555,11 @@ class _HTTPConnection(asyncio.Protocol):
         # Stamped before the write: on loopback the kernel delivers (and may run the server)
         # inside the write call, so a stamp after it can land after the server has the request.
         exchange.record.sent = time.perf_counter()
+        if self.transport.is_closing():
+            # The peer closed it and connection_lost is still on its way (a server dying between
+            # requests): the same disconnect connection_lost reports, retried once if reused.
+            self.connection_lost(None)
+            return
         self.transport.write(head_and_body)
         timeouts = self.client.timeouts
         first = timeouts.first_token_s if exchange.stream else timeouts.total_s
@@ -908,7 +913,9 @@ class InferenceClient:
         """An idle keep-alive connection, or a new one, waiting when the pool is full."""
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed:
+            if connection.transport is not None and connection.transport.is_closing():
+                connection.close()  # closed by the peer; connection_lost not delivered yet
+            elif not connection.closed:
                 connection.idle = False
                 return connection, True
         if self.max_connections is not None and self._open >= self.max_connections:

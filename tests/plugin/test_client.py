@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -491,6 +491,54 @@ def test_server_closing_an_idle_connection_is_retried_transparently() -> None:
 
     records, server = run_against(answer, two)
     assert [r.error for r in records] == [None, None]
+    assert server.connections == 2
+
+
+class ClosedTransport:
+    """A transport as uvloop leaves one whose peer went away, before connection_lost arrives:
+    closing, and raising on write."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def is_closing(self) -> bool:
+        """Always closing."""
+        return True
+
+    def write(self, data: bytes) -> None:
+        """Raise as uvloop does on a closed handle."""
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("where", ["idle in the pool", "handed to a request"])
+def test_connection_closing_before_its_loss_is_reported_is_not_written_to(where: str) -> None:
+    """A pooled connection whose transport is already closing (a server that died; the loop has
+    not delivered connection_lost yet) is never written to: the request goes out on a new one.
+    Seen as a RuntimeError out of LoadRunner.run when a simulator crashed behind the proxy."""
+
+    async def two(client: InferenceClient, server: CannedServer) -> list[RequestRecord]:
+        first = await client.request("x")
+        (idle,) = client._idle
+        idle.transport = cast(Any, ClosedTransport(idle.transport))
+        if where == "handed to a request":
+            client._idle.clear()
+            client._idle.append(idle)
+            original = client._acquire
+
+            async def hand_over() -> tuple[Any, bool]:
+                client._acquire = original  # type: ignore[method-assign]
+                client._idle.remove(idle)
+                return idle, True
+
+            client._acquire = hand_over  # type: ignore[method-assign]
+        second = await asyncio.wait_for(client.request("x"), 5)
+        return [first, second]
+
+    records, server = run_against(lambda i, h, b: sse_reply([chat_event("a"), DONE]), two)
+    assert [r.error for r in records] == [None, None], [r.error_message for r in records]
     assert server.connections == 2
 
 
