@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_gpuinfer.plugin import work_dirs
 from pytest_gpuinfer.plugin.options import Settings, check_engine
 
 if TYPE_CHECKING:
@@ -95,8 +95,9 @@ class RunState:
 
     @functools.cached_property
     def work_dir(self) -> Path:
-        """A folder of this run's own (logs, converted models), made on first use."""
-        return Path(tempfile.mkdtemp(prefix="pytest-gpuinfer-"))
+        """A folder of this run's own (logs, converted models), made on first use; the folders
+        of finished runs beyond the newest few are removed then (plugin/work_dirs.py)."""
+        return work_dirs.new_work_dir()
 
     def launch_context(self) -> LaunchContext:
         """What every launch of this run starts from: the options, the GPUs, a work folder."""
