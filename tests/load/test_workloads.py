@@ -29,6 +29,7 @@ from pytest_gpuinfer.load.workloads import (
     Trace,
     samples,
 )
+from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets import InferenceServer
 
 
@@ -130,10 +131,17 @@ def test_shared_prefixes_hit_the_prefix_cache_and_unshared_ones_do_not(
     assert without.hit_rate < 0.02, without.text()
 
 
-def test_embeddings_load_on_a_pooling_server(server_factory: Any) -> None:
+def test_embeddings_load_on_a_pooling_server(
+    server_factory: Any, inference_server: Any, gpuinfer_settings: Any
+) -> None:
     """The built-in model as an embedding model (vLLM's pooling runner): batches of 1 and 8,
-    inputs per second and latency percentiles."""
-    server = server_factory.launch(["--runner", "pooling", "--convert", "embed"])
+    inputs per second and latency percentiles. On a built-in pooling model
+    (``--model builtin:qwen3-embed``) the session's server serves; otherwise one is launched."""
+    known = builtin.resolve(gpuinfer_settings.model)
+    if known is not None and known.pooling:
+        server = inference_server
+    else:
+        server = server_factory.launch(["--runner", "pooling", "--convert", "embed"])
     runner = LoadRunner(server.base_url, server.model, api_key=server.api_key)
     lines = []
     for batch in (1, 8):
