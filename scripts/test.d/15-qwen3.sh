@@ -21,10 +21,12 @@ part() {
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 }
 part generation ${GPUINFER_PYTEST:-.venv/bin/pytest} -m compat -p no:cacheprovider -rsx --model builtin:qwen3 \
+  --max-cold-start "${GPUINFER_CI_COLD_START:-120}" \
   tests/compat/test_cold_start.py tests/compat/test_server_basics.py \
   tests/compat/test_api_conformance.py tests/compat/test_tools.py \
   tests/compat/test_structured_outputs.py tests/compat/test_reasoning.py \
   tests/compat/test_lora.py tests/compat/test_prefix_caching.py "$@"
 part embeddings ${GPUINFER_PYTEST:-.venv/bin/pytest} -p no:cacheprovider -rsx --model builtin:qwen3-embed \
+  --max-cold-start "${GPUINFER_CI_COLD_START:-120}" \
   tests/compat/test_embeddings.py tests/load/test_workloads.py::test_embeddings_load_on_a_pooling_server "$@"
 exit "$status"

@@ -10,4 +10,5 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
   echo "==> llamacpp: llama-cpp-python is not installed (scripts/setup.d/20-llamacpp.sh); skipping"
   exit 0
 fi
-exec ${GPUINFER_PYTEST:-.venv/bin/pytest} -m compat --engine llamacpp --server-timeout 180 -p no:cacheprovider -rsx "$@"
+exec ${GPUINFER_PYTEST:-.venv/bin/pytest} -m compat --engine llamacpp --server-timeout 180 -p no:cacheprovider -rsx \
+  --max-cold-start "${GPUINFER_CI_COLD_START:-120}" "$@"

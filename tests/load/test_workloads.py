@@ -32,6 +32,10 @@ from pytest_gpuinfer.load.workloads import (
 from pytest_gpuinfer.models import builtin
 from pytest_gpuinfer.targets import InferenceServer
 
+# These tests judge what the workloads send and get (lengths, times, turns, cache hits), each
+# asserting that every request succeeded: their runs carry no latency verdict (check_slos=False),
+# which would read NOT JUDGED here (no latency SLO fits a workload check). Latency is perf's.
+
 
 def exact(result: LoadResult) -> None:
     """Every request completed with its asked output length; prompts arrived as built."""
@@ -45,7 +49,7 @@ def exact(result: LoadResult) -> None:
 
 def test_sharegpt_file_replays_with_each_rows_own_lengths(load_runner: Any, tmp_path: Path) -> None:
     path = samples.write_sharegpt(tmp_path / "sharegpt.json", 16)
-    result = load_runner.run(ClosedLoop(4), Dataset(str(path), ignore_eos=True))
+    result = load_runner.run(ClosedLoop(4), Dataset(str(path), ignore_eos=True), check_slos=False)
     exact(result)
     assert len(result.records) == 16
     assert result.lengths.input_exact, result.lengths.text()
@@ -56,7 +60,7 @@ def test_mooncake_trace_replays_at_its_times_with_its_lengths(
 ) -> None:
     path = samples.write_mooncake(tmp_path / "mooncake.jsonl", 16, rate=8.0, block_tokens=32)
     workload = Trace(str(path), block_tokens=32, ignore_eos=True)
-    result = load_runner.run(TraceTimes(workload.load(), speed=2.0), workload)
+    result = load_runner.run(TraceTimes(workload.load(), speed=2.0), workload, check_slos=False)
     exact(result)
     asked = [r.asked_input_tokens for r in result.records]
     assert asked == [request.input_tokens for request in workload.load().requests]
@@ -68,7 +72,7 @@ def test_multi_turn_sessions_carry_their_history(load_runner: Any) -> None:
     workload = Conversations(
         turns=3, input_tokens=16, output_tokens=8, sessions=4, think_s=0.1, ignore_eos=True
     )
-    result = load_runner.run(ClosedLoop(2), workload)
+    result = load_runner.run(ClosedLoop(2), workload, check_slos=False)
     exact_outputs = all(r.completion_tokens == 8 for r in result.records)
     print(f"\n{result.summary_text()}")
     assert all(r.ok for r in result.records) and exact_outputs
@@ -120,7 +124,9 @@ def test_shared_prefixes_hit_the_prefix_cache_and_unshared_ones_do_not(
         workload = SharedPrefix(
             2, prefix_tokens=256, suffix_tokens=16, output_tokens=4, shared=shared, seed=7
         )
-        results[label] = load_runner.run(ClosedLoop(2), workload, limits)
+        results[label] = load_runner.run(ClosedLoop(2), workload, limits, check_slos=False)
+        failed = [r.error_message for r in results[label].records if not r.ok]
+        assert not failed, f"{label}: {len(failed)} requests failed: {failed[:3]}"
     table = comparison_table(results)
     print(f"\n{table}")
     request.node.add_report_section("call", "gpuinfer prefix cache", table)
