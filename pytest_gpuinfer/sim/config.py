@@ -45,6 +45,10 @@ class SimConfig:
     max_model_len: int = 1024
     model: str = "sim-model"
     seed: int = 0
+    preempt_every: int | None = None
+    """Every this-many admitted requests the preemption counter in /metrics goes up by one (no
+    request is evicted; the simulator never runs out of KV room): a server that reports
+    preemptions, for checking the preemptions verdict."""
     ttft_growth: float = 0.0
     """Seconds of TTFT added per second the simulator has run: a server that slows down over a
     long run (for drift verdicts)."""
@@ -67,5 +71,7 @@ class SimConfig:
             raise ValueError("slow_after must be >= 0 or None")
         if self.slow_factor <= 0:
             raise ValueError("slow_factor must be > 0")
+        if self.preempt_every is not None and self.preempt_every < 1:
+            raise ValueError("preempt_every must be >= 1 or None")
         if self.leak_kb_per_request < 0:
             raise ValueError("leak_kb_per_request must be >= 0")

@@ -131,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=defaults.leak_kb_per_request,
         help="keep this much memory for good per inference request (a leak, on purpose)",
     )
+    parser.add_argument(
+        "--preempt-every",
+        type=int,
+        default=defaults.preempt_every,
+        help="count a preemption in /metrics every N admitted requests (none is evicted)",
+    )
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     parser.add_argument("--model", default=defaults.model)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -156,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         slow_after=args.slow_after,
         slow_factor=args.slow_factor,
         leak_kb_per_request=args.leak_kb_per_request,
+        preempt_every=args.preempt_every,
         max_model_len=args.max_model_len,
         model=args.model,
         seed=args.seed,

@@ -67,6 +67,8 @@ class SimServer:
         self._waiting_count = 0
         self._running_count = 0
         self._kv_reserved = 0
+        self._admitted = 0
+        self._preemptions = 0
         self._admitting = False
         self._served = 0
         self._leaked: list[bytes] = []
@@ -326,8 +328,9 @@ class SimServer:
         metric(
             "vllm:num_preemptions_total",
             "counter",
-            "Cumulative number of preemption from the engine (the simulator never preempts).",
-            [("", 0)],
+            "Cumulative number of preemption from the engine (simulator: only counted, with "
+            "--preempt-every).",
+            [("", self._preemptions)],
         )
         metric(
             "vllm:prompt_tokens_total",
@@ -476,6 +479,10 @@ class SimServer:
     def _admit(self, generation: Generation, now: float) -> None:
         """Reserve a slot and KV room, then start prefill."""
         self._running_count += 1
+        self._admitted += 1
+        every = self.config.preempt_every
+        if every and self._admitted % every == 0:
+            self._preemptions += 1
         self._kv_reserved += generation.params.kv_tokens
         generation.start(now)
 

@@ -131,6 +131,25 @@ def test_queue_and_recovery_verdicts_print_the_rows_that_broke_them(limited_sim:
     assert "timeline from the burst end" in recovery.message
 
 
+def test_preemptions_over_the_limit_fail_naming_the_count() -> None:
+    """A server whose counter shows preemptions during the burst fails max_preemptions=0 with the
+    count read from its /metrics; the same burst with a limit above the count passes."""
+    with run_in_process(
+        "--max-num-seqs", str(SEQS), "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS),
+        "--output-tokens", str(TOKENS), "--preempt-every", "4",
+    ) as url:  # fmt: skip
+        shape = shapes.spike(CAPACITY_RPS * 0.15, 4, before_s=0.5, spike_s=0.5, after_s=1)
+        result = LoadRunner(url, "sim-model").run(shape.schedule, Prompts(output_tokens=TOKENS))
+    admitted = sum(1 for r in result.records if r.ok)
+    strict = bursts.analyze(result, shape, bursts.BurstLimits(max_preemptions=0))
+    verdict = {v.name: v for v in strict.verdicts}["preemptions"]
+    assert verdict.failed and verdict.measured is not None and verdict.measured >= 1, verdict
+    assert verdict.measured <= admitted // 4, (verdict.measured, admitted)
+    assert verdict.message.startswith(f"{verdict.measured:g} during the run (limit 0)")
+    loose = bursts.analyze(result, shape, bursts.BurstLimits(max_preemptions=admitted))
+    assert {v.name: v for v in loose.verdicts}["preemptions"].passed
+
+
 def test_recovery_without_queue_readings_is_not_judged_never_0_s(limited_sim: str) -> None:
     """No gauges sampled: the queue after the burst is unknown, so is recovery."""
     shape = shapes.spike(10, 3, before_s=0.6, spike_s=0.4, after_s=0.6, arrival="constant")
