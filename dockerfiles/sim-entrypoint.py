@@ -2,8 +2,9 @@
 
 The docker target passes every image vLLM's command line (``--model PATH --served-model-name NAME
 --host H --port P ...``). The simulator names its model with ``--model``, so the served name (or
-the model path's last part) becomes ``--model``; every other argument goes to the simulator as it
-is, and one it does not know makes it exit with a usage error, as vLLM would.
+the model path's last part) becomes ``--model``; ``--dtype`` (the docker target passes a built-in
+model's) is dropped, since a simulator has no weights; every other argument goes to the simulator
+as it is, and one it does not know makes it exit with a usage error, as vLLM would.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def simulator_argv(vllm_args: list[str]) -> list[str]:
     args = iter(vllm_args)
     for arg in args:
         flag, _, inline = arg.partition("=")
-        if flag in ("--model", "--served-model-name"):
+        if flag in ("--model", "--served-model-name", "--dtype"):
             value = inline if inline else next(args, "")
             if flag == "--model":
                 model = value
-            else:
+            elif flag == "--served-model-name":
                 served = value
         else:
             rest.append(arg)

@@ -203,6 +203,10 @@ def test_sim_image_takes_vllm_arguments() -> None:
     ) == ["--model", "tiny", "--port", "8000", "--ttft-ms=5"]
     assert translate(["--model=/models/dir/"]) == ["--model", "dir"]
     assert translate(["--bogus"]) == ["--bogus"]
+    assert translate(["--dtype", "float32", "--max-model-len", "1024", "--dtype=bfloat16"]) == [
+        "--max-model-len",
+        "1024",
+    ], "a simulator has no weights: the dtype the docker target passes is dropped"
 
 
 def test_failure_shows_a_docker_run_line_without_secrets() -> None:
