@@ -158,7 +158,9 @@ def test_kill_api_server_mid_load_leaves_nothing_once_stopped(
     server = spare.pop() if spare else server_factory.launch()
     assert server.process is not None and server.process.pid is not None
     leader = server.process.pid
-    with BackgroundLoad(server, duration_s=8.0) as load:
+    # The load outlasts the kill whatever the wait takes (up to 3 + 10 s): with 8 s, one CI run
+    # killed the API server after the load had ended, with nothing in flight to classify.
+    with BackgroundLoad(server, duration_s=20.0) as load:
         time.sleep(3.0)
         wait_until_running(server)
         killed_perf = time.perf_counter()
