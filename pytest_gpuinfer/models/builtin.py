@@ -10,7 +10,8 @@ deployment would be configured; ``qwen3-embed`` serves the same checkpoint for e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,40 @@ def resolve(model: str | None) -> BuiltinModel | None:
     if model is None:
         return DEFAULT
     return named(model) if is_builtin_name(model) else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: write (or find) a built-in model and print its directory."""
+    parser = argparse.ArgumentParser(
+        prog="gpuinfer-make-model",
+        description="Write a built-in tiny checkpoint (offline, reproducible): the Llama by "
+        "default, or the Qwen3-shaped model, and its seeded LoRA adapter.",
+    )
+    parser.add_argument(
+        "--builtin",
+        choices=sorted(BUILTIN_MODELS),
+        default=DEFAULT.key,
+        help="which built-in model (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, help="write here instead of the cache directory")
+    parser.add_argument("--verify", type=Path, help="check a model directory against its manifest")
+    parser.add_argument(
+        "--adapter", action="store_true", help="also write (or find) its LoRA adapter and print it"
+    )
+    args = parser.parse_args(argv)
+    if args.verify:
+        problems = tinymodel.verify_model(args.verify)
+        for line in problems:
+            print(line)
+        print("ok" if not problems else f"{len(problems)} problem(s)")
+        return 1 if problems else 0
+    model = BUILTIN_MODELS[args.builtin]
+    path = model.write_to(args.out) if args.out else model.ensure()
+    print(path)
+    if args.adapter:
+        print(model.ensure_adapter())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,6 @@ never meaning.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -294,42 +293,3 @@ def ensure_written(name: str, write: Callable[[Path], Path], cache_dir: Path | N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: write (or find) a built-in model and print its directory."""
-    from pytest_gpuinfer.models import builtin
-
-    parser = argparse.ArgumentParser(
-        prog="gpuinfer-make-model",
-        description="Write a built-in tiny checkpoint (offline, reproducible): the Llama by "
-        "default, or the Qwen3-shaped model, and its seeded LoRA adapter.",
-    )
-    parser.add_argument(
-        "--builtin",
-        choices=sorted(builtin.BUILTIN_MODELS),
-        default=builtin.DEFAULT.key,
-        help="which built-in model (default: %(default)s)",
-    )
-    parser.add_argument("--out", type=Path, help="write here instead of the cache directory")
-    parser.add_argument("--verify", type=Path, help="check a model directory against its manifest")
-    parser.add_argument(
-        "--adapter", action="store_true", help="also write (or find) its LoRA adapter and print it"
-    )
-    args = parser.parse_args(argv)
-    if args.verify:
-        problems = verify_model(args.verify)
-        for line in problems:
-            print(line)
-        print("ok" if not problems else f"{len(problems)} problem(s)")
-        return 1 if problems else 0
-    model = builtin.BUILTIN_MODELS[args.builtin]
-    path = model.write_to(args.out) if args.out else model.ensure()
-    print(path)
-    if args.adapter:
-        print(model.ensure_adapter())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_gpuinfer.models import tinymodel
+from pytest_gpuinfer.models import builtin, tinymodel
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,11 @@ def test_tokenizer_round_trips_hard_text(model_dir: Path) -> None:
 
 
 def test_cli_writes_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert tinymodel.main(["--out", str(tmp_path / "m")]) == 0
+    assert builtin.main(["--out", str(tmp_path / "m")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")
-    assert tinymodel.main(["--verify", str(tmp_path / "m")]) == 0
+    assert builtin.main(["--verify", str(tmp_path / "m")]) == 0
     (tmp_path / "m" / "config.json").write_text("{}")
-    assert tinymodel.main(["--verify", str(tmp_path / "m")]) == 1
+    assert builtin.main(["--verify", str(tmp_path / "m")]) == 1
     assert "config.json: sha256" in capsys.readouterr().out
 
 
