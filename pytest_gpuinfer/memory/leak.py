@@ -2,9 +2,11 @@
 
 Limits scale with the work. A target may keep a one-off ``allowance_mb`` (allocator pools and
 caches filling once) plus ``per_unit_mb`` for each request (or token) it served; a leak is
-memory that grows with the work. Over batches two verdicts: *memory per request*, the median of
-the batches' growth divided by each batch's work (a median, so a one-off step in one batch does
-not read as a rate), and *memory growth*, the total from the first batch's start to the last
+memory that grows with the work. Over batches two verdicts: *memory per request*, the sustained
+rate: over stretches of consecutive batches, the least of each stretch's median growth per
+batch, per unit of work (a leak grows in every batch, so in every stretch; one step or one
+release in a stretch is outvoted, and pools and caches that fill in steps go flat in some
+stretch), and *memory growth*, the total from the first batch's start to the last
 batch's end against ``allowance_mb + per_unit_mb x work``. The rate is what catches a leak in a
 short run, the total what a long run adds up to.
 """
@@ -168,6 +170,27 @@ def judge_growth(
     )
 
 
+MIN_RATE_BATCHES = 3
+"""Batches a rate per unit of work needs (one stretch of three)."""
+
+
+def sustained_rate(deltas_mb: Sequence[float], work_per_batch: int) -> tuple[int, float]:
+    """The stretch length and the sustained growth per unit of work: the least stretch median.
+
+    A stretch is ``max(3, batches // 4)`` consecutive batches, its growth the median of its
+    batches' growth. A leak grows in every batch, so every stretch shows its rate; a step or a
+    release in one batch is outvoted within its stretch, and pools or caches that fill in steps
+    go flat in some stretch.
+    """
+    window = max(MIN_RATE_BATCHES, len(deltas_mb) // 4)
+    if len(deltas_mb) < window:
+        raise ValueError(f"a sustained rate needs at least {window} batches, got {len(deltas_mb)}")
+    medians = [
+        statistics.median(deltas_mb[i : i + window]) for i in range(len(deltas_mb) - window + 1)
+    ]
+    return window, min(medians) / work_per_batch
+
+
 def judge_batches(
     tracker: MemoryTracker,
     phases: Sequence[PhaseStats],
@@ -199,12 +222,12 @@ def judge_batches(
     ]
     deltas = [p.delta_bytes / MB for p in phases]
     rate: float | None = None
-    if len(phases) < 3:
+    if len(phases) < MIN_RATE_BATCHES:
         verdicts.append(
             not_judged(
                 f"memory per {unit}",
                 Unjudged.TOO_FEW_SAMPLES,
-                f"{len(phases)} batches: a rate per {unit} needs at least 3",
+                f"{len(phases)} batches: a rate per {unit} needs at least {MIN_RATE_BATCHES}",
                 limit=limits.per_unit_mb,
                 unit=f"MB/{unit}",
                 source=limits.source,
@@ -212,14 +235,15 @@ def judge_batches(
             )
         )
     else:
-        rate = statistics.median(deltas) / work_per_batch
+        window, rate = sustained_rate(deltas, work_per_batch)
         shown = ", ".join(f"{d:+.2f}" for d in deltas)
         verdicts.append(
             judged(
                 f"memory per {unit}",
                 rate <= limits.per_unit_mb,
-                f"memory grew {rate * 1e3:+.1f} KB per {unit} (median of {len(phases)} batches of "
-                f"{work_per_batch} {unit}s; growth by batch {shown} MB), limit "
+                f"memory grew {rate * 1e3:+.1f} KB per {unit} in every stretch of {window} "
+                f"batches (the least stretch median of {len(phases) - window + 1}; {len(phases)} "
+                f"batches of {work_per_batch} {unit}s, growth by batch {shown} MB), limit "
                 f"{limits.per_unit_mb * 1e3:g} KB/{unit}",
                 measured=rate,
                 limit=limits.per_unit_mb,

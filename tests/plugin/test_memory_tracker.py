@@ -15,7 +15,13 @@ import pytest
 from fake_nvml import H100, L4, make_fake_nvml
 
 from pytest_gpuinfer.memory.hog import MemoryHog
-from pytest_gpuinfer.memory.leak import GrowthLimits, judge_batches, judge_growth, run_batches
+from pytest_gpuinfer.memory.leak import (
+    GrowthLimits,
+    judge_batches,
+    judge_growth,
+    run_batches,
+    sustained_rate,
+)
 from pytest_gpuinfer.memory.tracker import (
     MB,
     MemoryReading,
@@ -129,29 +135,59 @@ def _phases(deltas_mb: list[float], start_mb: float = 100.0) -> list[PhaseStats]
 
 def test_a_leak_per_request_fails_under_the_total_limit() -> None:
     """0.2 MB per request over 8 batches of 32: 51 MB, inside the total allowance, but the rate
-    per request (the median batch) is four times the limit."""
+    per request (in every stretch of batches) is four times the limit."""
     tracker = MemoryTracker(ScriptedSource([100.0]), interval_s=0.01)
     limits = GrowthLimits(per_unit_mb=0.05, allowance_mb=50)
     verdict = judge_batches(tracker, _phases([6.4] * 8), work_per_batch=32, limits=limits)
     labels = {v.name: v.label for v in verdict.verdicts}
     assert labels == {"memory growth": "PASS", "memory per request": "FAIL"}
     assert verdict.reasons == (
-        "memory grew +200.0 KB per request (median of 8 batches of 32 requests; growth by batch "
+        "memory grew +200.0 KB per request in every stretch of 3 batches (the least stretch "
+        "median of 6; 8 batches of 32 requests, growth by batch "
         + ", ".join(["+6.40"] * 8)
         + " MB), limit 50 KB/request",
     )
 
 
-def test_one_off_steps_are_not_a_rate_but_count_in_the_total() -> None:
-    """Steps of a few MB in some batches (caches filling) leave the median rate near zero; a
-    total over the allowance still fails."""
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [3.1, 0.1, 0.1, 0.1, 0.1, 3.5, 0.06, 3.3],
+        # vLLM-CPU in CI (2026-12-07): steps in 5 of 8 batches, a median of 76 KB per request
+        [2.68, 11.00, 2.42, 2.46, 0.88, 0.01, 0.03, 5.81],
+    ],
+    ids=["steps-in-3-batches", "steps-in-5-batches"],
+)
+def test_one_off_steps_are_not_a_rate_but_count_in_the_total(steps: list[float]) -> None:
+    """Steps of a few MB in many batches (caches filling) go flat in some stretch, so the
+    sustained rate stays low; a total over the allowance still fails."""
     tracker = MemoryTracker(ScriptedSource([100.0]), interval_s=0.01)
     limits = GrowthLimits(per_unit_mb=0.05, allowance_mb=50)
-    steps = [3.1, 0.1, 0.1, 0.1, 0.1, 3.5, 0.06, 3.3]
-    assert judge_batches(tracker, _phases(steps), work_per_batch=32, limits=limits).passed
+    check = judge_batches(tracker, _phases(steps), work_per_batch=32, limits=limits)
+    assert check.passed, check.message()
     big = judge_batches(tracker, _phases([0.1, 80, 0.1, 0.1]), work_per_batch=32, limits=limits)
-    assert [v.label for v in big.verdicts] == ["FAIL", "PASS"]
+    assert [v.label for v in big.verdicts] == ["FAIL", "PASS"], big.message()
     assert big.reasons[0].startswith("memory grew +80.3 MB over 4 batches (128 requests), limit")
+
+
+def test_a_leak_with_a_release_in_one_batch_still_fails() -> None:
+    """A leak of 0.2 MB per request whose memory drops once (a pool trimmed): each stretch's
+    median outvotes the drop."""
+    tracker = MemoryTracker(ScriptedSource([100.0]), interval_s=0.01)
+    limits = GrowthLimits(per_unit_mb=0.05, allowance_mb=50)
+    deltas = [6.4, 6.4, 6.4, 6.4, -12.0, 6.4, 6.4, 6.4]
+    check = judge_batches(tracker, _phases(deltas), work_per_batch=32, limits=limits)
+    assert [v.label for v in check.verdicts] == ["PASS", "FAIL"]
+    assert check.per_unit_mb == pytest.approx(0.2)
+
+
+def test_the_stretch_grows_with_the_run() -> None:
+    """16 batches judge stretches of 4; fewer than 3 batches is an error, not a rate."""
+    assert sustained_rate([1.0] * 16, 1) == (4, 1.0)
+    assert sustained_rate([4.0, 4.0, 0.0, 4.0, 4.0], 2) == (3, 2.0)
+    assert sustained_rate([4.0, 0.0, 0.0, 4.0, 4.0], 2) == (3, 0.0)
+    with pytest.raises(ValueError, match="at least 3 batches"):
+        sustained_rate([1.0, 1.0], 1)
 
 
 def test_a_rate_needs_three_batches() -> None:
