@@ -9,7 +9,9 @@ for an attached endpoint); without a GPU it is the RSS of the process tree.
 whose tracked memory, after settling, grew by more than the limit. A test that uses
 ``inference_server`` is tracked automatically; otherwise the test starts a tracker through
 ``vram_tracker``. Memory released late (VRAM freed by the driver after a process exits) is
-waited for, up to ``release_timeout_s``, before the verdict.
+waited for, up to ``release_timeout_s``, before the verdict. A test that judges its memory
+itself (``vram_tracker.judged(tracker, check)``, with limits that know its work) is judged by
+that check alone.
 """
 
 from __future__ import annotations
@@ -114,11 +116,9 @@ def vram_tracker(request: pytest.FixtureRequest) -> Iterator[VramTracker]:
     watch = VramTracker(gpus=state.gpus_in_use)
     yield watch
     watch.stop_all()
-    verdicts = request.node.stash.get(LEAK_VERDICTS, [])
-    for index, tracker in enumerate(watch.trackers):
-        verdict = watch.checks.get(id(tracker))
-        if verdict is None and index < len(verdicts):
-            verdict = verdicts[index]
+    marker_checks = request.node.stash.get(LEAK_VERDICTS, {})
+    for tracker in watch.trackers:
+        verdict = watch.checks.get(id(tracker)) or marker_checks.get(id(tracker))
         report_plugin.record(request.node, "memory", memory_payload(tracker, verdict))
 
 
@@ -167,7 +167,8 @@ class LeakLimits:
 
 
 LEAK_WATCH = pytest.StashKey[tuple[VramTracker, LeakLimits]]()
-LEAK_VERDICTS = pytest.StashKey[list["LeakCheck"]]()
+LEAK_VERDICTS = pytest.StashKey[dict[int, "LeakCheck"]]()
+"""The leak marker's checks, by tracker id."""
 
 
 @pytest.fixture(autouse=True)
@@ -202,7 +203,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             "tracker with vram_tracker.start(pid)",
             pytrace=False,
         )
-    verdicts = []
+    if watch.checks:
+        # the test judged its memory itself (vram_tracker.judged), against limits that know its
+        # work; the marker's flat limit would be a second, stricter verdict on the same memory
+        return result
+    verdicts: dict[int, LeakCheck] = {}
     for tracker in watch.trackers:
         baseline = tracker.baseline_bytes
         if baseline is None:
@@ -215,10 +220,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             release_timeout_s=limits.release_timeout_s,
             limit_source=limits.growth_limit_source(),
         )
-        verdicts.append(verdict)
+        verdicts[id(tracker)] = verdict
         item.user_properties.append(("memory_growth_mb", round(verdict.growth_bytes / 1e6, 1)))
     item.stash[LEAK_VERDICTS] = verdicts
-    failed = [v for v in verdicts if not v.passed]
+    failed = [v for v in verdicts.values() if not v.passed]
     if failed:
         pytest.fail("\n\n".join(v.message() for v in failed), pytrace=False)
     return result

@@ -34,6 +34,24 @@ def test_nothing_to_track():
     pass
 
 
+@pytest.mark.leak(max_growth_mb=50, settle_s=0.3, release_timeout_s=2)
+@pytest.mark.parametrize(
+    "per_batch_mb", [50, 5], ids=["judged-itself-passing", "judged-itself-failing"]
+)
+def test_judged_by_the_test(per_batch_mb, vram_tracker):
+    # 4 x 30 MB kept: over the marker's 50 MB, but the test's own limits (50 MB per batch
+    # passes, 5 MB per batch fails) are what count for a tracker the test judged itself
+    from pytest_gpuinfer.memory.leak import GrowthLimits, judge_batches, run_batches
+
+    with MemoryHog(mb=30, leak=True) as process:
+        tracker = vram_tracker.start(process.pid, interval_s=0.05, settle_s=0.3)
+        phases = run_batches(tracker, lambda _i: process.batch(), batches=4, settle_s=0.2)
+        limits = GrowthLimits(per_unit_mb=per_batch_mb, allowance_mb=200, unit="batch")
+        check = judge_batches(tracker, phases, work_per_batch=1, limits=limits)
+        vram_tracker.judged(tracker, check)
+        assert check.passed, check.message()
+
+
 def test_tracker_without_marker(vram_tracker):
     with MemoryHog(mb=10, leak=True) as process:
         tracker = vram_tracker.start(process.pid, interval_s=0.05, settle_s=0.2)
@@ -47,8 +65,10 @@ def test_leak_marker_fails_a_leaking_process_and_passes_a_steady_one(
 ) -> None:
     pytester.makepyfile(LEAK_TESTS)
     result = pytester.runpytest("-p", "no:randomly", "-v")
-    result.assert_outcomes(passed=2, failed=2)
+    result.assert_outcomes(passed=3, failed=3)
     text = result.stdout.str()
+    assert "test_judged_by_the_test[judged-itself-passing] PASSED" in text
+    assert "test_judged_by_the_test[judged-itself-failing] FAILED" in text
     assert "test_hog[leaking] FAILED" in text
     assert "test_hog[steady] PASSED" in text
     assert "test_tracker_without_marker PASSED" in text
@@ -131,8 +151,9 @@ def test_leak_suite_fails_a_server_keeping_0_2_mb_per_request(
         result.stdout.fnmatch_lines(
             [
                 "*memory leak check FAILED:",
-                "*FAIL  memory per request: memory grew +* KB per request (median of 8 batches "
-                "of 32 requests; growth by batch *), limit 50 KB/request",
+                "*FAIL  memory per request: memory grew +* KB per request in every stretch of 3 "
+                "batches (the least stretch median of 6; 8 batches of 32 requests, growth by "
+                "batch *), limit 50 KB/request",
             ]
         )
         rate = float(result.stdout.str().split("memory grew +")[1].split(" KB")[0])
