@@ -14,13 +14,20 @@ import pytest
 
 from pytest_gpuinfer.hardware.gpu import GPUInfo
 from pytest_gpuinfer.memory.hog import MemoryHog
-from pytest_gpuinfer.memory.leak import judge_batches, run_batches
+from pytest_gpuinfer.memory.leak import GrowthLimits, judge_batches, run_batches
 from pytest_gpuinfer.memory.tracker import NVMLMemory, process_tree_pids
 from pytest_gpuinfer.plugin.extras import require
 from pytest_gpuinfer.plugin.memory_fixtures import VramTracker
 
 HOG_MB = 512
 BATCHES = 5
+HOG_LIMITS = GrowthLimits(
+    per_unit_mb=HOG_MB / 4,
+    allowance_mb=HOG_MB,
+    unit="batch",
+    source="a quarter of what the leaking hog keeps per batch",
+)
+"""One batch is the unit of work: the leaking hog keeps 512 MB per batch, four times the rate."""
 
 
 @pytest.fixture
@@ -57,7 +64,7 @@ def test_nvml_batches_catch_a_leaking_gpu_process(
     )
     phases = run_batches(tracker, lambda _i: cuda_hog.batch(), batches=BATCHES, settle_s=0.3)
     tracker.stop()
-    verdict = judge_batches(tracker, phases, max_growth_mb=HOG_MB)
+    verdict = judge_batches(tracker, phases, work_per_batch=1, limits=HOG_LIMITS)
     assert verdict.passed is should_pass, verdict.message()
     assert all(p.peak_bytes >= p.before_bytes for p in phases), verdict.message()
     if not should_pass:
