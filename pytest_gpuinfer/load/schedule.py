@@ -327,18 +327,20 @@ class Stages(OpenLoop):
         self._check()
 
 
-@SCHEDULES.register("constant")
-@dataclass(frozen=True, slots=True)
-class Constant(OpenLoop):
-    """Evenly spaced arrivals at ``rate`` req/s, the first at the start."""
+class SteadyRate(OpenLoop):
+    """Base of the single-rate open-loop schedules: one stage at ``rate`` for ``duration_s``.
 
+    A subclass is a dataclass with ``rate`` and ``duration_s`` fields and names its arrival
+    process in the class variable ``arrival``.
+    """
+
+    __slots__ = ()
     rate: float
-    duration_s: float = math.inf
-    max_concurrency: int | None = None
-    name: ClassVar[str] = "constant"
 
     def __post_init__(self) -> None:
-        _check_rate(self.rate)
+        """Reject a rate that is not positive, then what no open-loop schedule allows."""
+        if not self.rate > 0:
+            raise ValueError(f"rate must be > 0, not {self.rate}")
         self._check()
 
     @property
@@ -346,15 +348,22 @@ class Constant(OpenLoop):
         """One stage at the rate."""
         return (Stage(self.duration_s, self.rate),)
 
-    @property
-    def arrival(self) -> ArrivalKind:
-        """Evenly spaced."""
-        return "constant"
+
+@SCHEDULES.register("constant")
+@dataclass(frozen=True, slots=True)
+class Constant(SteadyRate):
+    """Evenly spaced arrivals at ``rate`` req/s, the first at the start."""
+
+    rate: float
+    duration_s: float = math.inf
+    max_concurrency: int | None = None
+    name: ClassVar[str] = "constant"
+    arrival: ClassVar[ArrivalKind] = "constant"
 
 
 @SCHEDULES.register("poisson")
 @dataclass(frozen=True, slots=True)
-class Poisson(OpenLoop):
+class Poisson(SteadyRate):
     """Poisson arrivals (exponential gaps) at a mean of ``rate`` req/s."""
 
     rate: float
@@ -362,25 +371,12 @@ class Poisson(OpenLoop):
     seed: int = 0
     max_concurrency: int | None = None
     name: ClassVar[str] = "poisson"
-
-    def __post_init__(self) -> None:
-        _check_rate(self.rate)
-        self._check()
-
-    @property
-    def stages(self) -> tuple[Stage, ...]:
-        """One stage at the rate."""
-        return (Stage(self.duration_s, self.rate),)
-
-    @property
-    def arrival(self) -> ArrivalKind:
-        """Exponential gaps."""
-        return "poisson"
+    arrival: ClassVar[ArrivalKind] = "poisson"
 
 
 @SCHEDULES.register("gamma")
 @dataclass(frozen=True, slots=True)
-class Gamma(OpenLoop):
+class Gamma(SteadyRate):
     """Gamma-distributed gaps at a mean of ``rate`` req/s; burstiness < 1 clusters arrivals."""
 
     rate: float
@@ -389,26 +385,7 @@ class Gamma(OpenLoop):
     seed: int = 0
     max_concurrency: int | None = None
     name: ClassVar[str] = "gamma"
-
-    def __post_init__(self) -> None:
-        _check_rate(self.rate)
-        self._check()
-
-    @property
-    def stages(self) -> tuple[Stage, ...]:
-        """One stage at the rate."""
-        return (Stage(self.duration_s, self.rate),)
-
-    @property
-    def arrival(self) -> ArrivalKind:
-        """Gamma gaps."""
-        return "gamma"
-
-
-def _check_rate(rate: float) -> None:
-    """A single-rate schedule needs a positive rate."""
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0, not {rate}")
+    arrival: ClassVar[ArrivalKind] = "gamma"
 
 
 @dataclass(frozen=True)
