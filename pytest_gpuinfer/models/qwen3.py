@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,80 +126,25 @@ DEFAULT_QWEN3_SPEC = Qwen3Spec()
 
 def _train_tokenizer(spec: Qwen3Spec) -> object:
     """Byte-level BPE on the built-in corpus, ChatML special tokens, tag tokens added after."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_target,
-        special_tokens=list(CHATML_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(tinymodel.corpus_paragraphs() * 3, trainer=trainer)
+    tokenizer = tinymodel.train_bpe(spec.vocab_target, CHATML_TOKENS)
     tokenizer.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in TAG_TOKENS])
     return tokenizer
-
-
-def _weights(spec: Qwen3Spec, vocab_size: int, silent_ids: Sequence[int]) -> dict[str, object]:
-    """Seeded random Qwen3 weights (q/k norms included); ``silent_ids`` get zero output rows."""
-    import numpy as np
-
-    rng = np.random.default_rng(spec.seed)
-    hidden, inter, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
-
-    def normal(*shape: int) -> object:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    def ones(size: int) -> object:
-        return np.ones(size, dtype=np.float32)
-
-    tensors: dict[str, object] = {"model.embed_tokens.weight": normal(vocab_size, hidden)}
-    for layer in range(spec.num_layers):
-        prefix = f"model.layers.{layer}"
-        tensors[f"{prefix}.self_attn.q_proj.weight"] = normal(spec.num_heads * hd, hidden)
-        tensors[f"{prefix}.self_attn.k_proj.weight"] = normal(spec.num_kv_heads * hd, hidden)
-        tensors[f"{prefix}.self_attn.v_proj.weight"] = normal(spec.num_kv_heads * hd, hidden)
-        tensors[f"{prefix}.self_attn.o_proj.weight"] = normal(hidden, spec.num_heads * hd)
-        tensors[f"{prefix}.self_attn.q_norm.weight"] = ones(hd)
-        tensors[f"{prefix}.self_attn.k_norm.weight"] = ones(hd)
-        tensors[f"{prefix}.mlp.gate_proj.weight"] = normal(inter, hidden)
-        tensors[f"{prefix}.mlp.up_proj.weight"] = normal(inter, hidden)
-        tensors[f"{prefix}.mlp.down_proj.weight"] = normal(hidden, inter)
-        tensors[f"{prefix}.input_layernorm.weight"] = ones(hidden)
-        tensors[f"{prefix}.post_attention_layernorm.weight"] = ones(hidden)
-    tensors["model.norm.weight"] = ones(hidden)
-    lm_head = (rng.standard_normal((vocab_size, hidden)) * 0.5).astype(np.float32)
-    lm_head[list(silent_ids)] = 0.0
-    tensors["lm_head.weight"] = lm_head
-    return tensors
 
 
 def _config(spec: Qwen3Spec, vocab_size: int, ids: dict[str, int]) -> dict[str, object]:
     """The Hugging Face config.json of the checkpoint (Qwen3ForCausalLM)."""
     return {
+        **tinymodel.decoder_config(spec, vocab_size),
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.num_kv_heads,
-        "head_dim": spec.head_dim,
-        "num_hidden_layers": spec.num_layers,
-        "vocab_size": vocab_size,
-        "max_position_embeddings": spec.max_position_embeddings,
         "max_window_layers": spec.num_layers,
         "use_sliding_window": False,
         "sliding_window": None,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
-        "hidden_act": "silu",
-        "attention_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "initializer_range": 0.02,
         "use_cache": True,
         "bos_token_id": ids[ENDOFTEXT],
         "eos_token_id": ids[IM_END],
@@ -220,14 +164,7 @@ def _tokenizer_config(spec: Qwen3Spec, ids: dict[str, int]) -> dict[str, object]
         "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,
         "added_tokens_decoder": {
-            str(ids[tok]): {
-                "content": tok,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": tok in CHATML_TOKENS,
-            }
+            str(ids[tok]): tinymodel.added_token_entry(tok, special=tok in CHATML_TOKENS)
             for tok in (*CHATML_TOKENS, *TAG_TOKENS)
         },
     }
@@ -235,8 +172,6 @@ def _tokenizer_config(spec: Qwen3Spec, ids: dict[str, int]) -> dict[str, object]
 
 def write_model(out_dir: Path, spec: Qwen3Spec = DEFAULT_QWEN3_SPEC) -> Path:
     """Write the checkpoint files into ``out_dir`` (created) and return it."""
-    from safetensors.numpy import save_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(spec)
     vocab_size = tokenizer.get_vocab_size()  # type: ignore[attr-defined]
@@ -257,17 +192,10 @@ def write_model(out_dir: Path, spec: Qwen3Spec = DEFAULT_QWEN3_SPEC) -> Path:
     )
     # Greedy decoding never picks a ChatML marker, so generations run to max_tokens.
     silent = [ids[tok] for tok in CHATML_TOKENS]
-    tensors = _weights(spec, vocab_size, silent)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]
-    tinymodel.write_json(
-        out_dir / tinymodel.MANIFEST_NAME,
-        {
-            "spec": {"family": "qwen3", **asdict(spec)},
-            "files": tinymodel.file_digests(out_dir),
-            "name": BUILTIN_QWEN3_NAME,
-        },
+    tensors = tinymodel.decoder_weights(spec, vocab_size, silent, qk_norm=True)
+    return tinymodel.write_weights_and_manifest(
+        out_dir, tensors, {"family": "qwen3", **asdict(spec)}, BUILTIN_QWEN3_NAME
     )
-    return out_dir
 
 
 def ensure_model(cache_dir: Path | None = None, spec: Qwen3Spec = DEFAULT_QWEN3_SPEC) -> Path:

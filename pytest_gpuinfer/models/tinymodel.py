@@ -17,8 +17,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from pytest_gpuinfer.models import manifest as model_manifest
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BUILTIN_MODEL_NAME = "gpuinfer-tiny-llama"
 """The served model name used for the built-in model."""
@@ -96,6 +100,50 @@ class TinyModelSpec:
 DEFAULT_SPEC = TinyModelSpec()
 
 
+class DecoderShape(Protocol):
+    """The shape and seed a built-in decoder's weights and config are drawn from."""
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+        ...
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width of the MLP."""
+        ...
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers."""
+        ...
+
+    @property
+    def num_heads(self) -> int:
+        """Query heads."""
+        ...
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key and value heads."""
+        ...
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width."""
+        ...
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """Longest sequence."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """Seed of the weights."""
+        ...
+
+
 def default_cache_dir() -> Path:
     """Where built-in models are cached: $GPUINFER_CACHE_DIR, else the XDG cache directory."""
     explicit = os.environ.get("GPUINFER_CACHE_DIR")
@@ -110,25 +158,29 @@ def corpus_text() -> str:
     return "\n".join(_CORPUS_PARAGRAPHS * 3)
 
 
-def corpus_paragraphs() -> tuple[str, ...]:
-    """The corpus paragraphs, for the other built-in tokenizers trained the same way."""
-    return _CORPUS_PARAGRAPHS
-
-
-def _train_tokenizer(spec: TinyModelSpec) -> object:
-    """Train the byte-level BPE tokenizer (deterministic for a given corpus and size)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_bpe(vocab_target: int, special_tokens: Sequence[str]) -> Tokenizer:
+    """A byte-level BPE trained on the built-in corpus (deterministic for a corpus and size);
+    every built-in tokenizer starts from this recipe."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_target,
-        special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_target,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS_PARAGRAPHS * 3, trainer=trainer)
+    return tokenizer
+
+
+def _train_tokenizer(spec: TinyModelSpec) -> object:
+    """Train the Llama's tokenizer: the built-in BPE, a BOS token before every sequence."""
+    from tokenizers import processors
+
+    tokenizer = train_bpe(spec.vocab_target, SPECIAL_TOKENS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A",
         pair=f"{BOS} $A {BOS} $B",
@@ -137,8 +189,11 @@ def _train_tokenizer(spec: TinyModelSpec) -> object:
     return tokenizer
 
 
-def _weights(spec: TinyModelSpec, vocab_size: int, special_ids: Sequence[int]) -> dict[str, object]:
-    """Seeded random Llama weights; special tokens get zero output rows so greedy skips them."""
+def decoder_weights(
+    spec: DecoderShape, vocab_size: int, silent_ids: Sequence[int], *, qk_norm: bool = False
+) -> dict[str, object]:
+    """Seeded random Llama-style decoder weights (Qwen3's q/k norms with ``qk_norm``);
+    ``silent_ids`` get zero output rows so greedy decoding never picks them."""
     import numpy as np
 
     rng = np.random.default_rng(spec.seed)
@@ -147,6 +202,9 @@ def _weights(spec: TinyModelSpec, vocab_size: int, special_ids: Sequence[int]) -
     def normal(*shape: int) -> object:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
+    def ones(size: int) -> object:
+        return np.ones(size, dtype=np.float32)
+
     tensors: dict[str, object] = {"model.embed_tokens.weight": normal(vocab_size, hidden)}
     for layer in range(spec.num_layers):
         prefix = f"model.layers.{layer}"
@@ -154,23 +212,25 @@ def _weights(spec: TinyModelSpec, vocab_size: int, special_ids: Sequence[int]) -
         tensors[f"{prefix}.self_attn.k_proj.weight"] = normal(spec.num_kv_heads * hd, hidden)
         tensors[f"{prefix}.self_attn.v_proj.weight"] = normal(spec.num_kv_heads * hd, hidden)
         tensors[f"{prefix}.self_attn.o_proj.weight"] = normal(hidden, spec.num_heads * hd)
+        if qk_norm:
+            tensors[f"{prefix}.self_attn.q_norm.weight"] = ones(hd)
+            tensors[f"{prefix}.self_attn.k_norm.weight"] = ones(hd)
         tensors[f"{prefix}.mlp.gate_proj.weight"] = normal(inter, hidden)
         tensors[f"{prefix}.mlp.up_proj.weight"] = normal(inter, hidden)
         tensors[f"{prefix}.mlp.down_proj.weight"] = normal(hidden, inter)
-        tensors[f"{prefix}.input_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
-        tensors[f"{prefix}.post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
-    tensors["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
+        tensors[f"{prefix}.input_layernorm.weight"] = ones(hidden)
+        tensors[f"{prefix}.post_attention_layernorm.weight"] = ones(hidden)
+    tensors["model.norm.weight"] = ones(hidden)
     lm_head = (rng.standard_normal((vocab_size, hidden)) * 0.5).astype(np.float32)
-    lm_head[list(special_ids)] = 0.0
+    lm_head[list(silent_ids)] = 0.0
     tensors["lm_head.weight"] = lm_head
     return tensors
 
 
-def _config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]) -> dict[str, object]:
-    """The Hugging Face config.json of the checkpoint."""
+def decoder_config(spec: DecoderShape, vocab_size: int) -> dict[str, object]:
+    """The config.json entries every built-in decoder shares: its shape, SiLU, float32, no bias,
+    untied embeddings (the caller adds its architecture, norms, rope and token ids)."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
         "num_attention_heads": spec.num_heads,
@@ -179,17 +239,38 @@ def _config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]) -> dict[s
         "num_hidden_layers": spec.num_layers,
         "vocab_size": vocab_size,
         "max_position_embeddings": spec.max_position_embeddings,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
         "hidden_act": "silu",
         "attention_bias": False,
-        "mlp_bias": False,
         "tie_word_embeddings": False,
         "torch_dtype": "float32",
         "initializer_range": 0.02,
+    }
+
+
+def _config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]) -> dict[str, object]:
+    """The Hugging Face config.json of the checkpoint."""
+    return {
+        **decoder_config(spec, vocab_size),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "mlp_bias": False,
         "bos_token_id": ids[BOS],
         "eos_token_id": ids[EOS],
         "pad_token_id": ids[PAD],
+    }
+
+
+def added_token_entry(token: str, *, special: bool) -> dict[str, object]:
+    """One ``added_tokens_decoder`` entry of tokenizer_config.json: the token, matched as is."""
+    return {
+        "content": token,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": special,
     }
 
 
@@ -205,8 +286,6 @@ def file_digests(model_dir: Path) -> dict[str, str]:
 
 def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
     """Write the checkpoint files into ``out_dir`` (created) and return it."""
-    from safetensors.numpy import save_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(spec)
     vocab_size = tokenizer.get_vocab_size()  # type: ignore[attr-defined]
@@ -223,15 +302,7 @@ def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
             "clean_up_tokenization_spaces": False,
             "chat_template": CHAT_TEMPLATE,
             "added_tokens_decoder": {
-                str(ids[tok]): {
-                    "content": tok,
-                    "lstrip": False,
-                    "normalized": False,
-                    "rstrip": False,
-                    "single_word": False,
-                    "special": True,
-                }
-                for tok in SPECIAL_TOKENS
+                str(ids[tok]): added_token_entry(tok, special=True) for tok in SPECIAL_TOKENS
             },
         },
     )
@@ -244,11 +315,20 @@ def write_model(out_dir: Path, spec: TinyModelSpec = DEFAULT_SPEC) -> Path:
         out_dir / "generation_config.json",
         {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
     )
-    tensors = _weights(spec, vocab_size, list(ids.values()))
+    tensors = decoder_weights(spec, vocab_size, list(ids.values()))
+    return write_weights_and_manifest(out_dir, tensors, asdict(spec), BUILTIN_MODEL_NAME)
+
+
+def write_weights_and_manifest(
+    out_dir: Path, tensors: dict[str, object], spec: dict[str, object], name: str
+) -> Path:
+    """Finish a checkpoint: its weights in model.safetensors, then the manifest holding the
+    spec, the served name and every file's digest; return ``out_dir``."""
+    from safetensors.numpy import save_file
+
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # type: ignore[arg-type]
     write_json(
-        out_dir / MANIFEST_NAME,
-        {"spec": asdict(spec), "files": file_digests(out_dir), "name": BUILTIN_MODEL_NAME},
+        out_dir / MANIFEST_NAME, {"spec": spec, "files": file_digests(out_dir), "name": name}
     )
     return out_dir
 
