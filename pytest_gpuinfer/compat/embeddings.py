@@ -40,16 +40,13 @@ def probe(server: ServerProbe) -> Feature:
             return None
         return "without data[0].embedding"
 
-    return server.cached(
+    return server.request_once(
         "embeddings",
-        lambda: server.request(
-            "embeddings",
-            "POST",
-            EMBEDDINGS,
-            {"model": server.model, "input": "Hello"},
-            shape=shape,
-            capability="embeddings",
-        ),
+        "POST",
+        EMBEDDINGS,
+        {"model": server.model, "input": "Hello"},
+        shape=shape,
+        capability="embeddings",
     )
 
 

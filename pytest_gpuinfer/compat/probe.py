@@ -128,7 +128,7 @@ class ServerProbe:
             transport=transport,
         )
         self._cache: dict[str, Feature] = {}
-        self._facts: dict[str, str | None] = {}
+        self._facts: dict[str, Any] = {}
         self._dialect: TokenizeDialect | None = None
         self._lock = threading.Lock()
 
@@ -221,6 +221,77 @@ class ServerProbe:
             )
         return self.request(name, method, path, body, ok, shape=shape, capability=capability)
 
+    def request_once(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        ok: Callable[[Any], str | None] = lambda body: None,
+        *,
+        shape: Callable[[Any], str | None] | None = None,
+        capability: str | None = None,
+    ) -> Feature:
+        """:meth:`request`, sent on the first call only and remembered under ``name``."""
+        return self.cached(
+            name,
+            lambda: self.request(name, method, path, body, ok, shape=shape, capability=capability),
+        )
+
+    def chat_feature_once(
+        self,
+        name: str,
+        extra: dict[str, Any],
+        ok: Callable[[Any], str | None] = lambda body: None,
+        *,
+        shape: Callable[[Any], str | None] | None = None,
+        capability: str | None = None,
+    ) -> Feature:
+        """A feature of chat completions, probed once with a one-token chat request carrying
+        ``extra`` fields (:meth:`request_after_chat`) and remembered under ``name``."""
+        return self.cached(
+            name,
+            lambda: self.request_after_chat(
+                name,
+                "POST",
+                "/v1/chat/completions",
+                self.chat_body(extra),
+                ok,
+                shape=shape,
+                capability=capability,
+            ),
+        )
+
+    def get_route_once(self, path: str) -> Feature:
+        """``GET path`` answers 200, probed once and remembered under ``path``: 404/405/501
+        make it absent, any other answer or no answer broken."""
+
+        def run() -> Feature:
+            try:
+                response = self._client.get(path)
+            except httpx.HTTPError as exc:
+                return Feature(path, False, f"GET {path} failed: {exc}", broken=True)
+            if response.status_code == 200:
+                return Feature(path, True, f"GET {path} answered 200")
+            return Feature(
+                path,
+                False,
+                f"GET {path} answered {response.status_code}",
+                broken=response.status_code not in ABSENT_STATUSES,
+            )
+
+        return self.cached(path, run)
+
+    def fact_once(self, name: str, read: Callable[[], Any]) -> Any:
+        """A fact about the server (not a feature), read on the first call and remembered."""
+        with self._lock:
+            if name in self._facts:
+                return self._facts[name]
+        value = read()
+        with self._lock:
+            self._facts[name] = value
+        return value
+
     def completion_body(self, extra: dict[str, Any]) -> dict[str, Any]:
         """A one-token completion request body with ``extra`` fields."""
         return {
@@ -245,29 +316,19 @@ class ServerProbe:
 
     def completions(self) -> Feature:
         """``POST /v1/completions`` answers a one-token request."""
-        return self.cached(
-            "completions",
-            lambda: self.request(
-                "completions",
-                "POST",
-                "/v1/completions",
-                self.completion_body({}),
-                shape=_needs_choices,
-            ),
+        return self.request_once(
+            "completions", "POST", "/v1/completions", self.completion_body({}), shape=_needs_choices
         )
 
     def chat(self) -> Feature:
         """``POST /v1/chat/completions`` answers (a base model without a chat template: absent)."""
-        return self.cached(
+        return self.request_once(
             "chat completions",
-            lambda: self.request(
-                "chat completions",
-                "POST",
-                "/v1/chat/completions",
-                self.chat_body({}),
-                shape=_needs_choices,
-                capability="chat completions",
-            ),
+            "POST",
+            "/v1/chat/completions",
+            self.chat_body({}),
+            shape=_needs_choices,
+            capability="chat completions",
         )
 
     def tokenize_route(self) -> Feature:
@@ -365,22 +426,7 @@ class ServerProbe:
 
     def health_route(self) -> Feature:
         """``GET /health`` answers 200 (not an OpenAI route: many servers lack it)."""
-
-        def run() -> Feature:
-            try:
-                response = self._client.get("/health")
-            except httpx.HTTPError as exc:
-                return Feature("/health", False, f"GET /health failed: {exc}", broken=True)
-            if response.status_code == 200:
-                return Feature("/health", True, "GET /health answered 200")
-            return Feature(
-                "/health",
-                False,
-                f"GET /health answered {response.status_code}",
-                broken=response.status_code not in ABSENT_STATUSES,
-            )
-
-        return self.cached("/health", run)
+        return self.get_route_once("/health")
 
     def liveness_path(self) -> str:
         """The route that says the server is up: /health where it exists, else /v1/models."""
@@ -416,76 +462,58 @@ class ServerProbe:
 
     def metrics_route(self) -> Feature:
         """``GET /metrics`` serves Prometheus text."""
-
-        def run() -> Feature:
-            try:
-                response = self._client.get("/metrics")
-            except httpx.HTTPError as exc:
-                return Feature("/metrics", False, f"GET /metrics failed: {exc}", broken=True)
-            if response.status_code != 200:
-                return Feature(
-                    "/metrics",
-                    False,
-                    f"GET /metrics answered {response.status_code}",
-                    broken=response.status_code not in ABSENT_STATUSES,
-                )
-            return Feature("/metrics", True, "GET /metrics answered 200")
-
-        return self.cached("/metrics", run)
+        return self.get_route_once("/metrics")
 
     def version_route(self) -> Feature:
         """``GET /version`` reports the engine version (vLLM does)."""
-        return self.cached(
+        return self.request_once(
             "/version",
-            lambda: self.request(
-                "/version",
-                "GET",
-                "/version",
-                None,
-                shape=lambda b: (
-                    None
-                    if isinstance(b, dict) and isinstance(b.get("version"), str)
-                    else "without a 'version' string"
-                ),
+            "GET",
+            "/version",
+            None,
+            shape=lambda b: (
+                None
+                if isinstance(b, dict) and isinstance(b.get("version"), str)
+                else "without a 'version' string"
             ),
         )
 
     def owned_by(self) -> str | None:
         """The ``owned_by`` of the served model in ``/v1/models`` (vLLM says "vllm")."""
-        with self._lock:
-            if "owned_by" in self._facts:
-                return self._facts["owned_by"]
-        owner: str | None = None
-        try:
-            response = self._client.get("/v1/models")
-            if response.status_code == 200:
-                for entry in response.json().get("data") or []:
-                    if isinstance(entry, dict) and entry.get("id") == self.model:
-                        value = entry.get("owned_by")
-                        owner = value if isinstance(value, str) else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            owner = None
-        with self._lock:
-            self._facts["owned_by"] = owner
+
+        def read() -> str | None:
+            owner: str | None = None
+            try:
+                response = self._client.get("/v1/models")
+                if response.status_code == 200:
+                    for entry in response.json().get("data") or []:
+                        if isinstance(entry, dict) and entry.get("id") == self.model:
+                            value = entry.get("owned_by")
+                            owner = value if isinstance(value, str) else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                owner = None
+            return owner
+
+        owner: str | None = self.fact_once("owned_by", read)
         return owner
 
     def openapi_info(self) -> tuple[str | None, str | None]:
         """(title, version) of the server's ``/openapi.json`` info block, when it publishes one."""
-        with self._lock:
-            if "openapi title" in self._facts:
-                return self._facts["openapi title"], self._facts["openapi version"]
-        title = version = None
-        try:
-            response = self._client.get("/openapi.json")
-            info = response.json().get("info") if response.status_code == 200 else None
-            if isinstance(info, dict):
-                title = info.get("title") if isinstance(info.get("title"), str) else None
-                version = info.get("version") if isinstance(info.get("version"), str) else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            pass
-        with self._lock:
-            self._facts["openapi title"], self._facts["openapi version"] = title, version
-        return title, version
+
+        def read() -> tuple[str | None, str | None]:
+            title = version = None
+            try:
+                response = self._client.get("/openapi.json")
+                info = response.json().get("info") if response.status_code == 200 else None
+                if isinstance(info, dict):
+                    title = info.get("title") if isinstance(info.get("title"), str) else None
+                    version = info.get("version") if isinstance(info.get("version"), str) else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                pass
+            return title, version
+
+        info: tuple[str | None, str | None] = self.fact_once("openapi info", read)
+        return info
 
     # -- request features ----------------------------------------------------------------------
 
@@ -499,16 +527,13 @@ class ServerProbe:
                 return None
             return "with no logprobs in the choice (the parameter was ignored)"
 
-        return self.cached(
+        return self.request_once(
             "completion logprobs",
-            lambda: self.request(
-                "completion logprobs",
-                "POST",
-                "/v1/completions",
-                self.completion_body({"logprobs": 1}),
-                ok,
-                shape=_needs_choices,
-            ),
+            "POST",
+            "/v1/completions",
+            self.completion_body({"logprobs": 1}),
+            ok,
+            shape=_needs_choices,
         )
 
     def chat_logprobs(self) -> Feature:
@@ -521,16 +546,13 @@ class ServerProbe:
                 return None
             return "with no logprobs.content in the choice (the parameter was ignored)"
 
-        return self.cached(
+        return self.request_once(
             "chat logprobs",
-            lambda: self.request(
-                "chat logprobs",
-                "POST",
-                "/v1/chat/completions",
-                self.chat_body({"logprobs": True, "top_logprobs": 1}),
-                ok,
-                shape=_needs_choices,
-            ),
+            "POST",
+            "/v1/chat/completions",
+            self.chat_body({"logprobs": True, "top_logprobs": 1}),
+            ok,
+            shape=_needs_choices,
         )
 
     def stream_usage(self) -> Feature:
@@ -578,16 +600,13 @@ class ServerProbe:
             count = len(_choices(body))
             return None if count == 2 else f"with {count} choice(s) for n=2 (n was ignored)"
 
-        return self.cached(
+        return self.request_once(
             "n",
-            lambda: self.request(
-                "n",
-                "POST",
-                "/v1/completions",
-                self.completion_body({"n": 2, "temperature": 1.0, "seed": 1}),
-                ok,
-                shape=_needs_choices,
-            ),
+            "POST",
+            "/v1/completions",
+            self.completion_body({"n": 2, "temperature": 1.0, "seed": 1}),
+            ok,
+            shape=_needs_choices,
         )
 
     def return_token_ids(self) -> Feature:
@@ -599,16 +618,13 @@ class ServerProbe:
                 return None
             return "with no token_ids in the choice"
 
-        return self.cached(
+        return self.request_once(
             "return_token_ids",
-            lambda: self.request(
-                "return_token_ids",
-                "POST",
-                "/v1/completions",
-                self.completion_body({"return_token_ids": True}),
-                ok,
-                shape=_needs_choices,
-            ),
+            "POST",
+            "/v1/completions",
+            self.completion_body({"return_token_ids": True}),
+            ok,
+            shape=_needs_choices,
         )
 
     # -- helpers built on probes ---------------------------------------------------------------
