@@ -61,17 +61,12 @@ def probe(server: ServerProbe) -> Feature:
             "NAME for a reasoning model)"
         )
 
-    return server.cached(
+    return server.chat_feature_once(
         "reasoning",
-        lambda: server.request_after_chat(
-            "reasoning",
-            "POST",
-            CHAT,
-            server.chat_body({"max_tokens": 2}),
-            ok,
-            shape=lambda body: (
-                None if isinstance(body, dict) and body.get("choices") else "without choices"
-            ),
+        {"max_tokens": 2},
+        ok,
+        shape=lambda body: (
+            None if isinstance(body, dict) and body.get("choices") else "without choices"
         ),
     )
 

@@ -50,29 +50,17 @@ def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def probe(server: ServerProbe) -> Feature:
     """The server takes ``response_format`` json_schema (one token is enough to know)."""
-    return server.cached(
+    return server.chat_feature_once(
         "structured outputs",
-        lambda: server.request_after_chat(
-            "structured outputs",
-            "POST",
-            CHAT,
-            server.chat_body({"response_format": _json_schema(VERDICT_SCHEMA)}),
-            shape=_has_choices,
-        ),
+        {"response_format": _json_schema(VERDICT_SCHEMA)},
+        shape=_has_choices,
     )
 
 
 def json_object_probe(server: ServerProbe) -> Feature:
     """The server takes ``response_format`` json_object (one token is enough to know)."""
-    return server.cached(
-        "JSON mode",
-        lambda: server.request_after_chat(
-            "JSON mode",
-            "POST",
-            CHAT,
-            server.chat_body({"response_format": {"type": "json_object"}}),
-            shape=_has_choices,
-        ),
+    return server.chat_feature_once(
+        "JSON mode", {"response_format": {"type": "json_object"}}, shape=_has_choices
     )
 
 
@@ -84,22 +72,15 @@ def guided_probe(server: ServerProbe) -> Feature:
         text = _first_text(body)
         return None if text in ("north", "south") else f"free text {text!r} (the field was ignored)"
 
-    return server.cached(
+    return server.chat_feature_once(
         "guided decoding (structured_outputs)",
-        lambda: server.request_after_chat(
-            "guided decoding (structured_outputs)",
-            "POST",
-            CHAT,
-            server.chat_body(
-                {
-                    "structured_outputs": GUIDED["choice"][0],
-                    "max_tokens": 6,
-                    "chat_template_kwargs": {"enable_thinking": False},
-                }
-            ),
-            ok,
-            shape=_has_choices,
-        ),
+        {
+            "structured_outputs": GUIDED["choice"][0],
+            "max_tokens": 6,
+            "chat_template_kwargs": {"enable_thinking": False},
+        },
+        ok,
+        shape=_has_choices,
     )
 
 

@@ -62,16 +62,11 @@ NAMED = {"type": "function", "function": {"name": "get_time"}}
 
 def probe(server: ServerProbe) -> Feature:
     """The server takes ``tools`` with ``tool_choice: "required"`` (one token is enough)."""
-    return server.cached(
+    return server.chat_feature_once(
         "tool calls",
-        lambda: server.request_after_chat(
-            "tool calls",
-            "POST",
-            CHAT,
-            server.chat_body({"tools": TOOLS, "tool_choice": "required"}),
-            shape=lambda body: None if _message(body) is not None else "without a message",
-            capability="tool calls",
-        ),
+        {"tools": TOOLS, "tool_choice": "required"},
+        shape=lambda body: None if _message(body) is not None else "without a message",
+        capability="tool calls",
     )
 
 
