@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from fake_http import FakeHandler
 
 VALID_TYPES = {"object", "string", "integer", "number", "boolean", "array", "null"}
 
@@ -101,44 +103,35 @@ def main() -> None:
             "usage": usage(),
         }
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(FakeHandler):
         """Routes of the fake OpenAI server."""
 
-        def log_message(self, format: str, *values: object) -> None:
-            print("fake openai:", format % values, flush=True)
-
-        def _send(self, status: int, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        log_name = "fake openai"
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._send(200, {})
+                self.send_json(200, {})
             elif self.path == "/v1/models":
                 entry = {"id": args.model, "object": "model", "max_model_len": 512}
-                self._send(200, {"object": "list", "data": [entry]})
+                self.send_json(200, {"object": "list", "data": [entry]})
             else:
-                self._send(404, {"detail": "Not Found"})
+                self.send_json(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except ValueError:
-                self._send(400, {"error": {"message": "body is not JSON"}})
+                self.send_json(400, {"error": {"message": "body is not JSON"}})
                 return
             if self.path in ("/v1/completions", "/v1/chat/completions") and args.reject_valid:
-                self._send(400, {"error": {"message": "rejected", "code": 400}})
+                self.send_json(400, {"error": {"message": "rejected", "code": 400}})
             elif self.path == "/v1/chat/completions":
                 tools = body.get("tools", [])
                 if not isinstance(tools, list) or any(
                     "name" not in (tool.get("function") or {}) for tool in tools
                 ):
-                    self._send(400, {"error": {"message": "malformed tools"}})
+                    self.send_json(400, {"error": {"message": "malformed tools"}})
                     return
                 choice = body.get("tool_choice")
                 offered = {tool["function"]["name"] for tool in tools}
@@ -146,9 +139,9 @@ def main() -> None:
                     isinstance(choice, dict)
                     and choice.get("function", {}).get("name") not in offered
                 ):
-                    self._send(400, {"error": {"message": "tool_choice names no offered tool"}})
+                    self.send_json(400, {"error": {"message": "tool_choice names no offered tool"}})
                     return
-                self._send(*chat_answer(body))
+                self.send_json(*chat_answer(body))
             elif self.path == "/v1/completions":
                 # Every choice the same text (n is not sampled independently); "stop" after one
                 # token with --stop-early, whatever max_tokens and ignore_eos say.
@@ -163,7 +156,7 @@ def main() -> None:
                         for i in range(n)
                     ]
                 )
-                self._send(
+                self.send_json(
                     200,
                     {
                         "id": "cmpl-fake",
@@ -175,7 +168,7 @@ def main() -> None:
                     },
                 )
             else:
-                self._send(404, {"detail": "Not Found"})
+                self.send_json(404, {"detail": "Not Found"})
 
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
 

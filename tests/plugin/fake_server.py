@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from fake_http import FakeHandler
 
 
 def main() -> None:
@@ -56,34 +58,25 @@ def main() -> None:
     started = time.monotonic()
     served = {"count": 0}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(FakeHandler):
         """Routes of the fake server."""
 
-        def log_message(self, format: str, *values: object) -> None:
-            print("fake server request:", format % values, flush=True)
-
-        def _send(self, status: int, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        log_name = "fake server request"
 
         def _authorised(self) -> bool:
             if args.api_key is None:
                 return True
             if self.headers.get("Authorization") == f"Bearer {args.api_key}":
                 return True
-            self._send(401, {"error": {"message": "bad key", "code": 401}})
+            self.send_json(401, {"error": {"message": "bad key", "code": 401}})
             return False
 
         def do_GET(self) -> None:
             ready = not args.never_ready and time.monotonic() - started >= args.ready_after
             if self.path == "/health":
-                self._send(200 if ready else 503, {})
+                self.send_json(200 if ready else 503, {})
             elif self.path == "/v1/models" and self._authorised():
-                self._send(
+                self.send_json(
                     200,
                     {
                         "object": "list",
@@ -91,11 +84,13 @@ def main() -> None:
                     },
                 )
             elif self.path == "/version":
-                self._send(200, {"version": "fake-1.0"})
+                self.send_json(200, {"version": "fake-1.0"})
             elif self.path == "/env":
-                self._send(200, {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")})
+                self.send_json(
+                    200, {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                )
             elif self.path != "/v1/models":
-                self._send(404, {"error": {"message": "no route"}})
+                self.send_json(404, {"error": {"message": "no route"}})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
@@ -107,7 +102,7 @@ def main() -> None:
                 time.sleep(3600)
                 return
             served["count"] += 1
-            self._send(
+            self.send_json(
                 200,
                 {
                     "object": "text_completion",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from fake_http import FakeHandler
 
 from pytest_gpuinfer.compat.capabilities import probe_capabilities
 from pytest_gpuinfer.compat.probe import ProbeError, ServerProbe
@@ -38,22 +39,14 @@ def serve() -> Iterator[Callable[[Routes], str]]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(routes: Routes) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *values: object) -> None:
-                return
-
+        class Handler(FakeHandler):
             def _answer(self, method: str) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else {}
                 handler = routes.get((method, self.path))
                 status, payload = handler(body) if handler else (404, {"detail": "Not Found"})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(status, payload)
 
             def do_GET(self) -> None:
                 self._answer("GET")

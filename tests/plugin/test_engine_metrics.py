@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fake_http import FakeHandler
 
 from pytest_gpuinfer.metrics.engine_gauges import (
     EngineGauges,
@@ -193,7 +194,7 @@ def test_metrics_url(base: str, url: str) -> None:
     assert metrics_url(base) == url
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     """Serves ``server.body`` at /metrics and 404 elsewhere."""
 
     def do_GET(self) -> None:
@@ -201,14 +202,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         body: bytes = self.server.body  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_body(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
 
 @pytest.fixture

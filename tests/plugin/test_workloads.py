@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_http import FakeHandler
 
 from pytest_gpuinfer.load import cli as load_cli
 from pytest_gpuinfer.load.gauges import GaugeRecorder, prefix_cache_use
@@ -369,18 +370,11 @@ def counting_metrics() -> Iterator[str]:
     """A /metrics page whose prefix-cache counters grow by 100 queries and 40 hits per read."""
     reads = itertools.count()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(FakeHandler):
         def do_GET(self) -> None:
             n = next(reads)
             body = VLLM_CACHE_TEXT.format(queries=100.0 * n, hits=40.0 * n).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+            self.send_body(200, body, "text/plain")
 
     with _serving(Handler) as url:
         yield url
@@ -427,7 +421,7 @@ def embeddings_server(short_by: int = 0) -> tuple[_Serving, list[dict[str, Any]]
     one token per word; the request bodies it saw."""
     seen: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(FakeHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
@@ -443,15 +437,7 @@ def embeddings_server(short_by: int = 0) -> tuple[_Serving, list[dict[str, Any]]
             ]
             tokens = sum(len(text.split()) for text in inputs)
             answer = {"object": "list", "data": data, "usage": {"prompt_tokens": tokens}}
-            out = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+            self.send_json(200, answer)
 
     return _Serving(Handler), seen
 
