@@ -297,20 +297,8 @@ def _make_distribution(
     cum: IntArray | None,
 ) -> Distribution:
     """Build a Distribution from sorted samples and their :data:`PERCENTILES` values."""
-    p50, p90, p95, p99, p999 = (float(p) for p in pct)
-    return Distribution(
-        count=count,
-        mean=mean,
-        min=float(ordered[0]),
-        max=float(ordered[-1]),
-        p50=p50,
-        p90=p90,
-        p95=p95,
-        p99=p99,
-        p999=p999,
-        _values=ordered,
-        _cum_weights=cum,
-    )
+    lowest, highest = float(ordered[0]), float(ordered[-1])
+    return _with_percentiles(count, mean, lowest, highest, pct, values=ordered, cum_weights=cum)
 
 
 def sketch_distribution(sketch: LatencySketch) -> Distribution:
@@ -318,17 +306,35 @@ def sketch_distribution(sketch: LatencySketch) -> Distribution:
     if sketch.count == 0:
         return _empty_distribution()
     pct = sketch.quantiles(np.asarray(PERCENTILES, dtype=np.float64) / 100.0)
+    return _with_percentiles(sketch.count, sketch.mean, sketch.min, sketch.max, pct, sketch=sketch)
+
+
+def _with_percentiles(
+    count: int,
+    mean: float,
+    lowest: float,
+    highest: float,
+    pct: npt.NDArray[np.floating[Any]],
+    *,
+    values: FloatArray | None = None,
+    cum_weights: IntArray | None = None,
+    sketch: LatencySketch | None = None,
+) -> Distribution:
+    """A Distribution from its exact figures and its values at :data:`PERCENTILES`, backed by
+    its sorted samples (exact percentiles) or by a sketch (estimates)."""
     p50, p90, p95, p99, p999 = (float(p) for p in pct)
     return Distribution(
-        count=sketch.count,
-        mean=sketch.mean,
-        min=sketch.min,
-        max=sketch.max,
+        count=count,
+        mean=mean,
+        min=lowest,
+        max=highest,
         p50=p50,
         p90=p90,
         p95=p95,
         p99=p99,
         p999=p999,
+        _values=_empty_floats() if values is None else values,
+        _cum_weights=cum_weights,
         _sketch=sketch,
     )
 
