@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from interrupted_pytest import pytest_process, wait_for_flag
 
 LONG_LOAD = """
 import pathlib
@@ -36,30 +35,13 @@ def test_interrupted_load_run_ends_with_one_message(
 ) -> None:
     flag = tmp_path / "load-started"
     pytester.makepyfile(LONG_LOAD.format(flag=str(flag)))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--engine=sim", "-q"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the load test never started"
-            time.sleep(0.1)
+    with pytest_process(["--engine=sim", "-q"], pytester.path) as proc:
+        wait_for_flag(proc, flag, "the load test")
         time.sleep(2.0)  # mid-run: requests in flight
         sent = time.monotonic()
         proc.send_signal(getattr(signal, signame))
         output, _ = proc.communicate(timeout=30)
         ended_s = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in output, output[-2000:]
     stray = [text for text in STRAY if text in output]

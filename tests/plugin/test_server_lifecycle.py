@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_nvml import H100
+from interrupted_pytest import pytest_process, wait_for_flag
 
 from pytest_gpuinfer.targets.process import free_port
 
@@ -253,39 +254,13 @@ def test_interrupted_run_leaves_no_server(
         """
     )
     command = fake_server_command("--children", "2", "--pidfile", str(pidfile))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--engine=command",
-            f"--server-command={command}",
-            str(pytester.path),
-        ],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        # A shell that backgrounds us leaves SIGINT ignored, and Python keeps it so; a user's
-        # terminal does not. Restore the default so Ctrl-C behaves as it does for users.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the test never started"
-            time.sleep(0.1)
+    args = ["--engine=command", f"--server-command={command}", str(pytester.path)]
+    with pytest_process(args, pytester.path) as proc:
+        wait_for_flag(proc, flag, "the test")
         pids = json.loads(pidfile.read_text())
         assert all(pid_alive(pid) for pid in pids)
         os.kill(proc.pid, getattr(signal, signame))
         output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in output or "Interrupted" in output, output[-2000:]
     assert wait_all_gone(pids, timeout=5) == [], f"left behind after {signame}: {output[-1500:]}"
