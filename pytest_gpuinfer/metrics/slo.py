@@ -12,6 +12,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pytest_gpuinfer.metrics import stats, units
 from pytest_gpuinfer.metrics.records import RequestRecord
@@ -244,16 +245,23 @@ def _few_samples_note(stat: str | None, count: int) -> str | None:
 
 def _verdict(slo: SLO, passed: bool, measured: float, count: int, message: str) -> Verdict:
     """A judged SLO verdict with its figures and source."""
-    return judged(
-        slo.text,
-        passed,
-        message,
-        measured=measured,
-        limit=slo.limit,
-        unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
-        source=slo.source,
-        count=count,
-    )
+    return judged(slo.text, passed, message, **_figures(slo, measured, count))
+
+
+def _unjudged(slo: SLO, reason: Unjudged, measured: float, count: int, message: str) -> Verdict:
+    """A NOT JUDGED SLO verdict with its figures and source."""
+    return not_judged(slo.text, reason, message, **_figures(slo, measured, count))
+
+
+def _figures(slo: SLO, measured: float, count: int) -> dict[str, Any]:
+    """The measured figure, limit, unit, source and sample count of an SLO's verdict."""
+    return {
+        "measured": measured,
+        "limit": slo.limit,
+        "unit": _BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
+        "source": slo.source,
+        "count": count,
+    }
 
 
 ExactPercentile = Callable[[str, float, tuple[float, float]], float | None]
@@ -280,17 +288,14 @@ def _judge_estimate(
     found = None if exact is None else exact(stats.summary_field(slo.metric), q, (lo, hi))
     if found is not None:
         return found, f"; exact from the record file: the estimate's bounds {bounds} held the limit"
-    return not_judged(
-        slo.text,
+    return _unjudged(
+        slo,
         Unjudged.WITHIN_ESTIMATE_ERROR,
+        measured,
+        count,
         f"{slo.name} estimated {_fmt(slo.metric, measured)}: the exact value lies within "
         f"{bounds}, which holds the limit {_fmt(slo.metric, slo.limit)}, and no record file "
         f"settled it (keep one: pyarrow installed, Retention(spill=True)) (n={count})",
-        measured=measured,
-        limit=slo.limit,
-        unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
-        source=slo.source,
-        count=count,
     )
 
 
@@ -327,15 +332,12 @@ def evaluate(slo: SLO, summary: stats.Summary, exact: ExactPercentile | None = N
     )
     note = _few_samples_note(slo.stat, count)
     if note is not None:
-        return not_judged(
-            slo.text,
+        return _unjudged(
+            slo,
             Unjudged.TOO_FEW_SAMPLES,
+            measured,
+            count,
             f"{figures} ({note}); run more requests to judge it",
-            measured=measured,
-            limit=slo.limit,
-            unit=_BASE_UNIT[_FAMILY[slo.metric]] or "fraction",
-            source=slo.source,
-            count=count,
         )
     return _verdict(
         slo, _OPS[slo.op](measured, slo.limit), measured, count, f"{figures} (n={count}{how})"
