@@ -336,14 +336,7 @@ class LoadRunner:
 
     async def _preflight(self, settings: ClientSettings, prepared: PreparedWorkload) -> None:
         """One unrecorded request that checks the server answers and settles the usage mode."""
-        client = InferenceClient(
-            settings.base_url,
-            settings.model,
-            api_key=settings.api_key,
-            endpoint=settings.endpoint,
-            timeouts=settings.timeouts,
-            usage_mode=settings.usage_mode,
-        )
+        client = settings.client()
         spec = prepared.check_spec(self.options.stream)
         try:
             await client.send(spec, RequestRecord(index=-1, scheduled=time.perf_counter()))

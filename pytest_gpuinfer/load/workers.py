@@ -63,6 +63,25 @@ class ClientSettings:
         """The same settings with another usage mode."""
         return replace(self, usage_mode=usage_mode)
 
+    def client(
+        self,
+        *,
+        max_connections: int | None = None,
+        tokenizer: Callable[[str], int] | None = None,
+    ) -> InferenceClient:
+        """An InferenceClient with these settings (no ``max_connections``: the client's own
+        pool size; no ``tokenizer``: the server's usage counts)."""
+        return InferenceClient(
+            self.base_url,
+            self.model,
+            api_key=self.api_key,
+            endpoint=self.endpoint,
+            timeouts=self.timeouts,
+            max_connections=max_connections,
+            usage_mode=self.usage_mode,
+            tokenizer=tokenizer,
+        )
+
 
 @dataclass(frozen=True)
 class Talks:
@@ -127,16 +146,7 @@ async def run_plan(
     """Open the connections, learn the start time, then run one process's share of the run."""
     loop = asyncio.get_running_loop()
     pool_size = plan.closed_concurrency or plan.concurrency_cap
-    client = InferenceClient(
-        settings.base_url,
-        settings.model,
-        api_key=settings.api_key,
-        endpoint=settings.endpoint,
-        timeouts=settings.timeouts,
-        max_connections=pool_size,
-        usage_mode=settings.usage_mode,
-        tokenizer=tokenizer,
-    )
+    client = settings.client(max_connections=pool_size, tokenizer=tokenizer)
     figures = ProbeFigures(worker=plan.worker, event_loop=type(loop).__module__.split(".")[0])
     sink = RecordSink(plan.sink or _KEEP_ALL)
     sink.prepare()  # imports and warms up what streaming needs, before anything is timed
