@@ -174,32 +174,45 @@ def _content(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+@dataclass(frozen=True)
+class _TurnList:
+    """A row key holding a list of turns, and the keys its turns keep role and text under
+    (the first present one wins)."""
+
+    key: str
+    turn: str
+    """What one turn is called in errors."""
+    role_keys: tuple[str, ...]
+    text_keys: tuple[str, ...]
+
+
+_TURN_LISTS = (
+    _TurnList("conversations", "a conversation turn", ("from", "role"), ("value", "content")),
+    _TurnList("messages", "a message", ("role",), ("content",)),
+)
+"""ShareGPT's conversations (its from/value, or role/content) and OpenAI-style messages."""
+
+
+def _first_present(turn: Mapping[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+    """The value under the first of ``keys`` the turn has, else ``default``."""
+    return next((turn[key] for key in keys if key in turn), default)
+
+
 def _messages(item: Mapping[str, Any], where: str) -> list[tuple[str, str]] | None:
     """(role, text) pairs of a row in any of the shapes read."""
-    if "conversations" in item:
-        turns = item["conversations"]
+    for shape in _TURN_LISTS:
+        if shape.key not in item:
+            continue
+        turns = item[shape.key]
         if not isinstance(turns, list):
-            raise DatasetError(f"{where}: 'conversations' is not a list")
+            raise DatasetError(f"{where}: {shape.key!r} is not a list")
         out = []
         for turn in turns:
             if not isinstance(turn, Mapping):
-                raise DatasetError(f"{where}: a conversation turn is not an object")
-            role = _ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
-            if role is None:
-                continue
-            out.append((role, _content(turn.get("value", turn.get("content")))))
-        return out
-    if "messages" in item:
-        messages = item["messages"]
-        if not isinstance(messages, list):
-            raise DatasetError(f"{where}: 'messages' is not a list")
-        out = []
-        for message in messages:
-            if not isinstance(message, Mapping):
-                raise DatasetError(f"{where}: a message is not an object")
-            role = _ROLES.get(str(message.get("role", "")).lower())
+                raise DatasetError(f"{where}: {shape.turn} is not an object")
+            role = _ROLES.get(str(_first_present(turn, shape.role_keys, "")).lower())
             if role is not None:
-                out.append((role, _content(message.get("content"))))
+                out.append((role, _content(_first_present(turn, shape.text_keys, None))))
         return out
     if "prompt" in item:
         reply = next((item[k] for k in _REPLY_KEYS if isinstance(item.get(k), str)), None)
