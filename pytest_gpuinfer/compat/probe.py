@@ -519,39 +519,23 @@ class ServerProbe:
 
     def completion_logprobs(self) -> Feature:
         """Completions honour ``logprobs`` (the server returns per-token logprobs)."""
-
-        def ok(body: Any) -> str | None:
-            choices = _choices(body)
-            logprobs = choices[0].get("logprobs") if choices else None
-            if isinstance(logprobs, dict) and logprobs.get("tokens"):
-                return None
-            return "with no logprobs in the choice (the parameter was ignored)"
-
         return self.request_once(
             "completion logprobs",
             "POST",
             "/v1/completions",
             self.completion_body({"logprobs": 1}),
-            ok,
+            _logprobs_with("tokens", "logprobs"),
             shape=_needs_choices,
         )
 
     def chat_logprobs(self) -> Feature:
         """Chat completions honour ``logprobs: true`` with ``top_logprobs``."""
-
-        def ok(body: Any) -> str | None:
-            choices = _choices(body)
-            logprobs = choices[0].get("logprobs") if choices else None
-            if isinstance(logprobs, dict) and logprobs.get("content"):
-                return None
-            return "with no logprobs.content in the choice (the parameter was ignored)"
-
         return self.request_once(
             "chat logprobs",
             "POST",
             "/v1/chat/completions",
             self.chat_body({"logprobs": True, "top_logprobs": 1}),
-            ok,
+            _logprobs_with("content", "logprobs.content"),
             shape=_needs_choices,
         )
 
@@ -701,6 +685,20 @@ def _choices(body: Any) -> list[dict[str, Any]]:
 def _needs_choices(body: Any) -> str | None:
     """The problem with an answer that should carry at least one choice, or None."""
     return None if _choices(body) else "without choices"
+
+
+def _logprobs_with(field: str, missing: str) -> Callable[[Any], str | None]:
+    """An ``ok`` check: the first choice's ``logprobs`` object has a non-empty ``field``
+    (``missing`` names what is absent when it has not: the parameter was ignored)."""
+
+    def ok(body: Any) -> str | None:
+        choices = _choices(body)
+        logprobs = choices[0].get("logprobs") if choices else None
+        if isinstance(logprobs, dict) and logprobs.get(field):
+            return None
+        return f"with no {missing} in the choice (the parameter was ignored)"
+
+    return ok
 
 
 def _tokens_of(response: httpx.Response) -> list[int]:
