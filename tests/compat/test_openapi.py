@@ -139,7 +139,7 @@ LAX_BOOLEAN_STRINGS = frozenset(
 
 def lax_body_check(doc: dict[str, Any], route: str) -> Callable[[Any], bool]:
     """Whether a body is valid for ``route`` with pydantic's lax types (1 for true, "2" for 2,
-    0 or "yes" for a boolean)."""
+    0, 1.0 or "yes" for a boolean)."""
     from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import SchemaError
     from referencing import Registry, Resource
@@ -170,8 +170,8 @@ def lax_body_check(doc: dict[str, Any], route: str) -> Callable[[Any], bool]:
     def boolean(value: Any) -> bool:
         if isinstance(value, bool):
             return True
-        if isinstance(value, int):
-            return value in (0, 1)
+        if isinstance(value, int | float):
+            return value in (0, 1)  # pydantic reads 0.0 and 1.0 as booleans too
         return isinstance(value, str) and value.lower() in LAX_BOOLEAN_STRINGS
 
     checker = Draft202012Validator.TYPE_CHECKER.redefine_many(
@@ -259,8 +259,8 @@ def test_only_bodies_schemathesis_marks_invalid_count_as_violating() -> None:
 
 
 def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
-    """Booleans and numeric strings for numbers, 0/1 and yes/no for booleans, are lax-valid;
-    other type errors are not."""
+    """Booleans and numeric strings for numbers, 0/1, 0.0/1.0 and yes/no for booleans, are
+    lax-valid; other type errors are not."""
     require("jsonschema")
     doc = {
         "openapi": "3.1.0",
@@ -296,7 +296,11 @@ def test_lax_numbers_are_not_counted_as_schema_violations() -> None:
     assert valid({"prompt": "x", "max_tokens": True, "min_p": False})
     assert valid({"prompt": "x", "max_tokens": "12", "min_p": "0.5"})
     assert valid({"prompt": "x", "echo": 0}) and valid({"prompt": "x", "echo": "yes"})
+    # vLLM answered 200 to return_tokens_as_token_ids 0.0 in a CI run (2026-12-07): pydantic
+    # reads 0.0 and 1.0 as booleans, so such a body is no schema violation
+    assert valid({"prompt": "x", "echo": 0.0}) and valid({"prompt": "x", "echo": 1.0})
     assert not valid({"prompt": "x", "echo": 2}) and not valid({"prompt": "x", "echo": "maybe"})
+    assert not valid({"prompt": "x", "echo": 0.5})
     assert not valid({"prompt": "x", "max_tokens": "many"})
     assert not valid({"prompt": "x", "max_tokens": 1.5})
     assert not valid({"prompt": "x", "max_tokens": [1]})
