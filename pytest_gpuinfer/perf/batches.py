@@ -10,7 +10,10 @@ server's PID and start time. Verdicts:
   engine's self-check flagged batches as run on a busy machine (the client waited for a CPU),
   a spread between ``max_spread`` and ``busy_max_spread`` (50 %) is NOT JUDGED (too noisy: the
   spread measures the machine as much as the server), naming the measured CPU wait; a spread of
-  ``busy_max_spread`` or more (a stall or a reload halves a batch) fails however busy it was;
+  ``busy_max_spread`` or more (a stall or a reload halves a batch) fails however busy it was,
+  unless processes other than the client and the server took a share of the machine's CPUs in
+  some batches and not in others (``others_max_change``): then the machine changed under the
+  batches, and the spread is NOT JUDGED naming each batch's share;
 * **no reload**: the first request of each batch is not slower than the steady state (the batch's
   other requests, p50) by more than ``reload_factor`` and ``reload_floor_s``, and the server's
   PID and start time did not change between batches.
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,10 @@ class BatchLimits:
     """On a busy machine (self-check flags), spreads up to this are NOT JUDGED; from it on they
     fail: clean-clone CI runs on shared 2-core machines measured 27 % and 42 % with every
     request served and no reload, while a stall or a reload halves a batch."""
+    others_max_change: float = 0.10
+    """When other processes' share of the machine's CPUs differs by this much between batches
+    (10 points: a fifth of one core on two), the spread is NOT JUDGED: a server that stalls or
+    reloads does not make other processes busy."""
     reload_factor: float = 3.0
     reload_floor_s: float = 0.5
     """The first request must also be this much slower than steady state to count as a reload:
@@ -88,6 +96,9 @@ class BatchFigures:
     """The load engine's self-check found the client (or the machine) limiting this batch."""
     cpu_wait_s: float | None = None
     """How long the client waited for a CPU during the batch (None where it cannot be read)."""
+    others_cpu_share: float | None = None
+    """Share of the machine's CPUs that processes other than this run's and the server's took
+    during the batch (None where the server's processes are not visible from here)."""
 
     def busy_text(self) -> str:
         """'batch 2: the client waited 450 ms for a CPU (8% of its 5.6 s)'."""
@@ -129,7 +140,7 @@ class BatchReport:
         header = (
             f"{'batch':>5} {'ok/n':>8} {'dur s':>7} {'req/s':>7} {'tok/s':>7} "
             f"{'first ' + self.metric:>11} {'steady p50':>10} {'RSS before':>10} "
-            f"{'after':>7} {'peak':>7} {'server pid':>10}"
+            f"{'after':>7} {'peak':>7} {'server pid':>10} {'other CPU':>9}"
         )
         lines = [header, "-" * len(header)]
         for b in self.batches:
@@ -138,9 +149,13 @@ class BatchReport:
                 f"{b.req_per_s:>7.2f} {b.tok_per_s:>7.0f} {_ms(b.first_latency_s):>11} "
                 f"{_ms(b.steady_latency_s):>10} {_mib(b.rss_before_mib):>10} "
                 f"{_mib(b.rss_after_mib):>7} {_mib(b.rss_peak_mib):>7} "
-                f"{b.server.pid if b.server.pid is not None else '-':>10}"
+                f"{b.server.pid if b.server.pid is not None else '-':>10} "
+                f"{_share(b.others_cpu_share):>9}"
             )
-        lines.append("(latencies in ms, memory in MiB of the server's whole process tree)")
+        lines.append(
+            "(latencies in ms, memory in MiB of the server's whole process tree, other CPU: "
+            "other processes' share of the machine's CPUs)"
+        )
         lines += [v.line() for v in self.verdicts]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -174,6 +189,11 @@ def _clean(value: Any) -> Any:
 def _ms(seconds: float) -> str:
     """Seconds as ms text."""
     return "-" if not math.isfinite(seconds) else f"{seconds * 1e3:.1f}"
+
+
+def _share(value: float | None) -> str:
+    """A share as a percentage, '-' when unknown."""
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _mib(value: float | None) -> str:
@@ -211,6 +231,73 @@ def tree_rss_mib(pid: int | None) -> float | None:
         except psutil.Error:
             continue
     return total / MIB
+
+
+def machine_busy_cpu_s() -> float:
+    """CPU-seconds all processes on the machine have run since boot, plus time a hypervisor
+    took (steal). Interrupt time is left out: the kernel charges loopback networking there,
+    and it grows with the run's own request rate."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    times = psutil.cpu_times()
+    return sum(float(getattr(times, name, 0.0)) for name in ("user", "nice", "system", "steal"))
+
+
+def run_root_pid() -> int:
+    """The process whose tree is this run: pytest-xdist's controller for a worker, else this one."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
+def ours_cpu_s(server_pid: int) -> float:
+    """CPU-seconds of this run's process tree and the server's, reaped descendants included.
+
+    Each live process counts its own user and system time and that of the children it reaped,
+    so a load worker or a server process that ends within a batch is still ours; the run is
+    the whole pytest-xdist run for a worker (its sibling workers are not other processes).
+    """
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    seen: dict[int, float] = {}
+    for root_pid in (run_root_pid(), server_pid):
+        try:
+            root = psutil.Process(root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            seen[proc.pid] = times.user + times.system + times.children_user + times.children_system
+    return sum(seen.values())
+
+
+class OthersCpu:
+    """Measures the share of the machine's CPUs other processes took over a span."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.share: float | None = None
+        self._start: tuple[float, float, float] | None = None
+
+    def __enter__(self) -> OthersCpu:
+        if self.server_pid is not None:
+            self._start = (time.monotonic(), machine_busy_cpu_s(), ours_cpu_s(self.server_pid))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is None or self.server_pid is None:
+            return
+        began, busy, ours = self._start
+        elapsed = time.monotonic() - began
+        capacity = elapsed * (os.cpu_count() or 1)
+        if capacity <= 0:
+            return
+        others = (machine_busy_cpu_s() - busy) - (ours_cpu_s(self.server_pid) - ours)
+        self.share = min(1.0, max(0.0, others / capacity))
 
 
 class PeakSampler:
@@ -308,6 +395,26 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
         f"{worst.req_per_s:.2f} req/s against a median of {median:.2f} "
         f"({(worst.req_per_s - median) / median:+.0%}); req/s by batch {listing}"
     )
+    shares = [b for b in batches if b.others_cpu_share is not None]
+    if shares:
+        calm = min(shares, key=lambda b: b.others_cpu_share or 0.0)
+        loud = max(shares, key=lambda b: b.others_cpu_share or 0.0)
+        change = (loud.others_cpu_share or 0.0) - (calm.others_cpu_share or 0.0)
+        if change >= limits.others_max_change:
+            listing_others = ", ".join(f"{b.index}: {_share(b.others_cpu_share)}" for b in shares)
+            return not_judged(
+                "throughput spread",
+                Unjudged.NOISY,
+                over.format(limit=limits.max_spread)
+                + f"; other processes took {change:.0%} more of the machine's CPUs in batch "
+                f"{loud.index} than in batch {calm.index} (by batch {listing_others}): the "
+                "machine changed under the batches; rerun where the server has the cores to "
+                "itself",
+                limit=limits.max_spread,
+                source=quiet_source,
+                measured=spread,
+                unit="fraction",
+            )
     busy = [b for b in batches if b.client_bound]
     if not busy:
         return judged(
@@ -436,11 +543,12 @@ def run_batches(
     for index in range(1, batches + 1):
         before = tree_rss_mib(server_pid)
         server = identity(server_pid)
-        with PeakSampler(server_pid) as sampler:
+        with PeakSampler(server_pid) as sampler, OthersCpu(server_pid) as others:
             result = run_batch(index)
         after = tree_rss_mib(server_pid)
         peak = max((v for v in (sampler.peak, before, after) if v is not None), default=None)
-        figures.append(batch_figures(index, result, metric, before, after, peak, server))
+        batch = batch_figures(index, result, metric, before, after, peak, server)
+        figures.append(replace(batch, others_cpu_share=others.share))
         if pause_s:
             time.sleep(pause_s)
     return judge(figures, limits or BatchLimits(), metric)

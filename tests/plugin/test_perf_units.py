@@ -13,7 +13,13 @@ from pytest_gpuinfer.metrics import stats
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.slo import parse_slos
 from pytest_gpuinfer.perf import baselines
-from pytest_gpuinfer.perf.batches import BatchLimits, ServerIdentity, batch_figures, judge
+from pytest_gpuinfer.perf.batches import (
+    BatchLimits,
+    OthersCpu,
+    ServerIdentity,
+    batch_figures,
+    judge,
+)
 from pytest_gpuinfer.perf.projection import project
 from pytest_gpuinfer.perf.ranking import Candidate, rank
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
@@ -116,6 +122,50 @@ def test_batches_see_a_reload_and_a_new_server_process() -> None:
     assert not reload.passed
     assert "batch 2: first request ttft 2000.0 ms" in reload.message
     assert "server process changed" in reload.message
+
+
+def test_a_spread_while_other_processes_came_and_went_is_not_judged() -> None:
+    """Batch 3 at half speed while other processes took 30 % more of the CPUs: the machine
+    changed, NOT JUDGED naming the shares; the same spread with steady others still fails."""
+    figures = _batches([0.1, 0.1, 0.2])
+    for batch, share in zip(figures, [0.02, 0.03, 0.33], strict=True):
+        batch.others_cpu_share = share
+    report = judge(figures, BatchLimits())
+    spread = next(v for v in report.verdicts if v.name == "throughput spread")
+    assert spread.label == "NOT JUDGED (too noisy)", spread.message
+    assert "other processes took 31% more of the machine's CPUs in batch 3 than in batch 1" in (
+        spread.message
+    )
+    assert "other CPU" in report.table() and "33%" in report.table()
+    for batch in figures:
+        batch.others_cpu_share = 0.05
+    steady_others = judge(figures, BatchLimits())
+    assert not steady_others.passed and "batch 3 ran at" in " ".join(steady_others.failures())
+
+
+def test_others_cpu_sees_a_process_outside_this_run(tmp_path: Path) -> None:
+    """A busy process that is not ours (orphaned to init) shows as other CPU; our own busy
+    child does not."""
+    import os
+    import subprocess
+    import sys
+
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\n"
+    script = tmp_path / "spin.py"
+    script.write_text(spin)
+    with OthersCpu(os.getpid()) as ours:
+        subprocess.run([sys.executable, str(script)], check=True)
+    with OthersCpu(os.getpid()) as foreign:
+        # the shell exits at once; its background python is re-parented, so not ours
+        subprocess.run(["sh", "-c", f"{sys.executable} {script} >/dev/null 2>&1 &"], check=True)
+        import time
+
+        time.sleep(1.5)
+    assert ours.share is not None and foreign.share is not None
+    cores = os.cpu_count() or 1
+    assert foreign.share >= 0.6 / cores, (ours.share, foreign.share)
+    assert ours.share < foreign.share - 0.3 / cores, (ours.share, foreign.share)
+    assert OthersCpu(None).__enter__().share is None
 
 
 def test_projection_is_labelled_and_pessimistic() -> None:
