@@ -456,15 +456,18 @@ def test_stream_timing_follows_ttft_and_itl_schedule() -> None:
     assert chunk_lags[0] >= -20e-6, "a chunk left before its time"
     assert chunk_lags[len(chunk_lags) // 2] < 0.001, chunk_lags
     # Client-side cross-check. The reader shares this process (and, in CI, the machine) with
-    # the server thread, so a reader starved of CPU can take several chunks in one read; the
-    # server records above are the ground truth, and most responses must show the spacing too.
-    spaced = [r for r in responses if len(r.chunk_times) == tokens]
-    assert len(spaced) >= len(responses) // 2, [len(r.chunk_times) for r in responses]
-    for response in spaced:
-        gaps = sorted(
-            b - a for a, b in zip(response.chunk_times, response.chunk_times[1:], strict=False)
-        )
-        assert abs(gaps[len(gaps) // 2] - itl) < 0.002, gaps
+    # the server thread, so a reader starved of CPU takes two chunks in one read now and then
+    # (a floor-stage CI run: every response read 8 or 9 of its 10); the server records above are
+    # the ground truth. Pooled over the responses, most reads are one chunk apart: the median
+    # gap is the schedule's, and most chunks arrived in reads of their own.
+    counts = [len(r.chunk_times) for r in responses]
+    assert sum(counts) >= len(responses) * tokens * 0.6, counts
+    gaps = sorted(
+        b - a
+        for response in responses
+        for a, b in zip(response.chunk_times, response.chunk_times[1:], strict=False)
+    )
+    assert abs(gaps[len(gaps) // 2] - itl) < 0.002, gaps
 
 
 def test_received_is_when_the_first_byte_arrived() -> None:
