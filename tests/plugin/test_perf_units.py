@@ -143,6 +143,26 @@ def test_a_spread_while_other_processes_came_and_went_is_not_judged() -> None:
     assert not steady_others.passed and "batch 3 ran at" in " ".join(steady_others.failures())
 
 
+def test_a_spread_from_a_starved_client_is_not_judged_and_a_stall_still_fails() -> None:
+    """The slowest batch is the one whose client waited most for a CPU: NOT JUDGED, naming
+    both shares; a slow batch whose client waited least (a server stalling on its own) fails."""
+    figures = _batches([0.1, 0.1, 0.3])  # batch 3 at a third of the speed: spread 67 %
+    for batch, wait in zip(figures, [0.30, 0.35, 0.75], strict=True):
+        batch.cpu_wait_s = wait * batch.duration_s
+        batch.client_bound = True
+    spread = next(
+        v for v in judge(figures, BatchLimits()).verdicts if v.name == "throughput spread"
+    )
+    assert spread.label == "NOT JUDGED (too noisy)", spread.message
+    assert "the client waited for a CPU 75% of the slowest batch (3) and 30% of the fastest" in (
+        spread.message
+    )
+    for batch, wait in zip(figures, [0.60, 0.65, 0.20], strict=True):
+        batch.cpu_wait_s = wait * batch.duration_s
+    stalled = judge(figures, BatchLimits())
+    assert not stalled.passed and "batch 3 ran at" in " ".join(stalled.failures())
+
+
 def test_others_cpu_sees_a_process_outside_this_run(tmp_path: Path) -> None:
     """A busy process that is not ours (orphaned to init) shows as other CPU; our own busy
     child does not."""
