@@ -386,11 +386,14 @@ def _wait_share(batch: BatchFigures) -> float | None:
 
 
 def _starved_client(batches: list[BatchFigures], limits: BatchLimits) -> str:
-    """Why the slowest batch is the client's doing ('' when it is not): the client waited for
-    a CPU a larger share of the slowest batch than of the fastest, by ``wait_max_change``."""
+    """Why the slowest batch is the client's doing ('' when it is not): its self-check flagged
+    it, and the client waited for a CPU a larger share of it than of the fastest batch, by
+    ``wait_max_change``."""
     slow = min(batches, key=lambda b: b.req_per_s)
     fast = max(batches, key=lambda b: b.req_per_s)
     slow_wait, fast_wait = _wait_share(slow), _wait_share(fast)
+    if not slow.client_bound:  # the self-check says the client kept up in the slowest batch
+        return ""
     if slow_wait is None or fast_wait is None or slow_wait - fast_wait < limits.wait_max_change:
         return ""
     return (
@@ -425,7 +428,8 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
         f"({(worst.req_per_s - median) / median:+.0%}); req/s by batch {listing}"
     )
     shares = [b for b in batches if b.others_cpu_share is not None]
-    if shares:
+    slowest = min(batches, key=lambda b: b.req_per_s)
+    if shares and slowest.client_bound:  # a machine busy enough to slow the server shows there
         calm = min(shares, key=lambda b: b.others_cpu_share or 0.0)
         loud = max(shares, key=lambda b: b.others_cpu_share or 0.0)
         change = (loud.others_cpu_share or 0.0) - (calm.others_cpu_share or 0.0)

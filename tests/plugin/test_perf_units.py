@@ -125,11 +125,12 @@ def test_batches_see_a_reload_and_a_new_server_process() -> None:
 
 
 def test_a_spread_while_other_processes_came_and_went_is_not_judged() -> None:
-    """Batch 3 at half speed while other processes took 30 % more of the CPUs: the machine
-    changed, NOT JUDGED naming the shares; the same spread with steady others still fails."""
-    figures = _batches([0.1, 0.1, 0.2])
+    """Batch 3 at a third of the speed while other processes took 30 % more of the CPUs: the
+    machine changed, NOT JUDGED naming the shares; with steady others the spread fails."""
+    figures = _batches([0.1, 0.1, 0.3])
     for batch, share in zip(figures, [0.02, 0.03, 0.33], strict=True):
         batch.others_cpu_share = share
+        batch.client_bound = True
     report = judge(figures, BatchLimits())
     spread = next(v for v in report.verdicts if v.name == "throughput spread")
     assert spread.label == "NOT JUDGED (too noisy)", spread.message
@@ -161,6 +162,12 @@ def test_a_spread_from_a_starved_client_is_not_judged_and_a_stall_still_fails() 
         batch.cpu_wait_s = wait * batch.duration_s
     stalled = judge(figures, BatchLimits())
     assert not stalled.passed and "batch 3 ran at" in " ".join(stalled.failures())
+    # waits as in the starved case, but the self-check says the client kept up in batch 3
+    for batch, wait in zip(figures, [0.30, 0.35, 0.75], strict=True):
+        batch.cpu_wait_s = wait * batch.duration_s
+    figures[2].client_bound = False
+    kept_up = judge(figures, BatchLimits())
+    assert not kept_up.passed and "batch 3 ran at" in " ".join(kept_up.failures())
 
 
 def test_others_cpu_sees_a_process_outside_this_run(tmp_path: Path) -> None:
