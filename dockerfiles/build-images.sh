@@ -30,6 +30,12 @@ if [ -z "${GPUINFER_DOCKER_REBUILD:-}" ] && [ "$built" = "$fingerprint" ]; then
 fi
 [ -n "$built" ] && echo "==> docker: the source or the venv changed since the images were built: rebuilding"
 
+# The images this build replaces: removed once the new ones are tagged, or each rebuild would
+# leave about 4 GB of untagged layers behind (seven filled this machine's disk once).
+# The two built images first, then the base they are made from (docker keeps a parent image).
+replaced=$(docker image inspect --format '{{.Id}}' gpuinfer/sim:local gpuinfer/vllm-cpu:local \
+             "$base_image" 2>/dev/null | awk '!seen[$0]++' || true)
+
 prefix=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
 pyver=$(.venv/bin/python -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
 multiarch=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu")')
@@ -93,4 +99,11 @@ for name in sim vllm-cpu; do
     | { grep -v "DEPRECATED\|BuildKit\|environment-variable\|^sha256:\|^$" || true; }
 done
 echo "==> docker: gpuinfer/sim:local and gpuinfer/vllm-cpu:local built in $((SECONDS - started)) s"
+current=$(docker image inspect --format '{{.Id}}' gpuinfer/sim:local gpuinfer/vllm-cpu:local \
+            "$base_image")
+for old in $replaced; do
+  # an image a container still uses stays (docker refuses); the rest goes
+  grep -qx "$old" <<<"$current" || docker image rm "$old" >/dev/null 2>&1 || true
+done
+[ -n "$replaced" ] && echo "==> docker: removed the images this build replaced"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^gpuinfer/'

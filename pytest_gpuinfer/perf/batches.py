@@ -29,7 +29,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -427,6 +427,19 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
         f"{worst.req_per_s:.2f} req/s against a median of {median:.2f} "
         f"({(worst.req_per_s - median) / median:+.0%}); req/s by batch {listing}"
     )
+
+    def too_noisy(why: str) -> Verdict:
+        """NOT JUDGED: the spread over the quiet limit, and why the machine explains it."""
+        return not_judged(
+            "throughput spread",
+            Unjudged.NOISY,
+            over.format(limit=limits.max_spread) + why,
+            limit=limits.max_spread,
+            source=quiet_source,
+            measured=spread,
+            unit="fraction",
+        )
+
     shares = [b for b in batches if b.others_cpu_share is not None]
     slowest = min(batches, key=lambda b: b.req_per_s)
     if shares and slowest.client_bound:  # a machine busy enough to slow the server shows there
@@ -435,31 +448,17 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
         change = (loud.others_cpu_share or 0.0) - (calm.others_cpu_share or 0.0)
         if change >= limits.others_max_change:
             listing_others = ", ".join(f"{b.index}: {_share(b.others_cpu_share)}" for b in shares)
-            return not_judged(
-                "throughput spread",
-                Unjudged.NOISY,
-                over.format(limit=limits.max_spread)
-                + f"; other processes took {change:.0%} more of the machine's CPUs in batch "
+            return too_noisy(
+                f"; other processes took {change:.0%} more of the machine's CPUs in batch "
                 f"{loud.index} than in batch {calm.index} (by batch {listing_others}): the "
                 "machine changed under the batches; rerun where the server has the cores to "
-                "itself",
-                limit=limits.max_spread,
-                source=quiet_source,
-                measured=spread,
-                unit="fraction",
+                "itself"
             )
     starved = _starved_client(batches, limits)
     if starved:
-        return not_judged(
-            "throughput spread",
-            Unjudged.NOISY,
-            over.format(limit=limits.max_spread)
-            + f"; {starved}: the load engine starved of CPU, not the server, explains it; rerun "
-            "where the server has the cores to itself",
-            limit=limits.max_spread,
-            source=quiet_source,
-            measured=spread,
-            unit="fraction",
+        return too_noisy(
+            f"; {starved}: the load engine starved of CPU, not the server, explains it; rerun "
+            "where the server has the cores to itself"
         )
     busy = [b for b in batches if b.client_bound]
     if not busy:
@@ -484,22 +483,22 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
             measured=spread,
             unit="fraction",
         )
-    return not_judged(
-        "throughput spread",
-        Unjudged.NOISY,
-        over.format(limit=limits.max_spread)
-        + f", under the busy-machine bound {limits.busy_max_spread:.0%}, on a busy machine "
+    return too_noisy(
+        f", under the busy-machine bound {limits.busy_max_spread:.0%}, on a busy machine "
         f"({waits}): the spread measures the machine as much as the server; rerun with longer "
-        "batches or where the server has the cores to itself",
-        limit=limits.max_spread,
-        source=quiet_source,
-        measured=spread,
-        unit="fraction",
+        "batches or where the server has the cores to itself"
     )
 
 
-def judge(batches: list[BatchFigures], limits: BatchLimits, metric: str = "ttft") -> BatchReport:
-    """The verdicts over measured batches."""
+def judge(
+    batches: list[BatchFigures],
+    limits: BatchLimits,
+    metric: str = "ttft",
+    *,
+    spread_left_out: Collection[int] = (),
+) -> BatchReport:
+    """The verdicts over measured batches (the spread without the batches ``spread_left_out``
+    names by index)."""
     verdicts: list[Verdict] = []
     failed = [b for b in batches if b.succeeded < b.requests]
     verdicts.append(
@@ -518,7 +517,7 @@ def judge(batches: list[BatchFigures], limits: BatchLimits, metric: str = "ttft"
             source="every request must complete",
         )
     )
-    spread = _spread_verdict(batches, limits)
+    spread = _spread_verdict([b for b in batches if b.index not in spread_left_out], limits)
     if spread is not None:
         verdicts.append(spread)
     slow = [
@@ -571,6 +570,42 @@ def judge(batches: list[BatchFigures], limits: BatchLimits, metric: str = "ttft"
     if all(b.server.pid is None for b in batches):
         notes.append("attached endpoint: server memory and PID cannot be seen from here")
     return BatchReport(batches, verdicts, limits, metric, notes)
+
+
+def judge_with_retry(first: BatchReport, retry: BatchReport) -> BatchReport:
+    """The retry of a too-noisy run judged together with the run it repeats, so a server that
+    slowed during the first run and stayed slow does not pass a retry that is steady at its
+    slower rate.
+
+    The retry's batches follow the first run's (numbered on). Every verdict is over all of them,
+    but the spread leaves out the first run's batches that its self-check flagged (the client
+    waited for a CPU) and that ran slower than every batch of the retry: the retry, on a calmer
+    machine, shows what the server does, and the machine explains those. Rates in req/s compare
+    across batch sizes.
+    """
+    offset = max((b.index for b in first.batches), default=0)
+    renumbered = [replace(b, index=b.index + offset) for b in retry.batches]
+    slowest_retry = min((b.req_per_s for b in renumbered), default=math.inf)
+    left_out = [b.index for b in first.batches if b.client_bound and b.req_per_s < slowest_retry]
+    report = judge(
+        [*first.batches, *renumbered],
+        first.limits,
+        first.metric,
+        spread_left_out=left_out,
+    )
+    span = f"{renumbered[0].index}-{renumbered[-1].index}" if renumbered else "none"
+    report.notes.insert(
+        0,
+        f"batches 1-{offset}: the first run, too noisy to judge alone; batches {span}: its "
+        "retry, judged together with it"
+        + (
+            f"; batches {left_out} left out of the spread (flagged by the self-check and slower "
+            "than every batch of the retry)"
+            if left_out
+            else ""
+        ),
+    )
+    return report
 
 
 def run_batches(

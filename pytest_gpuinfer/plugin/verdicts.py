@@ -4,8 +4,9 @@
 * NOT JUDGED for lack of a limit, a baseline or samples leaves the test's outcome to its other
   checks; the report shows the verdict as NOT JUDGED, never among the passed.
 * NOT JUDGED because the run was too noisy (client-bound, machine busy) never passes: a test
-  retries with a longer window (:meth:`VerdictGate.until_judged`), and if it is still too noisy
-  it is skipped, naming the measured CPU wait.
+  retries with a longer window (:meth:`VerdictGate.until_judged`), judged together with the
+  noisy attempt where the two measure the same thing, and if it is still too noisy it is
+  skipped, naming the measured CPU wait.
 * With ``--gpuinfer-require-judgement`` every NOT JUDGED verdict fails the test instead.
 
 Suites use the ``gpuinfer_verdicts`` fixture (:class:`VerdictGate`); fixtures call
@@ -94,14 +95,25 @@ class VerdictGate:
         verdicts: Callable[[ResultT], Iterable[Verdict]],
         *,
         attempts: int = 2,
+        combine: Callable[[ResultT, ResultT], ResultT] | None = None,
     ) -> ResultT:
         """``attempt(1)``, then ``attempt(2)``... while its verdicts are too noisy to judge; the
-        attempt number lets it lengthen its window. Returns the last attempt's result."""
+        attempt number lets it lengthen its window. Returns the last attempt's result, or with
+        ``combine`` the retry judged together with what came before (``combine(earlier, retry)``:
+        a server that degraded during a noisy first attempt cannot pass a steady retry).
+
+        Example::
+
+            report = gpuinfer_verdicts.until_judged(
+                run_batches_sized, lambda r: r.verdicts, combine=judge_with_retry
+            )
+        """
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, not {attempts}")
         result = attempt(1)
         for number in range(2, attempts + 1):
             if not any(v.noisy for v in verdicts(result)):
                 break
-            result = attempt(number)
+            retry = attempt(number)
+            result = retry if combine is None else combine(result, retry)
         return result

@@ -174,6 +174,56 @@ def test_batches_suite_fails_a_server_that_degrades_in_its_third_batch(
     )
 
 
+FLAG_FIRST_ATTEMPT = """
+import dataclasses
+
+import pytest
+
+from pytest_gpuinfer.load.selfcheck import SelfCheck
+
+FLAGGED_RUNS = 4  # the warm-up and the first attempt's three batches
+
+
+@pytest.fixture(autouse=True)
+def machine_busy_in_the_first_attempt(monkeypatch):
+    # the load engine's self-check reads the machine busy in the first attempt and quiet after,
+    # as it does on shared cores; the rates are the simulator's, measured
+    measured = SelfCheck.from_figures.__func__
+    runs = []
+
+    def flagged(cls, figures, limits):
+        check = measured(cls, figures, limits)
+        runs.append(1)
+        if len(runs) <= FLAGGED_RUNS:
+            return dataclasses.replace(check, client_bound=True, reasons=("machine busy (test)",))
+        return dataclasses.replace(check, client_bound=False, reasons=())
+
+    monkeypatch.setattr(SelfCheck, "from_figures", classmethod(flagged))
+"""
+
+
+def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
+    pytester: pytest.Pytester,
+) -> None:
+    """A simulator 2.5x slower from its 110th request (late in batch 3 of 3 x 40) on a machine
+    the self-check reads busy: the first attempt's 40 % spread is NOT JUDGED; the retry, twice
+    as long, is steady at the slower rate and would pass alone, but judged with the first
+    attempt's batches it fails, naming the first attempt's faster rate."""
+    pytester.makeconftest(FLAG_FIRST_ATTEMPT)
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    result = pytester.runpytest(
+        *SIM, "-s", "--engine-arg=--slow-after=110", "--engine-arg=--slow-factor=2.5"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL  throughput spread: spread *% >= 50%: batch [12] ran at * req/s against a "
+            "median of *; req/s by batch 1: *, 6: *; a busy machine does not explain that much*",
+            "*batches 1-3: the first run, too noisy to judge alone; batches 4-6: its retry*",
+        ]
+    )
+
+
 def test_sla_projection_fails_a_server_too_slow_for_the_window(
     pytester: pytest.Pytester,
 ) -> None:

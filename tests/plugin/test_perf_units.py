@@ -12,17 +12,21 @@ from pytest_gpuinfer.load.runner import LoadResult, SelfCheck, SelfCheckLimits
 from pytest_gpuinfer.metrics import stats
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.slo import parse_slos
+from pytest_gpuinfer.metrics.verdicts import Verdict
 from pytest_gpuinfer.perf import baselines
 from pytest_gpuinfer.perf.batches import (
     BatchLimits,
+    BatchReport,
     OthersCpu,
     ServerIdentity,
     batch_figures,
     judge,
+    judge_with_retry,
 )
 from pytest_gpuinfer.perf.projection import project
 from pytest_gpuinfer.perf.ranking import Candidate, rank
 from pytest_gpuinfer.perf.sweep import ServerConfig, run_sweep
+from pytest_gpuinfer.plugin.verdicts import VerdictGate
 from pytest_gpuinfer.targets import TargetError
 
 
@@ -168,6 +172,72 @@ def test_a_spread_from_a_starved_client_is_not_judged_and_a_stall_still_fails() 
     figures[2].client_bound = False
     kept_up = judge(figures, BatchLimits())
     assert not kept_up.passed and "batch 3 ran at" in " ".join(kept_up.failures())
+
+
+def _spread(report: BatchReport) -> Verdict:
+    return next(v for v in report.verdicts if v.name == "throughput spread")
+
+
+def test_a_retry_is_judged_with_the_first_attempt_it_repeats() -> None:
+    """A server that slowed in the noisy first attempt and stayed slow: the retry is steady and
+    passes alone, but judged with the first attempt's batches it fails, naming them all."""
+    first = _batches([0.1, 0.1, 0.15])  # batch 3 a third slower, every batch flagged: 33 %
+    for batch in first:
+        batch.client_bound = True
+    noisy = judge(first, BatchLimits())
+    assert _spread(noisy).label == "NOT JUDGED (too noisy)", _spread(noisy).message
+    retry = judge(_batches([0.2, 0.2, 0.2]), BatchLimits())  # steady at half the speed
+    assert retry.passed, retry.table()
+    both = judge_with_retry(noisy, retry)
+    assert [b.index for b in both.batches] == [1, 2, 3, 4, 5, 6]
+    assert not both.passed
+    assert "a busy machine does not explain that much" in _spread(both).message
+    assert "req/s by batch 1: " in _spread(both).message and ", 6: " in _spread(both).message
+    assert both.notes[0].startswith("batches 1-3: the first run, too noisy to judge alone; ")
+
+
+def test_a_retry_on_a_calmer_machine_leaves_out_the_batches_the_machine_slowed() -> None:
+    """Healthy server, one first-attempt batch slowed by a starved client: the retry runs on a
+    calmer machine at the server's rate; the flagged batch slower than every retry batch is left
+    out, and the rest agree; a flagged batch faster than the retry stays in."""
+    first = _batches([0.1, 0.1, 0.3])
+    for batch, wait in zip(first, [0.30, 0.35, 0.75], strict=True):
+        batch.cpu_wait_s = wait * batch.duration_s
+        batch.client_bound = True
+    noisy = judge(first, BatchLimits())
+    assert _spread(noisy).label == "NOT JUDGED (too noisy)"
+    both = judge_with_retry(noisy, judge(_batches([0.1, 0.1, 0.1]), BatchLimits()))
+    assert both.passed, both.table()
+    assert "batches [3] left out of the spread" in both.notes[0]
+    assert "3: " not in _spread(both).message.split("req/s by batch")[1]
+    slower_retry = judge_with_retry(noisy, judge(_batches([0.35, 0.35, 0.35]), BatchLimits()))
+    assert "left out" not in slower_retry.notes[0]
+    assert not slower_retry.passed
+
+
+def test_until_judged_combines_only_a_retry(pytestconfig: pytest.Config) -> None:
+    """The gate retries while noisy and hands the retry to ``combine`` with what came before;
+    a judged first attempt is returned as it is."""
+    noisy = _batches([0.1, 0.1, 0.15])
+    for batch in noisy:
+        batch.client_bound = True
+    reports = {1: judge(noisy, BatchLimits()), 2: judge(_batches([0.2] * 3), BatchLimits())}
+    calls: list[int] = []
+
+    def attempt(number: int) -> BatchReport:
+        calls.append(number)
+        return reports[number]
+
+    gate = VerdictGate(pytestconfig)
+    combined = gate.until_judged(attempt, lambda r: r.verdicts, combine=judge_with_retry)
+    assert calls == [1, 2] and len(combined.batches) == 6 and not combined.passed
+    alone = gate.until_judged(attempt, lambda r: r.verdicts)
+    assert alone is reports[2] and alone.passed
+    calls.clear()
+    reports[1] = judge(_batches([0.1] * 3), BatchLimits())
+    judged_at_once = gate.until_judged(attempt, lambda r: r.verdicts, combine=judge_with_retry)
+    assert judged_at_once is reports[1]
+    assert calls == [1]
 
 
 def test_others_cpu_sees_a_process_outside_this_run(tmp_path: Path) -> None:
