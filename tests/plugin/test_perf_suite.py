@@ -212,7 +212,12 @@ def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
     pytester.makeconftest(FLAG_FIRST_ATTEMPT)
     pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
     result = pytester.runpytest(
-        *SIM, "-s", "--engine-arg=--slow-after=110", "--engine-arg=--slow-factor=2.5"
+        *SIM,
+        "-s",
+        "--engine-arg=--ttft-ms=10",  # after SIM's 20 ms: half the time, the same shape
+        "--engine-arg=--itl-ms=2",
+        "--engine-arg=--slow-after=110",
+        "--engine-arg=--slow-factor=2.5",
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
