@@ -392,7 +392,7 @@ class Settings:
     soak_s: float | None = option(
         "soak",
         "Run the soak test (tests/load/test_soak.py) this long, e.g. 1h: steady load, memory and "
-        "latency sampled throughout, verdicts on drift. Default: a CI-sized 2 minutes.",
+        "latency sampled throughout, verdicts on drift. Default: a CI-sized minute.",
         parse=_duration,
         metavar="DURATION",
     )
