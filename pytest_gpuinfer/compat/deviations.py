@@ -21,7 +21,13 @@ from typing import Any
 
 import httpx
 
-from pytest_gpuinfer.compat.findings import Finding, Outcome, error_message, json_or_none
+from pytest_gpuinfer.compat.findings import (
+    Deviation,
+    Finding,
+    Outcome,
+    error_message,
+    json_or_none,
+)
 
 # -- known engine deviations -------------------------------------------------------------------
 
@@ -156,19 +162,6 @@ def _unconstrained_with_reasoning(evidence: Any) -> bool:
         and evidence.get("matched") is False
         and evidence.get("reasoning") is True
     )
-
-
-@dataclass(frozen=True)
-class Deviation:
-    """A check a given engine version is known to fail, what it does instead, and how to tell."""
-
-    engine: str
-    versions: tuple[str, ...]
-    check: str
-    observed: str
-    matches: Callable[[Any], bool]
-    """True when the evidence (a response, or a stream's decoded events) shows exactly this
-    deviation; anything else still fails."""
 
 
 KNOWN_DEVIATIONS: tuple[Deviation, ...] = (

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
 
-    from pytest_gpuinfer.compat.deviations import Deviation
-
 __all__ = [
     "ABSENT_STATUSES",
+    "Deviation",
     "Feature",
     "Finding",
     "Outcome",
@@ -48,6 +48,19 @@ class Outcome(enum.Enum):
     FAILURE = "failure"
     NOT_JUDGED = "not judged"
     """Figures were measured but nothing to judge them by was given; never a pass."""
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A check a given engine version is known to fail, what it does instead, and how to tell."""
+
+    engine: str
+    versions: tuple[str, ...]
+    check: str
+    observed: str
+    matches: Callable[[Any], bool]
+    """True when the evidence (a response, or a stream's decoded events) shows exactly this
+    deviation; anything else still fails."""
 
 
 @dataclass(frozen=True)
