@@ -386,14 +386,11 @@ def _wait_share(batch: BatchFigures) -> float | None:
 
 
 def _starved_client(batches: list[BatchFigures], limits: BatchLimits) -> str:
-    """Why the slowest batch is the client's doing ('' when it is not): its self-check flagged
-    it, and the client waited for a CPU a larger share of it than of the fastest batch, by
-    ``wait_max_change``."""
+    """Why the slowest batch is the client's doing ('' when it is not): the client waited for
+    a CPU a larger share of it than of the fastest batch, by ``wait_max_change``."""
     slow = min(batches, key=lambda b: b.req_per_s)
     fast = max(batches, key=lambda b: b.req_per_s)
     slow_wait, fast_wait = _wait_share(slow), _wait_share(fast)
-    if not slow.client_bound:  # the self-check says the client kept up in the slowest batch
-        return ""
     if slow_wait is None or fast_wait is None or slow_wait - fast_wait < limits.wait_max_change:
         return ""
     return (
@@ -440,9 +437,11 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
             unit="fraction",
         )
 
+    # Both machine rules (other processes, a starved client) need the self-check to have flagged
+    # the slowest batch: if the client kept up there, the machine did not slow it.
+    slowest_flagged = min(batches, key=lambda b: b.req_per_s).client_bound
     shares = [b for b in batches if b.others_cpu_share is not None]
-    slowest = min(batches, key=lambda b: b.req_per_s)
-    if shares and slowest.client_bound:  # a machine busy enough to slow the server shows there
+    if shares and slowest_flagged:
         calm = min(shares, key=lambda b: b.others_cpu_share or 0.0)
         loud = max(shares, key=lambda b: b.others_cpu_share or 0.0)
         change = (loud.others_cpu_share or 0.0) - (calm.others_cpu_share or 0.0)
@@ -454,7 +453,7 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
                 "machine changed under the batches; rerun where the server has the cores to "
                 "itself"
             )
-    starved = _starved_client(batches, limits)
+    starved = _starved_client(batches, limits) if slowest_flagged else ""
     if starved:
         return too_noisy(
             f"; {starved}: the load engine starved of CPU, not the server, explains it; rerun "
