@@ -141,6 +141,7 @@ def baseline_entry(
             "summary": result.summary.to_dict(),
             "samples": samples,
             "config": result.config,
+            "self_check": result.self_check.to_dict(),
         },
     }
 
@@ -271,11 +272,14 @@ class RegressionReport:
     baseline_path: str
     rows: list[RegressionRow]
     tolerance: float
+    client_bound: str = ""
+    """Which of the two runs the load engine's self-check flagged, and why ("" when neither):
+    such a comparison measures the machine, not the server, and is not judged."""
 
     @property
     def regressed(self) -> bool:
-        """True when any metric regressed beyond tolerance and noise."""
-        return any(row.regressed for row in self.rows)
+        """True when any metric regressed beyond tolerance and noise, both runs unflagged."""
+        return not self.client_bound and any(row.regressed for row in self.rows)
 
     def verdicts(self) -> list[Verdict]:
         """One verdict per metric: FAIL when worse beyond the tolerance and beyond noise; NOT
@@ -291,7 +295,10 @@ class RegressionReport:
                 "unit": "fraction worse",
                 "source": f"baseline {self.baseline_path}, tolerance {self.tolerance:.0%}",
             }
-            if f.few_samples and not row.regressed:
+            if self.client_bound:
+                noisy = f"{message}; not judged: {self.client_bound}"
+                out.append(not_judged(name, Unjudged.NOISY, noisy, **figures))
+            elif f.few_samples and not row.regressed:
                 out.append(not_judged(name, Unjudged.TOO_FEW_SAMPLES, message, **figures))
             else:
                 out.append(judged(name, not row.regressed, message, **figures))
@@ -312,7 +319,11 @@ class RegressionReport:
         for row in self.rows:
             f = row.finding
             verdict = (
-                "REGRESSED" if row.regressed else ("worse, within noise" if f.regressed else "ok")
+                "not judged"
+                if self.client_bound
+                else "REGRESSED"
+                if row.regressed
+                else ("worse, within noise" if f.regressed else "ok")
             )
             change = "-" if not math.isfinite(f.change) else f"{f.change:+.1%}"
             lines.append(
@@ -320,6 +331,8 @@ class RegressionReport:
                 f"{_value(f.metric, f.current):>12} "
                 f"{change:>8}  {(row.noise.method + ' ' + row.noise.detail)[:42]:<42} {verdict}"
             )
+        if self.client_bound:
+            lines.append(f"NOT JUDGED (too noisy): {self.client_bound}")
         return "\n".join(lines)
 
 
@@ -364,7 +377,26 @@ def compare(
                 old_samples.get(metric, []), new_samples.get(metric, []), worse_is_higher=True, q=q
             )
         rows.append(RegressionRow(finding, noise))
-    return RegressionReport(name, baseline_path, rows, tolerance)
+    flagged = client_bound_runs(result, extra.get("self_check") or {})
+    return RegressionReport(name, baseline_path, rows, tolerance, flagged)
+
+
+def client_bound_runs(result: LoadResult, stored_self_check: Mapping[str, Any]) -> str:
+    """Which of the current run and the stored baseline's run the self-check flagged, and why
+    ("" when neither; a baseline stored before the self-check was kept counts as unflagged)."""
+    flagged = []
+    if result.client_bound:
+        flagged.append(f"this run ({'; '.join(result.self_check.reasons)})")
+    if stored_self_check.get("client_bound"):
+        reasons = "; ".join(str(r) for r in stored_self_check.get("reasons") or ())
+        flagged.append(f"the baseline's run ({reasons})")
+    if not flagged:
+        return ""
+    return (
+        "the load engine's self-check flagged "
+        + " and ".join(flagged)
+        + ": the client, not the server, set part of the figures"
+    )
 
 
 def no_baseline(name: str, why: str, measured: LoadResult) -> Verdict:

@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,12 +215,49 @@ class PerfBaseline:
     item: pytest.Item | None = None
     """The test whose comparisons go into the run's report."""
 
-    def check(self, name: str, result: LoadResult, configuration: str = "") -> str:
+    def run_and_check(
+        self,
+        name: str,
+        attempt: Callable[[int], LoadResult],
+        configuration: str = "",
+        attempts: int = 2,
+    ) -> str:
+        """``attempt(1)``, measured again (``attempt(2)``, a longer window) while the load
+        engine's self-check flags the run, then :meth:`check` on the last: a client starved of
+        CPU is neither compared nor stored when a retry can do better. Returns the notes.
+
+        Example::
+
+            perf_baseline.run_and_check(
+                "latency c=4", lambda n: load_runner.run(ClosedLoop(4), work, Limits(60 * n))
+            )
+        """
+        __tracebackhide__ = True
+        notes = []
+        result = attempt(1)
+        for number in range(2, attempts + 1):
+            if not result.client_bound:
+                break
+            notes.append(
+                f"attempt {number - 1} not used: the self-check flagged it "
+                f"({'; '.join(result.self_check.reasons)}); measuring again with attempt {number}"
+            )
+            result = attempt(number)
+        return self.check(name, result, configuration, notes)
+
+    def check(
+        self,
+        name: str,
+        result: LoadResult,
+        configuration: str = "",
+        earlier_notes: Sequence[str] = (),
+    ) -> str:
         """Save and/or compare ``result`` under ``name``; fail on a regression; return a note.
 
         ``--benchmark-compare`` with no stored baseline for this identity and name fails the
         test (a comparison asked for and not made is not a pass); without it the regression
-        verdict is recorded as NOT JUDGED.
+        verdict is recorded as NOT JUDGED. ``earlier_notes`` (attempts not used) lead the notes
+        and a failure's message.
         """
         from pytest_gpuinfer.perf import baselines
         from pytest_gpuinfer.report.payloads import no_baseline_payload
@@ -230,7 +267,7 @@ class PerfBaseline:
 
         identity = machine_identity(self.config, self.server, configuration)
         where = baselines.storage_dir(self.root, identity)
-        notes: list[str] = []
+        notes: list[str] = list(earlier_notes)
         if self.compare_with is not None:
             path = baselines.find(self.root, identity, self.compare_with)
             entry = baselines.load_entry(path, name) if path is not None else None
@@ -251,7 +288,7 @@ class PerfBaseline:
             if self.item is not None:
                 report_plugin.record(self.item, "regression", report)
             if report.regressed:
-                pytest.fail(report.table(), pytrace=False)
+                pytest.fail("\n".join(notes), pytrace=False)
             enforce(self.config, report.verdicts())
         else:
             why = (
@@ -267,6 +304,12 @@ class PerfBaseline:
                 self.root, identity, [baselines.baseline_entry(name, result)], self.save_label
             )
             notes.append(f"baseline saved: {saved}")
+            if result.client_bound:
+                notes.append(
+                    "  the self-check flagged this run (the client, not the server, set part of "
+                    "its figures): comparisons with it read NOT JUDGED; store one from a run the "
+                    "self-check passes"
+                )
         if self.compare_with is None:
             enforce(self.config, [verdict])
         return "\n".join(notes)

@@ -205,6 +205,7 @@ def regression_payload(report: RegressionReport) -> dict[str, Any]:
             "baseline_path": report.baseline_path,
             "tolerance": report.tolerance,
             "regressed": report.regressed,
+            "client_bound": report.client_bound,
             "rows": [
                 {
                     **row.finding.to_dict(),

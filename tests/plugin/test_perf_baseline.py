@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from busy_machine import busy_machine_conftest
 
 from pytest_gpuinfer.perf import baselines
 
@@ -116,5 +117,88 @@ def test_suite_gate_fails_against_a_faster_stored_baseline_naming_the_figures(
             "*regression check of latency c=4 in=128 out=32 against *0002_doctored.json*",
             "metric * baseline * current * change * noise test * verdict",
             "* ms * ms *+*% * REGRESSED",
+        ]
+    )
+
+
+def _store_faster_baseline(
+    pytester: pytest.Pytester, storage: str, tmp_path: Path, *, flagged: bool = False
+) -> None:
+    """A stored run of the suite's gate, doctored 50 % faster (a comparison that deserves to
+    fail), as 0002; ``flagged`` marks it as a run the self-check flagged."""
+    pytester.runpytest(*SIM, storage, "--benchmark-save=base").assert_outcomes(passed=1)
+    (stored,) = tmp_path.glob("gpuinfer/*/0001_base.json")
+    document = json.loads(stored.read_text())
+    entry = baselines.scaled_entry(document["benchmarks"][0], 0.5)
+    assert entry["extra_info"]["self_check"]["client_bound"] is False
+    if flagged:
+        entry["extra_info"]["self_check"].update(client_bound=True, reasons=["machine busy (old)"])
+    document["benchmarks"] = [entry]
+    stored.with_name("0002_doctored.json").write_text(json.dumps(document))
+
+
+def test_suite_gate_does_not_judge_a_starved_run_and_skips_naming_it(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Against a baseline 50 % faster, a run whose client the self-check flags in both attempts
+    is not judged REGRESSED: it is measured again, then skipped as too noisy, naming the
+    flag; with --gpuinfer-require-judgement it fails."""
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    storage = f"--benchmark-storage=file://{tmp_path}"
+    _store_faster_baseline(pytester, storage, tmp_path)
+    pytester.makeconftest(busy_machine_conftest(100))
+    starved = pytester.runpytest(*SIM, storage, "--benchmark-compare=2", "-rs")
+    starved.assert_outcomes(skipped=1)
+    starved.stdout.fnmatch_lines(
+        [
+            "other*1 skipped*0/4 passed, 4 NOT JUDGED*2 load runs*",  # measured again
+            "NOT JUDGED (too noisy)  *regression ttft.p95: ttft.p95 regressed: * ms vs baseline "
+            "* ms (+*%*; not judged: the load engine's self-check flagged this run*",
+            "SKIPPED*too noisy to judge*regression ttft.p95: *not judged: the load engine's "
+            "self-check flagged this run*",
+        ]
+    )
+    required = pytester.runpytest(
+        *SIM, storage, "--benchmark-compare=2", "--gpuinfer-require-judgement"
+    )
+    required.assert_outcomes(failed=1)
+    required.stdout.fnmatch_lines(["*NOT JUDGED (too noisy)  regression ttft.p95: *"])
+
+
+def test_suite_gate_measures_again_after_a_starved_attempt_and_then_judges(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The self-check flags only the first attempt (its warm-up is part of the run): the retry,
+    unflagged, is compared with the faster baseline and fails REGRESSED."""
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    storage = f"--benchmark-storage=file://{tmp_path}"
+    _store_faster_baseline(pytester, storage, tmp_path)
+    pytester.makeconftest(busy_machine_conftest(1))
+    result = pytester.runpytest(*SIM, storage, "--benchmark-compare=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "attempt 1 not used: the self-check flagged it (machine busy (test))*",
+            "*regression check of latency c=4 in=128 out=32 against *0002_doctored.json*",
+            "* ms * ms *+*% * REGRESSED",
+        ]
+    )
+
+
+def test_suite_gate_does_not_judge_against_a_baseline_whose_run_was_flagged(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A stored baseline whose run the self-check flagged is no yardstick: compared with it, a
+    run reads NOT JUDGED naming the baseline's flag, and the test is skipped, not passed."""
+    pytester.makepyfile(test_inner_regression=SUITE.read_text())
+    storage = f"--benchmark-storage=file://{tmp_path}"
+    _store_faster_baseline(pytester, storage, tmp_path, flagged=True)
+    result = pytester.runpytest(*SIM, storage, "--benchmark-compare=2", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "other*1 skipped*0/4 passed, 4 NOT JUDGED*1 load run*",  # this run was not flagged
+            "NOT JUDGED (too noisy)  *regression ttft.p95: *; not judged: the load engine's "
+            "self-check flagged the baseline's run*",
         ]
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from busy_machine import busy_machine_conftest
 
 PERF = Path(__file__).parents[1] / "perf"
 SIM = (
@@ -174,34 +175,6 @@ def test_batches_suite_fails_a_server_that_degrades_in_its_third_batch(
     )
 
 
-FLAG_FIRST_ATTEMPT = """
-import dataclasses
-
-import pytest
-
-from pytest_gpuinfer.load.selfcheck import SelfCheck
-
-FLAGGED_RUNS = 4  # the warm-up and the first attempt's three batches
-
-
-@pytest.fixture(autouse=True)
-def machine_busy_in_the_first_attempt(monkeypatch):
-    # the load engine's self-check reads the machine busy in the first attempt and quiet after,
-    # as it does on shared cores; the rates are the simulator's, measured
-    measured = SelfCheck.from_figures.__func__
-    runs = []
-
-    def flagged(cls, figures, limits):
-        check = measured(cls, figures, limits)
-        runs.append(1)
-        if len(runs) <= FLAGGED_RUNS:
-            return dataclasses.replace(check, client_bound=True, reasons=("machine busy (test)",))
-        return dataclasses.replace(check, client_bound=False, reasons=())
-
-    monkeypatch.setattr(SelfCheck, "from_figures", classmethod(flagged))
-"""
-
-
 def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
     pytester: pytest.Pytester,
 ) -> None:
@@ -209,7 +182,7 @@ def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
     the self-check reads busy: the first attempt's 40 % spread is NOT JUDGED; the retry, twice
     as long, is steady at the slower rate and would pass alone, but judged with the first
     attempt's batches it fails, naming the first attempt's faster rate."""
-    pytester.makeconftest(FLAG_FIRST_ATTEMPT)
+    pytester.makeconftest(busy_machine_conftest(4))  # the warm-up, 3 batches
     pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
     result = pytester.runpytest(
         *SIM,
