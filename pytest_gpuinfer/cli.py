@@ -83,7 +83,10 @@ def serve(argv: Sequence[str]) -> int:
         print(f"gpuinfer serve: {exc}", file=sys.stderr, flush=True)
         return 1
     try:
-        print(f"gpuinfer serve: {server.describe()} is ready; Ctrl-C stops it", flush=True)
+        priority = f"; CPU priority {server.cpu_priority}" if server.cpu_priority else ""
+        print(
+            f"gpuinfer serve: {server.describe()} is ready{priority}; Ctrl-C stops it", flush=True
+        )
         if args.url_file is not None:
             args.url_file.write_text(server.base_url + "\n")
         while not stop.wait(1.0):

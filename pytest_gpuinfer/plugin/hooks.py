@@ -196,6 +196,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         line = f"target: {server.describe()}"
         if server.cold_start_s is not None:
             line += f"; cold start {server.cold_start_s:.1f} s"
+        if server.cpu_priority:
+            line += f"; CPU priority {server.cpu_priority}"
         if server.process is not None and server.process.log_path is not None:
             line += f"; log {server.process.log_path}"
         terminalreporter.write_line(line)

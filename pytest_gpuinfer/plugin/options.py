@@ -68,6 +68,17 @@ def _port(value: Any) -> int:
     return int(number)
 
 
+def _nice(value: Any) -> int:
+    """A nice value 0-19 (lower priority only: raising it needs privileges)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"expects a number, got {value!r}") from None
+    if not number.is_integer() or not 0 <= number <= 19:
+        raise OptionValueError(f"must be an integer 0-19, got {value!r}")
+    return int(number)
+
+
 def _ip_address(value: Any) -> str:
     """An IPv4 or IPv6 address literal."""
     import ipaddress
@@ -327,6 +338,15 @@ class Settings:
         "Port for the launched server on 127.0.0.1 (default: a free one).",
         parse=_port,
         metavar="PORT",
+    )
+    server_nice: int | None = option(
+        "server-nice",
+        "CPU priority (nice 0-19) of a server launched here, its session's autogroup included: "
+        "by default 19 (the lowest) for engines, so the load client sharing these CPUs "
+        "takes its timestamps on time (the server still gets every cycle the client leaves); "
+        "0 keeps it equal. The simulator and containers are left as they are.",
+        parse=_nice,
+        metavar="N",
     )
     server_host: str = option(
         "server-host",

@@ -117,6 +117,7 @@ class RunState:
             api_key=settings.api_key,
             gpus=self.selected_gpus,
             has_gpu=self.inventory.has_gpu,
+            server_nice=settings.server_nice,
         )
 
     @functools.cached_property

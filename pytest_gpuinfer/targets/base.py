@@ -44,6 +44,12 @@ class ServerHandle(Protocol):
         ...
 
 
+ENGINE_NICE = 19
+"""Default nice of a launched engine (``--server-nice``'s help names it): the lowest priority,
+so the load client on the same CPUs is never starved by the server it measures; the server still
+gets every cycle the client does not use."""
+
+
 @dataclass(frozen=True)
 class LaunchContext:
     """Everything a launcher needs to start an engine: the run's options and where to put it."""
@@ -63,6 +69,9 @@ class LaunchContext:
     api_key: str | None = field(default=None, repr=False)
     gpus: tuple[GPUInfo, ...] = ()
     has_gpu: bool = False
+    server_nice: int | None = None
+    """CPU priority (nice) of a server launched here; None: :data:`ENGINE_NICE` for engines,
+    0 for the simulator (an instrument whose timing must not yield to the client)."""
 
     @property
     def client_host(self) -> str:
@@ -95,6 +104,8 @@ class InferenceServer:
     process: ServerHandle | None = field(default=None, repr=False)
     """The launched server's handle (process group or container); None when attached."""
     is_simulator: bool = False
+    cpu_priority: str = ""
+    """The launched server's lowered CPU priority in words ("" when equal to the client's)."""
 
     def auth_headers(self) -> dict[str, str]:
         """Headers that carry the API key (empty when none is set)."""

@@ -151,6 +151,71 @@ def test_gpu_selection_pins_launched_server_by_uuid(
     unpinned.assert_outcomes(failed=1)
 
 
+PRIORITY = """
+import os
+from pathlib import Path
+
+
+def test_priority(inference_server):
+    pid = inference_server.process.pid
+    print("server nice", os.getpriority(os.PRIO_PROCESS, pid))
+    group = Path(f"/proc/{pid}/autogroup")
+    print("server autogroup", group.read_text().strip() if group.exists() else "none")
+    print("client autogroup", Path("/proc/self/autogroup").read_text().strip()
+          if group.exists() else "none")
+"""
+
+
+def _autogroups_on() -> bool:
+    """True where the kernel groups sessions for scheduling (the default target's case)."""
+    switch = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return switch.exists() and switch.read_text().strip() == "1"
+
+
+def test_launched_engine_yields_the_cpu_to_the_load_client_by_default(
+    pytester: pytest.Pytester, fake_server_command: Callable[..., str]
+) -> None:
+    """An engine launched here runs at nice 19, its session's autogroup too (a process's own
+    nice does not weigh against another session's); --server-nice=0 keeps it equal."""
+    pytester.makepyfile(PRIORITY)
+    command = ("--engine=command", f"--server-command={fake_server_command()}", "-s")
+    lowered = pytester.runpytest(*command)
+    lowered.assert_outcomes(passed=1)
+    lowered.stdout.fnmatch_lines(["*server nice 19"])
+    if _autogroups_on():
+        lowered.stdout.fnmatch_lines(
+            [
+                "server autogroup /autogroup-* nice 19",
+                "target: *; CPU priority nice 19, its session's autogroup too; log *",
+            ]
+        )
+        assert "client autogroup /autogroup-* nice 19" not in lowered.stdout.str()
+    equal = pytester.runpytest(*command, "--server-nice=0")
+    equal.assert_outcomes(passed=1)
+    equal.stdout.fnmatch_lines(["*server nice 0"])
+    assert "CPU priority" not in equal.stdout.str()
+
+
+def test_simulator_keeps_its_priority_unless_asked(pytester: pytest.Pytester) -> None:
+    """The simulator is an instrument whose timing must not yield to the client: nice 0 by
+    default, lowered only when --server-nice says so."""
+    pytester.makepyfile(PRIORITY)
+    default = pytester.runpytest("--engine=sim", "-s")
+    default.assert_outcomes(passed=1)
+    default.stdout.fnmatch_lines(["*server nice 0"])
+    asked = pytester.runpytest("--engine=sim", "-s", "--server-nice=7")
+    asked.assert_outcomes(passed=1)
+    asked.stdout.fnmatch_lines(["*server nice 7"])
+
+
+@pytest.mark.parametrize("value", ["20", "-1", "abc", "2.5"])
+def test_server_nice_out_of_range_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--engine=sim", f"--server-nice={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--server-nice*"])
+
+
 @pytest.fixture
 def running_fake_server(fake_server_command: Callable[..., str]) -> Iterator[tuple[str, int]]:
     """A fake server started outside the plugin, as --endpoint users have."""
