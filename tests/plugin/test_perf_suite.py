@@ -5,6 +5,8 @@ The simulator checks our measurement and verdict logic only; it is not an engine
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,6 +200,30 @@ def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
             "*FAIL  throughput spread: spread *% >= 50%: batch [12] ran at * req/s against a "
             "median of *; req/s by batch 1: *, 6: *; a busy machine does not explain that much*",
             "*batches 1-3: the first run, too noisy to judge alone; batches 4-6: its retry*",
+        ]
+    )
+
+
+def test_batches_of_an_engine_on_the_client_cpus_still_fail_a_server_that_slowed(
+    pytester: pytest.Pytester,
+) -> None:
+    """An engine computing on the load client's CPUs (the simulator launched as a command, so
+    the plugin takes it for a real engine) is judged by the spread those CPUs allow, 50 %: a
+    server 2.5x slower from batch 3 on (of 3 x 40, after 8 warm-up requests) fails it."""
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    simulator = [sys.executable, "-m", "pytest_gpuinfer.sim", "--port", "{port}"]
+    slowed = ["--ttft-ms=10", "--itl-ms=2", "--slow-after=90", "--slow-factor=2.5"]
+    result = pytester.runpytest(
+        "--engine=command",
+        f"--server-command={shlex.join(simulator + slowed)}",
+        "--load-scale=0.1",
+        "-s",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL  throughput spread: spread *% >= 50%: batch 3 ran at * req/s against a "
+            "median of *; req/s by batch 1: *, 2: *, 3: *",
         ]
     )
 
