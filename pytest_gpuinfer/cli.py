@@ -52,6 +52,14 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--engine-arg", action="append", default=[], help="repeatable")
     parser.add_argument("--timeout", type=float, default=600.0, help="readiness deadline (s)")
     parser.add_argument("--url-file", type=Path, help="write the server's base URL here once up")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        choices=range(20),
+        metavar="N",
+        default=0,
+        help="CPU priority 0-19 of the server, its autogroup included (default 0)",
+    )
     args = parser.parse_args(argv)
     from pytest_gpuinfer.targets import TargetError
     from pytest_gpuinfer.targets.base import LaunchContext
@@ -68,6 +76,7 @@ def serve(argv: Sequence[str]) -> int:
         model=args.model,
         engine_args=tuple(args.engine_arg),
         timeout_s=args.timeout,
+        server_nice=args.nice,
     )
     launcher = registry.get(args.engine)
     problem = launcher.check(context)

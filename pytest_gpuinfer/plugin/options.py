@@ -339,13 +339,14 @@ class Settings:
         parse=_port,
         metavar="PORT",
     )
-    server_nice: int | None = option(
+    server_nice: int = option(
         "server-nice",
-        "CPU priority (nice 0-19) of a server launched here, its session's autogroup included: "
-        "by default 19 (the lowest) for engines, so the load client sharing these CPUs "
-        "takes its timestamps on time (the server still gets every cycle the client leaves); "
-        "0 keeps it equal. The simulator and containers are left as they are.",
+        "CPU priority (nice 0-19) of a server launched here, its session's autogroup included "
+        "(default 0: equal to the load client's). 19 keeps a client that shares the server's "
+        "CPUs from starving, at a cost to a CPU engine's steadiness (docs/perf.md). "
+        "Containers are left as they are.",
         parse=_nice,
+        default=0,
         metavar="N",
     )
     server_host: str = option(

@@ -44,12 +44,6 @@ class ServerHandle(Protocol):
         ...
 
 
-ENGINE_NICE = 19
-"""Default nice of a launched engine (``--server-nice``'s help names it): the lowest priority,
-so the load client on the same CPUs is never starved by the server it measures; the server still
-gets every cycle the client does not use."""
-
-
 @dataclass(frozen=True)
 class LaunchContext:
     """Everything a launcher needs to start an engine: the run's options and where to put it."""
@@ -69,9 +63,9 @@ class LaunchContext:
     api_key: str | None = field(default=None, repr=False)
     gpus: tuple[GPUInfo, ...] = ()
     has_gpu: bool = False
-    server_nice: int | None = None
-    """CPU priority (nice) of a server launched here; None: :data:`ENGINE_NICE` for engines,
-    0 for the simulator (an instrument whose timing must not yield to the client)."""
+    server_nice: int = 0
+    """CPU priority (nice, 0-19) of a server launched here, its autogroup included (0: equal to
+    the load client's)."""
 
     @property
     def client_host(self) -> str:

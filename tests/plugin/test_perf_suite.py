@@ -213,7 +213,9 @@ def test_batches_of_an_engine_on_the_client_cpus_still_fail_a_server_that_slowed
     pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
     simulator = [sys.executable, "-m", "pytest_gpuinfer.sim", "--port", "{port}"]
     slowed = ["--ttft-ms=10", "--itl-ms=2", "--slow-after=90", "--slow-factor=2.5"]
-    result = pytester.runpytest(
+    # in a subprocess: a real engine's prompts are counted with transformers, and torch cannot
+    # be imported again in a process that an in-process run unloaded it from
+    result = pytester.runpytest_subprocess(
         "--engine=command",
         f"--server-command={shlex.join(simulator + slowed)}",
         "--load-scale=0.1",

@@ -172,14 +172,15 @@ def _autogroups_on() -> bool:
     return switch.exists() and switch.read_text().strip() == "1"
 
 
-def test_launched_engine_yields_the_cpu_to_the_load_client_by_default(
+def test_server_nice_lowers_the_launched_server_and_its_autogroup(
     pytester: pytest.Pytester, fake_server_command: Callable[..., str]
 ) -> None:
-    """An engine launched here runs at nice 19, its session's autogroup too (a process's own
-    nice does not weigh against another session's); --server-nice=0 keeps it equal."""
+    """--server-nice=19: the server runs at nice 19, its session's autogroup too (a process's
+    own nice does not weigh against another session's), and the summary says so; by default
+    it stays equal to the client's."""
     pytester.makepyfile(PRIORITY)
     command = ("--engine=command", f"--server-command={fake_server_command()}", "-s")
-    lowered = pytester.runpytest(*command)
+    lowered = pytester.runpytest(*command, "--server-nice=19")
     lowered.assert_outcomes(passed=1)
     lowered.stdout.fnmatch_lines(["*server nice 19"])
     if _autogroups_on():
@@ -190,22 +191,13 @@ def test_launched_engine_yields_the_cpu_to_the_load_client_by_default(
             ]
         )
         assert "client autogroup /autogroup-* nice 19" not in lowered.stdout.str()
-    equal = pytester.runpytest(*command, "--server-nice=0")
+    equal = pytester.runpytest(*command)
     equal.assert_outcomes(passed=1)
     equal.stdout.fnmatch_lines(["*server nice 0"])
     assert "CPU priority" not in equal.stdout.str()
-
-
-def test_simulator_keeps_its_priority_unless_asked(pytester: pytest.Pytester) -> None:
-    """The simulator is an instrument whose timing must not yield to the client: nice 0 by
-    default, lowered only when --server-nice says so."""
-    pytester.makepyfile(PRIORITY)
-    default = pytester.runpytest("--engine=sim", "-s")
-    default.assert_outcomes(passed=1)
-    default.stdout.fnmatch_lines(["*server nice 0"])
-    asked = pytester.runpytest("--engine=sim", "-s", "--server-nice=7")
-    asked.assert_outcomes(passed=1)
-    asked.stdout.fnmatch_lines(["*server nice 7"])
+    simulator = pytester.runpytest("--engine=sim", "-s", "--server-nice=7")
+    simulator.assert_outcomes(passed=1)
+    simulator.stdout.fnmatch_lines(["*server nice 7"])
 
 
 @pytest.mark.parametrize("value", ["20", "-1", "abc", "2.5"])
