@@ -55,6 +55,9 @@ class PerfSizes:
     batches: int
     batch_requests: int
     parity_requests: int
+    regression_requests: int
+    """Requests of one regression-gate run: a p95 of 60 moved by half between runs a minute
+    apart on shared CPUs; 200 hold it better."""
     ci: bool
 
     def scaled(self, count: int) -> int:
@@ -81,6 +84,7 @@ def perf_sizes(pytestconfig: pytest.Config) -> PerfSizes:
         batches=3,
         batch_requests=n(400, 300),  # CI: about 5 s a batch; 2.5 s ones swung by 40 %
         parity_requests=n(400, 64),
+        regression_requests=n(200, 200),
         ci=ci,
     )
 

@@ -16,16 +16,18 @@ from typing import Any
 
 from pytest_gpuinfer.load.runner import Limits
 from pytest_gpuinfer.load.schedule import ClosedLoop
-from pytest_gpuinfer.plugin.perf_fixtures import PerfBaseline, PerfWorkload
+from pytest_gpuinfer.plugin.perf_fixtures import PerfBaseline, PerfSizes, PerfWorkload
 
 CONCURRENCY = 4
 PROMPT_TOKENS = 128
 OUTPUT_TOKENS = 32
-REQUESTS = 200  # a p95 of 60 moved by half between runs a minute apart on shared CPUs
 
 
 def test_regression_gate(
-    load_runner: Any, perf_workload: PerfWorkload, perf_baseline: PerfBaseline
+    load_runner: Any,
+    perf_workload: PerfWorkload,
+    perf_sizes: PerfSizes,
+    perf_baseline: PerfBaseline,
 ) -> None:
     """Compared with the stored baseline (--benchmark-compare), stored (--benchmark-save)."""
     workload = perf_workload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS)
@@ -35,7 +37,7 @@ def test_regression_gate(
         return load_runner.run(  # judged by the comparison, not by SLOs
             ClosedLoop(CONCURRENCY),
             workload,
-            Limits(requests=REQUESTS * number, warmup_s=0.5),
+            Limits(requests=perf_sizes.regression_requests * number, warmup_s=0.5),
             check_slos=False,
         )
 
