@@ -13,10 +13,9 @@ server's PID and start time. Verdicts:
   a spread between ``max_spread`` and ``busy_max_spread`` (50 %) is NOT JUDGED (too noisy: the
   spread measures the machine as much as the server), naming the measured CPU wait; a spread of
   ``busy_max_spread`` or more (a stall or a reload halves a batch) fails however busy it was,
-  unless processes other than the client and the server took more of the machine's CPUs in the
-  slowest batch than in the fastest (``others_max_change``, whether or not the client was
-  flagged): then the machine changed under the batches, and the spread is NOT JUDGED naming each
-  batch's share; so it is when the client
+  unless processes other than the client and the server took a share of the machine's CPUs in
+  some batches and not in others (``others_max_change``): then the machine changed under the
+  batches, and the spread is NOT JUDGED naming each batch's share; so it is when the client
   waited for a CPU clearly longer in the slowest batch than in the fastest (``wait_max_change``:
   the load engine, starved by the server it measures, is what slowed that batch);
 * **no reload**: the first request of each batch is not slower than the steady state (the batch's
@@ -68,9 +67,9 @@ class BatchLimits:
     fail: clean-clone CI runs on shared 2-core machines measured 27 % and 42 % with every
     request served and no reload, while a stall or a reload halves a batch."""
     others_max_change: float = 0.10
-    """When other processes took this much more of the machine's CPUs in the slowest batch than
-    in the fastest (10 points: a fifth of one core on two), the spread is NOT JUDGED: a server
-    that stalls or reloads does not make other processes busy."""
+    """When other processes' share of the machine's CPUs differs by this much between batches
+    (10 points: a fifth of one core on two), the spread is NOT JUDGED: a server that stalls or
+    reloads does not make other processes busy."""
     wait_max_change: float = 0.10
     """When the client waited for a CPU this much more of the slowest batch than of the fastest
     (10 points), the spread is NOT JUDGED: in a closed loop a starved client leaves the server
@@ -474,26 +473,22 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
             unit="fraction",
         )
 
-    # Other processes: the server shares the CPUs with them (a launched engine runs at a lower
-    # priority than everything else here, so it yields to them first), and a server that
-    # stalls by itself does not make them busy. They explain the spread when they took more of
-    # the CPUs in the slowest batch than in the fastest, whatever the self-check says.
-    slowest = min(batches, key=lambda b: b.req_per_s)
-    fastest = max(batches, key=lambda b: b.req_per_s)
-    if slowest.others_cpu_share is not None and fastest.others_cpu_share is not None:
-        change = slowest.others_cpu_share - fastest.others_cpu_share
+    # Both machine rules (other processes, a starved client) need the self-check to have flagged
+    # the slowest batch: if the client kept up there, the machine did not slow it.
+    slowest_flagged = min(batches, key=lambda b: b.req_per_s).client_bound
+    shares = [b for b in batches if b.others_cpu_share is not None]
+    if shares and slowest_flagged:
+        calm = min(shares, key=lambda b: b.others_cpu_share or 0.0)
+        loud = max(shares, key=lambda b: b.others_cpu_share or 0.0)
+        change = (loud.others_cpu_share or 0.0) - (calm.others_cpu_share or 0.0)
         if change >= limits.others_max_change:
-            shares = [b for b in batches if b.others_cpu_share is not None]
             listing_others = ", ".join(f"{b.index}: {_share(b.others_cpu_share)}" for b in shares)
             return too_noisy(
                 f"; other processes took {change:.0%} more of the machine's CPUs in batch "
-                f"{slowest.index} (the slowest) than in batch {fastest.index} (the fastest) "
-                f"(by batch {listing_others}): the machine changed under the batches; rerun "
-                "where the server has the cores to itself"
+                f"{loud.index} than in batch {calm.index} (by batch {listing_others}): the "
+                "machine changed under the batches; rerun where the server has the cores to "
+                "itself"
             )
-    # A starved client explains it only where the self-check flagged the slowest batch: if the
-    # client kept up there, the machine did not slow it through the client.
-    slowest_flagged = slowest.client_bound
     starved = _starved_client(batches, limits) if slowest_flagged else ""
     if starved:
         return too_noisy(

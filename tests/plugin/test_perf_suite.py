@@ -140,7 +140,8 @@ def test_batches_pass_on_a_steady_simulator(pytester: pytest.Pytester) -> None:
     outcomes = result.parseoutcomes()
     if outcomes.get("skipped"):
         result.stdout.fnmatch_lines(
-            ["*too noisy to judge*throughput spread: spread *the client waited * ms for a CPU*"]
+            # either machine rule names the client's wait: in ms, or as shares of two batches
+            ["*too noisy to judge*throughput spread: spread *the client waited * for a CPU*"]
         )
         return
     result.assert_outcomes(passed=1)

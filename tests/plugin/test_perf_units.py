@@ -138,19 +138,10 @@ def test_a_spread_while_other_processes_came_and_went_is_not_judged() -> None:
     report = judge(figures, BatchLimits())
     spread = next(v for v in report.verdicts if v.name == "throughput spread")
     assert spread.label == "NOT JUDGED (too noisy)", spread.message
-    assert (
-        "other processes took 31% more of the machine's CPUs in batch 3 (the slowest) than in "
-        "batch 1 (the fastest)" in spread.message
+    assert "other processes took 31% more of the machine's CPUs in batch 3 than in batch 1" in (
+        spread.message
     )
     assert "other CPU" in report.table() and "33%" in report.table()
-    for batch in figures:  # the client kept up: the others still explain it (the server
-        batch.client_bound = False  # yields to them, not to the client alone)
-    unflagged = _spread(judge(figures, BatchLimits()))
-    assert unflagged.label == "NOT JUDGED (too noisy)", unflagged.message
-    for batch, share in zip(figures, [0.33, 0.03, 0.02], strict=True):
-        batch.others_cpu_share = share  # busy others in the fastest batch explain nothing
-    loud_fast = judge(figures, BatchLimits())
-    assert not loud_fast.passed and "batch 3 ran at" in " ".join(loud_fast.failures())
     for batch in figures:
         batch.others_cpu_share = 0.05
     steady_others = judge(figures, BatchLimits())
