@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_gpuinfer.compat import calls
 from pytest_gpuinfer.compat.findings import Feature, Finding, Unmet, short
 from pytest_gpuinfer.compat.probe import ServerProbe
-from pytest_gpuinfer.compat.target import CompatTarget
+
+if TYPE_CHECKING:  # the target calls reasoning.probe; this module only names its type
+    from pytest_gpuinfer.compat.target import CompatTarget
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
