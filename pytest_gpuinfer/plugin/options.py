@@ -57,26 +57,25 @@ def _positive_float(value: Any) -> float:
     return number
 
 
-def _port(value: Any) -> int:
-    """A TCP port number 1-65535."""
+def _integer_between(value: Any, low: int, high: int) -> int:
+    """An integer from ``low`` to ``high``, given as a number or its text."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise OptionValueError(f"expects a number, got {value!r}") from None
-    if not number.is_integer() or not 1 <= number <= 65535:
-        raise OptionValueError(f"must be an integer 1-65535, got {value!r}")
+    if not number.is_integer() or not low <= number <= high:
+        raise OptionValueError(f"must be an integer {low}-{high}, got {value!r}")
     return int(number)
+
+
+def _port(value: Any) -> int:
+    """A TCP port number 1-65535."""
+    return _integer_between(value, 1, 65535)
 
 
 def _nice(value: Any) -> int:
     """A nice value 0-19 (lower priority only: raising it needs privileges)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise OptionValueError(f"expects a number, got {value!r}") from None
-    if not number.is_integer() or not 0 <= number <= 19:
-        raise OptionValueError(f"must be an integer 0-19, got {value!r}")
-    return int(number)
+    return _integer_between(value, 0, 19)
 
 
 def _ip_address(value: Any) -> str:

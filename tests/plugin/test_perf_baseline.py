@@ -113,13 +113,7 @@ def test_suite_gate_fails_against_a_faster_stored_baseline_naming_the_figures(
 ) -> None:
     pytester.makepyfile(test_inner_regression=SUITE.read_text())
     storage = f"--benchmark-storage=file://{tmp_path}"
-    pytester.runpytest(*SIM, storage, "--benchmark-save=base").assert_outcomes(passed=1)
-    (stored,) = tmp_path.glob("gpuinfer/*/0001_base.json")
-    document = json.loads(stored.read_text())
-    entry = baselines.scaled_entry(document["benchmarks"][0], 0.5)
-    entry["extra_info"]["self_check"]["client_bound"] = False  # a yardstick, however busy
-    document["benchmarks"] = [entry]
-    stored.with_name("0002_doctored.json").write_text(json.dumps(document))
+    _store_faster_baseline(pytester, storage, tmp_path)
     result = pytester.runpytest(*SIM, storage, "--benchmark-compare=2")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
