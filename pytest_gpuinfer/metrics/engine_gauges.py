@@ -3,7 +3,8 @@
 Each engine names the same few facts differently; :data:`ENGINE_METRICS` maps them onto
 :class:`EngineGauges` (requests running, requests waiting, KV-cache usage, preemptions, and the
 prefix cache's queried and hit token counters, ``vllm:prefix_cache_queries_total`` and
-``vllm:prefix_cache_hits_total`` in vLLM 0.32). vLLM comes
+``vllm:prefix_cache_hits_total`` in vLLM 0.32, and the server's own time per finished request,
+the sum and count of ``vllm:e2e_request_latency_seconds``). vLLM comes
 first; SGLang, TGI and llama.cpp are mapped where their names are known. :class:`MetricsSampler`
 polls those gauges on a background thread, e.g. to watch queue depth during a burst.
 """
@@ -45,6 +46,8 @@ GaugeName = Literal[
     "preemptions",
     "prefix_cache_queries",
     "prefix_cache_hits",
+    "request_seconds",
+    "requests_finished",
 ]
 
 ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
@@ -55,16 +58,22 @@ ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
         "preemptions": ("vllm:num_preemptions_total",),
         "prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
         "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
+        "request_seconds": ("vllm:e2e_request_latency_seconds_sum",),
+        "requests_finished": ("vllm:e2e_request_latency_seconds_count",),
     },
     "sglang": {
         "running": ("sglang:num_running_reqs",),
         "waiting": ("sglang:num_queue_reqs",),
         "kv_cache_usage": ("sglang:token_usage",),
         "preemptions": ("sglang:num_retracted_requests_total",),
+        "request_seconds": ("sglang:e2e_request_latency_seconds_sum",),
+        "requests_finished": ("sglang:e2e_request_latency_seconds_count",),
     },
     "tgi": {
         "running": ("tgi_batch_current_size",),
         "waiting": ("tgi_queue_size",),
+        "request_seconds": ("tgi_request_duration_sum",),
+        "requests_finished": ("tgi_request_duration_count",),
     },
     "llamacpp": {
         "running": ("llamacpp:requests_processing",),
@@ -75,7 +84,15 @@ ENGINE_METRICS: dict[str, dict[GaugeName, tuple[str, ...]]] = {
 """Per engine, the sample names behind each gauge (first found wins); KV usage is 0..1."""
 
 _SUMMED: frozenset[GaugeName] = frozenset(
-    {"running", "waiting", "preemptions", "prefix_cache_queries", "prefix_cache_hits"}
+    {
+        "running",
+        "waiting",
+        "preemptions",
+        "prefix_cache_queries",
+        "prefix_cache_hits",
+        "request_seconds",
+        "requests_finished",
+    }
 )
 """Gauges added up over label sets (data-parallel engines); KV usage takes the fullest engine."""
 
@@ -96,6 +113,11 @@ class EngineGauges:
     """Cumulative prompt tokens looked up in the prefix cache (vLLM's counter)."""
     prefix_cache_hits: float | None = None
     """Cumulative prompt tokens found in the prefix cache (vLLM's counter)."""
+    request_seconds: float | None = None
+    """Cumulative seconds the server itself took over finished requests, arrival to last token
+    (the sum of its end-to-end latency histogram)."""
+    requests_finished: float | None = None
+    """How many finished requests ``request_seconds`` covers (the histogram's count)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +210,8 @@ def engine_gauges(
         engine=name,
         prefix_cache_queries=get("prefix_cache_queries"),
         prefix_cache_hits=get("prefix_cache_hits"),
+        request_seconds=get("request_seconds"),
+        requests_finished=get("requests_finished"),
     )
 
 

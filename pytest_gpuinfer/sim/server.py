@@ -78,6 +78,8 @@ class SimServer:
         self._finish_counts: dict[bytes, int] = {}
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
+        self._request_seconds_total = 0.0
+        self._requests_finished = 0
         self._routes: dict[tuple[bytes, bytes], Callable[[HttpConnection, IncomingRequest], None]]
         self._routes = {
             (b"GET", b"/health"): self._health,
@@ -353,6 +355,13 @@ class SimServer:
                 for reason, count in sorted(self._finish_counts.items())
             ],
         )
+        latency = "vllm:e2e_request_latency_seconds"
+        lines.append(f"# HELP {latency} Histogram of e2e request latency in seconds.")
+        lines.append(f"# TYPE {latency} histogram")
+        finished = float(self._requests_finished)
+        lines.append(f'{latency}_bucket{{{engine_labels},le="+Inf"}} {finished!r}')
+        lines.append(f"{latency}_count{{{engine_labels}}} {finished!r}")
+        lines.append(f"{latency}_sum{{{engine_labels}}} {float(self._request_seconds_total)!r}")
         metric(
             "gpuinfer_sim_requests_total",
             "counter",
@@ -523,6 +532,9 @@ class SimServer:
         self._release(generation)
         self._prompt_tokens_total += params.prompt_tokens
         self._generation_tokens_total += params.output_tokens
+        record = generation.record
+        self._request_seconds_total += (record.end or time.perf_counter()) - record.received
+        self._requests_finished += 1
         reason = params.finish_reason
         self._finish_counts[reason] = self._finish_counts.get(reason, 0) + 1
         if self._count_served(200, generation.connection):

