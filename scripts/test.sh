@@ -67,11 +67,14 @@ suites=$(.venv/bin/python -c 'import tomllib; print(" ".join(p for p in tomllib.
 # on two shared cores); without a limit it reads NOT JUDGED, as it does for users who set none.
 export GPUINFER_CI_COLD_START=120
 # The regression gate needs a stored baseline: the package stage stores one and compares a second
-# run with it; here it could only read NOT JUDGED (no baseline).
+# run with it; here it could only read NOT JUDGED (no baseline). The batch test runs there too,
+# with the server and its client on CPUs of their own: here, sharing both cores with the session's
+# server, its client starves and the spread reads NOT JUDGED after a retry (70 s for a skip).
 # shellcheck disable=SC2086
 run_stage main-suites $GPUINFER_PYTEST $suites --max-cold-start "$GPUINFER_CI_COLD_START" \
   --deselect tests/load/test_workloads.py::test_embeddings_load_on_a_pooling_server \
-  --deselect tests/perf/test_regression.py::test_regression_gate "$@"
+  --deselect tests/perf/test_regression.py::test_regression_gate \
+  --deselect tests/perf/test_batches.py::test_batches_are_consistent_and_the_model_stays_loaded "$@"
 for stage in scripts/test.d/*.sh; do
   [ -e "$stage" ] || continue
   name=$(basename "$stage" .sh)

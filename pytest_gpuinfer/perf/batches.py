@@ -51,6 +51,12 @@ from pytest_gpuinfer.metrics.verdicts import (
 MIB = 1024 * 1024
 
 
+RERUN_APART = (
+    "rerun with the server and the client on CPUs of their own (taskset -c 0 gpuinfer serve, "
+    "taskset -c 1 pytest --endpoint URL: docs/perf.md)"
+)
+"""The way out of a starved client on a CPU-only machine: a CPU for each side."""
+
 QUIET_MAX_SPREAD = 0.10
 QUIET_SOURCE = "BatchLimits.max_spread: what a steady server shows on a machine of its own"
 
@@ -513,8 +519,7 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
             return too_noisy(
                 f"; other processes took {change:.0%} more of the machine's CPUs in batch "
                 f"{loud.index} than in batch {calm.index} (by batch {listing_others}): the "
-                "machine changed under the batches; rerun where the server has the cores to "
-                "itself"
+                f"machine changed under the batches; {RERUN_APART}"
             )
     pair = _server_time_rise(batches) if slowest_flagged else None
     if pair is not None:
@@ -542,14 +547,13 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
         waits = "; ".join(b.busy_text() for b in busy)
         return too_noisy(
             f"{evidence}, under +{limits.server_time_max_rise:.0%}: the server kept its pace "
-            f"and the client, waiting for a CPU ({waits}), left it idle; rerun where the "
-            "server has the cores to itself"
+            f"and the client, waiting for a CPU ({waits}), left it idle; {RERUN_APART}"
         )
     starved = _starved_client(batches, limits) if slowest_flagged else ""
     if starved:
         return too_noisy(
-            f"; {starved}: the load engine starved of CPU, not the server, explains it; rerun "
-            "where the server has the cores to itself"
+            f"; {starved}: the load engine starved of CPU, not the server, explains it; "
+            f"{RERUN_APART}"
         )
     if not busy:
         return judged(
@@ -576,7 +580,7 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
     return too_noisy(
         f", under the busy-machine bound {limits.busy_max_spread:.0%}, on a busy machine "
         f"({waits}): the spread measures the machine as much as the server; rerun with longer "
-        "batches or where the server has the cores to itself"
+        f"batches, or {RERUN_APART.removeprefix('rerun ')}"
     )
 
 
