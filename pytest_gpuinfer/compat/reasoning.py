@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import string
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_gpuinfer.compat import calls
 from pytest_gpuinfer.compat.findings import Feature, Finding, Unmet, short
 from pytest_gpuinfer.compat.probe import ServerProbe
-
-if TYPE_CHECKING:  # the target calls reasoning.probe; this module only names its type
-    from pytest_gpuinfer.compat.target import CompatTarget
+from pytest_gpuinfer.compat.target import CompatTarget
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -71,6 +69,13 @@ def probe(server: ServerProbe) -> Feature:
             None if isinstance(body, dict) and body.get("choices") else "without choices"
         ),
     )
+
+
+def thinking_off(target: CompatTarget) -> dict[str, Any]:
+    """Request fields that switch a reasoning model's thinking off (empty for the others)."""
+    if not probe(target.probe).available:
+        return {}
+    return {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 def _message(body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from pytest_gpuinfer.compat import calls
+from pytest_gpuinfer.compat import calls, reasoning
 from pytest_gpuinfer.compat.findings import Feature, Finding, describe_response, short
 from pytest_gpuinfer.compat.probe import ServerProbe
 from pytest_gpuinfer.compat.target import CompatTarget
@@ -127,7 +127,7 @@ def schema_request(
         MESSAGES,
         response_format=response_format,
         max_tokens=MAX_TOKENS,
-        **target.thinking_off(),
+        **reasoning.thinking_off(target),
         **target.compact_json(favour),
     )
 
@@ -205,7 +205,7 @@ def guided_output(target: CompatTarget, kind: str) -> Finding:
     check = f"structured:guided {kind}"
     options, expected = GUIDED[kind]
     request = target.chat_request(
-        MESSAGES, structured_outputs=options, max_tokens=16, **target.thinking_off()
+        MESSAGES, structured_outputs=options, max_tokens=16, **reasoning.thinking_off(target)
     )
     body = calls.post_ok(target.client, CHAT, request)
     content = _content(body, check)

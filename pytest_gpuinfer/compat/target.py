@@ -51,14 +51,6 @@ class CompatTarget:
         """A greedy chat request body for the served model."""
         return {"model": self.model, "messages": messages, "temperature": 0.0, **extra}
 
-    def thinking_off(self) -> dict[str, Any]:
-        """Request fields that switch a reasoning model's thinking off (empty for the others)."""
-        from pytest_gpuinfer.compat import reasoning
-
-        if not reasoning.probe(self.probe).available:
-            return {}
-        return {"chat_template_kwargs": {"enable_thinking": False}}
-
     def token_id(self, text: str) -> int | None:
         """The id of ``text`` when it is a single token (local tokenizer, else /tokenize)."""
         ids = self._encode(text)

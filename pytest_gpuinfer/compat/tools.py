@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pytest_gpuinfer.compat import calls
+from pytest_gpuinfer.compat import calls, reasoning
 from pytest_gpuinfer.compat.findings import Feature, Finding, describe_response, short
 from pytest_gpuinfer.compat.probe import ServerProbe
 from pytest_gpuinfer.compat.target import CompatTarget
@@ -85,7 +85,7 @@ def tool_request(target: CompatTarget, tool_choice: Any, **extra: Any) -> dict[s
         "tools": TOOLS,
         "tool_choice": tool_choice,
         "max_tokens": MAX_TOKENS,
-        **target.thinking_off(),
+        **reasoning.thinking_off(target),
         **target.compact_json(),
     }
     fields.update(extra)
@@ -274,7 +274,7 @@ def tool_result_turn(target: CompatTarget) -> Finding:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"sky": "clear"})},
     ]
-    extra = {"tools": TOOLS, "max_tokens": 4, **target.thinking_off()}
+    extra = {"tools": TOOLS, "max_tokens": 4, **reasoning.thinking_off(target)}
     response = calls.post(target.client, CHAT, target.chat_request(turn, **extra))
     if response.status_code != 200:
         return Finding.failed(

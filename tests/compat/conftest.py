@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_gpuinfer.compat import capabilities
+from pytest_gpuinfer.compat import capabilities, reasoning
 from pytest_gpuinfer.compat.probe import ServerProbe, probe_for
 from pytest_gpuinfer.compat.target import CompatTarget
 from pytest_gpuinfer.compat.tokens import TokenCounter, exact_length_prompt, local_counter
@@ -312,4 +312,4 @@ def compat_target(
 def chat_extra(compat_target: CompatTarget) -> dict[str, Any]:
     """Fields every core chat check adds: on a reasoning server, thinking off (through the chat
     template), so the answer is content; the reasoning checks cover thinking on."""
-    return compat_target.thinking_off()
+    return reasoning.thinking_off(compat_target)
