@@ -307,3 +307,33 @@ def test_path_value_in_space_form_with_test_paths_given_is_fine(
         str(test_file), "--strict-markers", "--engine=sim", "--model", model_file
     )
     result.assert_outcomes(passed=1)
+
+
+def test_rootdir_finder_is_asked_with_only_the_arguments_it_takes(
+    pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest's private ``determine_setup`` (run on the 8.1 floor and the latest pytest in CI):
+    the real one finds this run's own rootdir; a finder with fewer keywords gets only those; one
+    that raises makes the check say nothing (None) rather than guess."""
+    from pathlib import Path
+
+    import _pytest.config.findpaths as findpaths
+
+    from pytest_gpuinfer.plugin.options import _rootdir_without
+
+    assert _rootdir_without(pytestconfig, set()) == pytestconfig.rootpath
+    asked: dict[str, object] = {}
+
+    def narrow(*, inifile: object, args: object, rootdir_cmd_arg: object) -> tuple[Path, None]:
+        asked.update(inifile=inifile, args=args, rootdir_cmd_arg=rootdir_cmd_arg)
+        return Path("/elsewhere"), None
+
+    monkeypatch.setattr(findpaths, "determine_setup", narrow)
+    assert _rootdir_without(pytestconfig, set()) == Path("/elsewhere")
+    assert set(asked) == {"inifile", "args", "rootdir_cmd_arg"}
+
+    def changed(**_: object) -> None:
+        raise TypeError("determine_setup() takes a new shape")
+
+    monkeypatch.setattr(findpaths, "determine_setup", changed)
+    assert _rootdir_without(pytestconfig, set()) is None
