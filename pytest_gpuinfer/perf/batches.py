@@ -451,14 +451,16 @@ def _starved_client(batches: list[BatchFigures], limits: BatchLimits) -> str:
     )
 
 
-def _server_time_rise(batches: list[BatchFigures]) -> tuple[BatchFigures, BatchFigures] | None:
-    """The slowest and the fastest batch by req/s, where the server reported its own time per
-    request in both (None otherwise)."""
+def _server_time_rise(
+    batches: list[BatchFigures],
+) -> tuple[BatchFigures, BatchFigures, float] | None:
+    """The slowest and the fastest batch by req/s and how much the server's own time per request
+    rose from the fastest to the slowest (None unless the server reported it for both)."""
     slow = min(batches, key=lambda b: b.req_per_s)
     fast = max(batches, key=lambda b: b.req_per_s)
     if not slow.server_request_s or not fast.server_request_s:
         return None
-    return slow, fast
+    return slow, fast, slow.server_request_s / fast.server_request_s - 1
 
 
 def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict | None:
@@ -521,10 +523,10 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
                 f"{loud.index} than in batch {calm.index} (by batch {listing_others}): the "
                 f"machine changed under the batches; {RERUN_APART}"
             )
-    pair = _server_time_rise(batches) if slowest_flagged else None
-    if pair is not None:
-        slow, fast = pair
-        rise = (slow.server_request_s or 0.0) / (fast.server_request_s or 1.0) - 1
+    waits = "; ".join(b.busy_text() for b in busy)
+    server_time = _server_time_rise(batches) if slowest_flagged else None
+    if server_time is not None:
+        slow, fast, rise = server_time
         evidence = (
             f"; the server's own time per request (its /metrics) was "
             f"{_ms(slow.server_request_s or math.nan)} ms in batch {slow.index} (the slowest) "
@@ -544,7 +546,6 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
                 measured=spread,
                 unit="fraction",
             )
-        waits = "; ".join(b.busy_text() for b in busy)
         return too_noisy(
             f"{evidence}, under +{limits.server_time_max_rise:.0%}: the server kept its pace "
             f"and the client, waiting for a CPU ({waits}), left it idle; {RERUN_APART}"
@@ -565,7 +566,6 @@ def _spread_verdict(batches: list[BatchFigures], limits: BatchLimits) -> Verdict
             measured=spread,
             unit="fraction",
         )
-    waits = "; ".join(b.busy_text() for b in busy)
     if spread >= limits.busy_max_spread:
         return judged(
             "throughput spread",
